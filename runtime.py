@@ -1,0 +1,197 @@
+"""What every imgpt program needs around the model: clear errors, config flags, device and processes.
+
+The bottom floor: imports nothing from the project, so model.py, data.py, train.py and eval.py can all use it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from dataclasses import field
+from typing import Any, Callable, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake in the user's input (file, flag, checkpoint): printed as one line, exit code 2, no traceback."""
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Call main(); turn a UserError into `error: ...` on stderr and exit 2, and Ctrl-C into exit 130."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------- config dataclass -> flags
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line help text, which becomes an argparse flag."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolves `from __future__ import annotations` strings
+
+
+def _scalar(tp: Any) -> Any:
+    """Optional[X] -> X, so `x: int | None` parses as int (and 'none' as None)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    return args[0] if is_union and len(args) == 1 else tp
+
+
+def _parse_value(name: str, tp: Any, text: str) -> Any:
+    optional = type(None) in typing.get_args(tp)
+    tp = _scalar(tp)
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    if typing.get_origin(tp) is list:  # comma-separated: --weights 0,0.3,1
+        (inner,) = typing.get_args(tp)
+        return [_parse_value(name, inner, t.strip()) for t in text.split(",") if t.strip()]
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"--{name}: expected true or false, got {text!r}")
+    try:
+        return tp(text)
+    except (TypeError, ValueError):
+        raise UserError(f"--{name}: expected {getattr(tp, '__name__', tp)}, got {text!r}") from None
+
+
+def config_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
+    """One flag per dataclass field (`--name VALUE`, `--flag/--no-flag` for booleans), plus `--config FILE`."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="TOML or JSON file of settings; flags given on the command line win")
+    types = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        if _scalar(types[f.name]) is bool:
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            p.add_argument(f"--{f.name}", type=str, default=shown, metavar=f.name.upper(), help=help_text)
+    return p
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Settings from a .toml or .json file (no code is executed)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: config file not found")
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except Exception as e:  # tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{path}: cannot parse config: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must hold a table of settings")
+    return data
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str = "") -> T:
+    """Build a `cls` from defaults < config file < command-line flags, then call its `validate()` if it has one."""
+    parser = config_parser(cls, description)
+    args = parser.parse_args(argv)
+    types = _field_types(cls)
+    values: dict[str, Any] = {}
+    if args.config:
+        for key, value in read_config_file(args.config).items():
+            if key not in types:
+                raise UserError(f"{args.config}: unknown setting {key!r}")
+            values[key] = value
+    explicit = {a.split("=")[0][2:].replace("no-", "", 1) if a.startswith("--no-") else a.split("=")[0][2:]
+                for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    for f in dataclasses.fields(cls):
+        raw = getattr(args, f.name)
+        if f.name in values and f.name not in explicit:
+            continue  # the config file's value stands
+        values[f.name] = raw if isinstance(raw, bool) or raw is None else _parse_value(f.name, types[f.name], str(raw))
+    return make_config(cls, values)
+
+
+def make_config(cls: type[T], values: dict[str, Any]) -> T:
+    """`cls(**values)` with unknown keys rejected and `validate()` called: for configs built in code or from files."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown setting(s): {', '.join(unknown)}")
+    cfg = cls(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- device and processes
+
+def autodetect_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclasses.dataclass
+class Dist:
+    """Where this process stands: rank 0 of 1 without torchrun."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the process group when started by torchrun (NCCL on CUDA, gloo on CPU); otherwise a single process."""
+    device = autodetect_device() if device == "auto" else device
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Dist(device=device)
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+        dist.init_process_group("nccl", device_id=torch.device(device))
+    else:
+        dist.init_process_group("gloo")
+    return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks in place (a no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
