@@ -78,7 +78,8 @@ def _parse_value(name: str, tp: Any, text: str) -> Any:
 
 def config_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
     """One flag per dataclass field (`--name VALUE`, `--flag/--no-flag` for booleans), plus `--config FILE`."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="TOML or JSON file of settings; flags given on the command line win")
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
@@ -113,21 +114,21 @@ def read_config_file(path: str) -> dict[str, Any]:
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str = "") -> T:
     """Build a `cls` from defaults < config file < command-line flags, then call its `validate()` if it has one."""
     parser = config_parser(cls, description)
-    args = parser.parse_args(argv)
+    config_path = parser.parse_known_args(argv)[0].config
+    if config_path:  # the file's values become the defaults, so flags given on the command line still win
+        file_values = read_config_file(config_path)
+        for key, value in file_values.items():
+            if key not in _field_types(cls):
+                raise UserError(f"{config_path}: unknown setting {key!r}")
+            if isinstance(value, list):
+                file_values[key] = ",".join(map(str, value))
+        parser.set_defaults(**file_values)
+    args = vars(parser.parse_args(argv))
     types = _field_types(cls)
-    values: dict[str, Any] = {}
-    if args.config:
-        for key, value in read_config_file(args.config).items():
-            if key not in types:
-                raise UserError(f"{args.config}: unknown setting {key!r}")
-            values[key] = value
-    explicit = {a.split("=")[0][2:].replace("no-", "", 1) if a.startswith("--no-") else a.split("=")[0][2:]
-                for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-    for f in dataclasses.fields(cls):
-        raw = getattr(args, f.name)
-        if f.name in values and f.name not in explicit:
-            continue  # the config file's value stands
-        values[f.name] = raw if isinstance(raw, bool) or raw is None else _parse_value(f.name, types[f.name], str(raw))
+    values = {}
+    for name in types:
+        raw = args[name]
+        values[name] = raw if isinstance(raw, bool) or raw is None else _parse_value(name, types[name], str(raw))
     return make_config(cls, values)
 
 
