@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
 import types
 import typing
+import urllib.request
 from dataclasses import field
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -76,10 +79,13 @@ def _parse_value(name: str, tp: Any, text: str) -> Any:
         raise UserError(f"--{name}: expected {getattr(tp, '__name__', tp)}, got {text!r}") from None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show each flag's default, and keep the description's line breaks (its example commands)."""
+
+
 def config_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
     """One flag per dataclass field (`--name VALUE`, `--flag/--no-flag` for booleans), plus `--config FILE`."""
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False, formatter_class=_HelpFormatter)
     p.add_argument("--config", default=None, help="TOML or JSON file of settings; flags given on the command line win")
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
@@ -144,6 +150,30 @@ def make_config(cls: type[T], values: dict[str, Any]) -> T:
     return cfg
 
 
+# ----------------------------------------------------------------------------- downloads
+
+def cache_dir() -> str:
+    """Where downloaded models and datasets are kept: $IMGPT_CACHE, else ~/.cache/imgpt."""
+    return os.environ.get("IMGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imgpt")
+
+
+def download(url: str, path: str) -> None:
+    """Fetch url into path with a progress bar; the file appears only once it is complete."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 # ----------------------------------------------------------------------------- device and processes
 
 def autodetect_device() -> str:
@@ -196,3 +226,31 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def amp_dtype_for(dtype: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA when supported unless asked otherwise; None = plain float32."""
+    if dtype == "auto":
+        return torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+@functools.lru_cache
+def peak_flops(device: str) -> float | None:
+    """Dense bf16 peak of known GPUs, for MFU (None when unknown)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((f for k, f in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L4", 121e12),
+                                ("A10", 125e12), ("4090", 165e12)) if k in name), None)
+
+
+def join_distributed(device: str) -> tuple[Dist, bool]:
+    """Join torchrun's process group; or use one the caller set up (then the caller also destroys it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return init_distributed(device), True
+    device = autodetect_device() if device == "auto" else device
+    if device.startswith("cuda"):
+        device = f"cuda:{torch.cuda.current_device()}"
+    rank = dist.get_rank()
+    return Dist(rank, int(os.environ.get("LOCAL_RANK", rank)), dist.get_world_size(), device), False

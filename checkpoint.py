@@ -1,0 +1,286 @@
+"""Model files from outside and our own: Hugging Face GPT-2 checkpoints, the tokenizers that go with them,
+and imgpt's training checkpoints.
+
+model.py builds the network; this file only turns files into plain dicts and tensors (and back), so it imports
+nothing from the project except runtime. Every way a file can be wrong ends in one CheckpointError that names it.
+
+Downloads go to $IMGPT_CACHE (default ~/.cache/imgpt)/<model id>/ and come from $HF_ENDPOINT
+(default https://huggingface.co), so a mirror works. A file is written to `<name>.<pid>.tmp` and renamed
+when complete: a cached file is always a whole file. Offline, point at a local directory instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import urllib.error
+
+import tiktoken
+import torch
+from safetensors.torch import load_file
+
+from runtime import UserError, cache_dir, download
+
+
+class CheckpointError(UserError):
+    """A checkpoint or tokenizer that cannot be found, downloaded or read: the message says which and why."""
+
+
+# ----------------------------------------------------------------------------- downloading from the hub
+
+HUB_MODELS = {  # our short name -> repository on the Hugging Face hub
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+HUB_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+
+
+def hub_dir(name: str) -> str:
+    """The local directory holding model `name` (one of HUB_MODELS), downloading whatever is not cached yet."""
+    if name not in HUB_MODELS:
+        raise CheckpointError(f"{name!r} is neither a local directory nor a known model id "
+                              f"({', '.join(HUB_MODELS)})")
+    local = os.path.join(cache_dir(), name)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    for filename in HUB_FILES:
+        path = os.path.join(local, filename)
+        if os.path.isfile(path):
+            continue
+        url = f"{endpoint}/{HUB_MODELS[name]}/resolve/main/{filename}"
+        try:
+            download(url, path)
+        except (urllib.error.URLError, OSError) as e:
+            raise CheckpointError(
+                f"cannot download {url} ({getattr(e, 'reason', e)}). Offline? Copy the model's files "
+                f"({', '.join(HUB_FILES)}) from a machine with internet into {local}, or into any directory "
+                f"and pass that directory instead of {name!r}; set HF_ENDPOINT to use a mirror") from None
+    return local
+
+
+# ----------------------------------------------------------------------------- Hugging Face checkpoint -> tensors
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_weights(directory: str) -> dict[str, torch.Tensor]:
+    """All tensors of a Hugging Face checkpoint directory: model.safetensors, else pytorch_model.bin, either of
+    them possibly split into shards listed by a `<name>.index.json`."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        index = os.path.join(directory, name + ".index.json")
+        if os.path.isfile(os.path.join(directory, name)):
+            files = [name]
+        elif os.path.isfile(index):
+            files = sorted(set(read_json(index).get("weight_map", {}).values()))
+        else:
+            continue
+        return {k: v for f in files for k, v in read_weight_file(os.path.join(directory, f)).items()}
+    raise CheckpointError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
+
+
+def read_weight_file(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found (listed in the checkpoint's index)")
+    try:
+        if path.endswith(".safetensors"):
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs
+    except Exception as e:  # safetensors, pickle and zip errors have no common base class
+        raise CheckpointError(f"{path}: corrupt or truncated weights file ({type(e).__name__}: {e})") from None
+
+
+def config_from_hf(hf: dict, path: str = "config.json") -> dict:
+    """GPTConfig fields from a Hugging Face GPT-2 config.json; anything GPT-2's architecture lacks is refused."""
+    missing = [k for k in ("n_layer", "n_head", "n_embd", "vocab_size") if k not in hf]
+    if missing or ("n_positions" not in hf and "n_ctx" not in hf):
+        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing or ['n_positions'])}")
+    unsupported = {
+        "model_type": hf.get("model_type", "gpt2") != "gpt2",
+        "activation_function": hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"),
+        "n_inner": hf.get("n_inner") not in (None, 4 * hf["n_embd"]),
+        "scale_attn_weights": not hf.get("scale_attn_weights", True),
+        "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
+        "add_cross_attention": hf.get("add_cross_attention", False),
+        "tie_word_embeddings": not hf.get("tie_word_embeddings", True),
+    }
+    bad = [f"{k}={hf[k]!r}" for k, is_bad in unsupported.items() if is_bad]
+    if bad:
+        raise CheckpointError(f"{path}: not a plain GPT-2 architecture: {', '.join(bad)}")
+    return dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], vocab_size=hf["vocab_size"],
+                block_size=hf.get("n_positions", hf.get("n_ctx")),
+                layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def state_from_hf(hf: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+                  path: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Rename and transpose a Hugging Face GPT-2 state dict into ours, checked against `expected` shapes.
+
+    Old checkpoints (the hub's gpt2) lack the `transformer.` prefix and carry the causal-mask buffers
+    `attn.bias`/`attn.masked_bias`; `lm_head.weight` is tied to wte. HF's Conv1D stores (in, out), nn.Linear
+    (out, in): four weights per block get a transpose.
+    """
+    state = {}
+    for key, tensor in hf.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")) or key == "lm_head.weight":
+            continue
+        key = key if key.startswith("transformer.") else "transformer." + key
+        state[key] = tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor
+    check_state(state, expected, path)
+    return state
+
+
+def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: str) -> None:
+    """One CheckpointError naming every missing, unexpected and mis-shaped key, if there are any."""
+    problems = []
+    if missing := sorted(set(expected) - set(state)):
+        problems.append(f"missing keys {listing(missing)}")
+    if unexpected := sorted(set(state) - set(expected)):
+        problems.append(f"unexpected keys {listing(unexpected)}")
+    if wrong := [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+                 for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k]]:
+        problems.append(f"wrong shapes {listing(wrong)}")
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match the model config: {'; '.join(problems)}")
+
+
+def listing(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+EOT = "<|endoftext|>"
+
+
+def byte_tokenizer() -> tiktoken.Encoding:
+    """256 byte tokens plus <|endoftext|> = 256: any text encodes, nothing to download."""
+    return tiktoken.Encoding(name="byte", pat_str=GPT2_PATTERN, mergeable_ranks={bytes([b]): b for b in range(256)},
+                             special_tokens={EOT: 256}, explicit_n_vocab=257)
+
+
+def gym_byte_decoder() -> dict[str, int]:
+    """GPT-2's vocab files spell bytes as printable characters: printable ones as themselves, others as chr(256+n)."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+
+def bpe_ranks(vocab: dict[str, int], merges: list[str]) -> dict[bytes, int]:
+    """tiktoken's mergeable ranks from GPT-2's vocab.json + merges.txt (the same as tiktoken's data_gym loader,
+    which we do not call because it copies local files into its download cache, keyed by path, and serves the
+    stale copy after the file changes). tiktoken merges in rank order, so ids must follow merges.txt."""
+    decode = gym_byte_decoder()
+    ranks = {bytes([b]): i for i, b in enumerate(decode[c] for c in decode)}
+    for line in merges:
+        first, second = line.split()
+        ranks[bytes(decode[c] for c in first + second)] = len(ranks)
+    from_vocab = {bytes(decode[c] for c in token): i for token, i in vocab.items() if token != EOT}
+    if ranks != from_vocab:
+        raise ValueError("token ids in the vocabulary do not follow the order of the merges")
+    return ranks
+
+
+def tokenizer_files(directory: str) -> tuple[str, str] | None:
+    """(vocab, merges) paths under their Hugging Face or original OpenAI names, or None."""
+    for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if os.path.isfile(os.path.join(directory, vocab)) and os.path.isfile(os.path.join(directory, merges)):
+            return os.path.join(directory, vocab), os.path.join(directory, merges)
+    return None
+
+
+def bpe_tokenizer(directory: str) -> tiktoken.Encoding:
+    """A GPT-2-style BPE built offline from a directory's vocab.json + merges.txt (or encoder.json + vocab.bpe)."""
+    files = tokenizer_files(directory)
+    if files is None:
+        raise CheckpointError(f"{directory}: no tokenizer files (vocab.json + merges.txt, or encoder.json + vocab.bpe)")
+    vocab = read_json(files[0])
+    try:
+        with open(files[1], encoding="utf-8") as f:
+            merges = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
+        ranks = bpe_ranks(vocab, merges)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{directory}: unusable tokenizer files ({type(e).__name__}: {e})") from None
+    if EOT not in vocab:
+        raise CheckpointError(f"{files[0]}: has no {EOT} token")
+    return tiktoken.Encoding(name=directory, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={EOT: vocab[EOT]})
+
+
+def gpt2_tokenizer() -> tiktoken.Encoding:
+    """tiktoken's GPT-2 encoding (its cache: $TIKTOKEN_CACHE_DIR), else the files of a downloaded GPT-2 model."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network errors come from requests, hash errors as ValueError
+        error = e
+    for name in HUB_MODELS:
+        directory = os.path.join(cache_dir(), name)
+        if tokenizer_files(directory):
+            return bpe_tokenizer(directory)
+    raise CheckpointError(f"cannot load the GPT-2 tokenizer ({type(error).__name__}: {error}). Offline? "
+                          "Pass a directory holding vocab.json + merges.txt (or encoder.json + vocab.bpe) instead of "
+                          "'gpt2', or fill tiktoken's cache ($TIKTOKEN_CACHE_DIR)")
+
+
+def get_tokenizer(name_or_dir: str) -> tiktoken.Encoding:
+    """'byte', 'gpt2' (any GPT-2 model id works too), or a directory with GPT-2 BPE files. `tok.eot_token` is EOS."""
+    if name_or_dir == "byte":
+        return byte_tokenizer()
+    if name_or_dir in HUB_MODELS:
+        return gpt2_tokenizer()
+    if os.path.isdir(name_or_dir):
+        return bpe_tokenizer(name_or_dir)
+    raise CheckpointError(f"unknown tokenizer {name_or_dir!r}: not 'byte' or 'gpt2', and no such directory "
+                          "(one holding vocab.json + merges.txt)")
+
+
+# ----------------------------------------------------------------------------- our own checkpoints
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """torch.save, atomically: a crash mid-write leaves the previous checkpoint intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by save_checkpoint, read with weights_only=True (tensors and plain Python only)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors have no common base class
+        raise CheckpointError(f"{path}: not a readable imgpt checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or not {"model", "model_config"} <= payload.keys():
+        raise CheckpointError(f"{path}: not an imgpt checkpoint (needs the keys 'model' and 'model_config')")
+    return payload
+
+
+def rng_state() -> dict:
+    """Every random stream training draws from (dropout, NEFTune noise), as weights_only-loadable values."""
+    version, state, gauss = random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": [version, list(state), gauss]}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))

@@ -1,0 +1,389 @@
+"""GPT-2, top to bottom: config, attention, block, model, weighted loss, KV-cache generation, loading.
+
+Module and parameter names are exactly those of Hugging Face's GPT2LMHeadModel (transformer.wte,
+transformer.h.0.attn.c_attn, ..., lm_head), so the released checkpoints load by name; checkpoint.py reads the
+files and tokenizers. References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT for the shape of this file.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import checkpoint as ckpt
+from checkpoint import CheckpointError, get_tokenizer, load_checkpoint, save_checkpoint  # noqa: F401 (public API)
+from runtime import UserError
+
+PRESETS = {  # the released GPT-2 sizes (vocab 50257, block 1024: the defaults) and a tiny byte-level model
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=257),  # byte tokenizer, CPU demos
+}
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence (number of learned positions)
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    attention: str = "sdpa"  # "sdpa" (fused kernel) or "math" (the explicit formula, for reading)
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise UserError(f"model config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.attention not in ("sdpa", "math"):
+            raise UserError(f"model config: attention={self.attention!r}, expected 'sdpa' or 'math'")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "GPTConfig":
+        """'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', 'distilgpt2', or 'tiny' (byte vocab, for CPU demos)."""
+        if name not in PRESETS:
+            raise UserError(f"unknown model preset {name!r}: choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_mask(doc_q: torch.Tensor, doc_k: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """(B, 1, Tq, Tk) bool: query i (at absolute position start + i) may see key j iff j <= start + i and both
+    carry the same document id. Padding (id -1) only sees padding, so no row is empty (an empty row is NaN)."""
+    Tq, Tk = doc_q.size(1), doc_k.size(1)
+    causal = torch.ones(Tq, Tk, dtype=torch.bool, device=doc_q.device).tril(diagonal=start)
+    same_doc = doc_q.unsqueeze(2) == doc_k.unsqueeze(1)  # (B, Tq, Tk)
+    return (same_doc & causal).unsqueeze(1)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v, written out. mask None = causal, the last query aligned with the last key."""
+    Tq, Tk = q.size(-2), k.size(-2)
+    if mask is None:
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk)
+    att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return F.dropout(att, dropout) @ v  # (B, nh, Tq, hs)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, in buffers allocated once for max_len tokens."""
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.n_layer, self.max_len, self.len = n_layer, max_len, 0
+        self.k: torch.Tensor | None = None  # (n_layer, B, nh, max_len, hs), allocated at the first update
+        self.v: torch.Tensor | None = None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new keys/values (B, nh, T, hs) after the old ones; return all of them."""
+        if self.k is None:
+            B, nh, _, hs = k.shape
+            self.k = k.new_empty(self.n_layer, B, nh, self.max_len, hs)
+            self.v = torch.empty_like(self.k)
+        end = self.len + k.size(2)
+        self.k[layer, :, :, self.len:end] = k
+        self.v[layer, :, :, self.len:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.config, self.layer = config, layer  # the model's one config: dropout and attention are read live
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        nh = self.config.n_head
+        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        dropout = self.config.dropout if self.training else 0.0
+        if self.config.attention == "math":
+            y = math_attention(q, k, v, mask, dropout)
+        else:  # is_causal aligns the first query with the first key: right for a prefill, not for one new token
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=mask is None and T > 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return F.dropout(self.c_proj(y), dropout, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new", one fused kernel
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.c_proj(self.gelu(self.c_fc(x))), self.config.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+# ----------------------------------------------------------------------------- the model and its loss
+
+def example_lengths(doc: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): how many tokens of its row share each token's document id (its example's length)."""
+    return (doc.unsqueeze(2) == doc.unsqueeze(1)).sum(-1)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                           weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V), (N,), (N,) -> (sum_i w_i * CE_i, sum_i w_i), fp32. Targets under weight 0 may be anything (-1)."""
+    weights = weights.float()
+    targets = torch.where(weights != 0, targets, 0)
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    return (weights * ce).sum(), weights.sum()
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            h=nn.ModuleList(Block(config, layer) for layer in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads tokens in and writes them out
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # each block adds two residual branches: keep the sum's scale
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() yields the tied matrix once
+
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor, doc: torch.Tensor | None,
+              neftune_alpha: float) -> torch.Tensor:
+        """Token + position embeddings (B, T, C); NEFTune noise on the tokens while training."""
+        tok = self.transformer.wte(idx)
+        if neftune_alpha > 0 and self.training:  # Jain et al. 2023: scale alpha / sqrt(L d), L = example length
+            L = example_lengths(doc) if doc is not None else torch.full_like(idx, idx.size(1))
+            scale = neftune_alpha / torch.sqrt(L * self.config.n_embd).unsqueeze(-1)  # (B, T, 1)
+            tok = tok + torch.empty_like(tok).uniform_(-1, 1) * scale
+        return F.dropout(tok + self.transformer.wpe(pos), self.config.dropout, self.training)
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor | None = None, doc: torch.Tensor | None = None,
+                select: torch.Tensor | None = None, neftune_alpha: float = 0.0) -> torch.Tensor:
+        """Logits (B, T, V), or (N, V) for the N positions where `select` (B, T) is True, in row-major order.
+
+        pos: position ids (default 0..T-1). doc: document id of each token for packed rows (attention stays
+        inside a document, -1 = padding); None = one causal sequence per row.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise UserError(f"sequence of {T} tokens is longer than the model's block_size {self.config.block_size}")
+        if pos is None:
+            pos = torch.arange(T, device=idx.device).expand(B, T)
+        mask = None if doc is None else attention_mask(doc, doc)
+        x = self.embed(idx, pos, doc, neftune_alpha)
+        for block in self.transformer.h:
+            x = block(x, mask)
+        if select is not None:
+            x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
+        return self.lm_head(self.transformer.ln_f(x))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, pos: torch.Tensor | None = None,
+             doc: torch.Tensor | None = None, neftune_alpha: float = 0.0,
+             skip_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches."""
+        select = weights != 0 if skip_zero else None
+        logits = self(idx, pos, doc, select, neftune_alpha)
+        if select is None:
+            return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
+        return weighted_cross_entropy(logits, targets[select], weights[select])
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
+                             fused: bool | None = None) -> torch.optim.AdamW:
+        """AdamW with weight decay on matrices and embeddings only (not on biases and LayerNorm gains).
+        fused (default: on CPU and CUDA) updates all parameters in one kernel: on CPU about 6x faster."""
+        params = list(self.parameters())
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        if fused is None:
+            fused = params[0].device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    # ------------------------------------------------------------------------- generation
+
+    def next_logits(self, tokens: torch.Tensor, valid: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """(B, V) logits for the token after each row of left-padded `tokens` (B, T), `valid` marking real ones.
+
+        With a cache only the tokens it has not seen run through the model. Past the block size (or without a
+        cache) the last block_size tokens run from scratch, as the model has no position beyond that.
+        """
+        if cache is not None and tokens.size(1) > cache.max_len:
+            cache = None  # past the block size: positions shift every step, nothing cached stays valid
+        start = cache.len if cache is not None else 0
+        if cache is None:
+            tokens, valid = tokens[:, -self.config.block_size:], valid[:, -self.config.block_size:]
+        pos = (valid.cumsum(1) - 1).clamp(min=0)  # each row counts from its first real token
+        doc = torch.where(valid, 0, -1)
+        mask = None if valid.all() else attention_mask(doc[:, start:], doc, start)
+        x = self.embed(tokens[:, start:], pos[:, start:], None, 0.0)
+        for block in self.transformer.h:
+            x = block(x, mask, cache)
+        if cache is not None:
+            cache.len = tokens.size(1)
+        return self.lm_head(self.transformer.ln_f(x[:, -1]))
+
+    @torch.no_grad()
+    def generate(self, idx: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> list[list[int]]:
+        """The new tokens of each prompt (up to its first eos_id, excluded). Prompts may differ in length.
+
+        temperature 0 is greedy; otherwise sample from the top_k / top_p (nucleus) filtered distribution,
+        reproducibly for a given `generator`.
+        """
+        prompts = idx.tolist() if isinstance(idx, torch.Tensor) else [list(p) for p in idx]
+        if not prompts or not all(prompts):
+            raise UserError("generate needs at least one prompt, and every prompt at least one token")
+        device = self.transformer.wte.weight.device
+        tokens, valid = left_pad(prompts, device)
+        max_len = min(tokens.size(1) + max_new_tokens, self.config.block_size)
+        cache = KVCache(self.config.n_layer, max_len) if use_cache else None
+        out: list[list[int]] = [[] for _ in prompts]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            logits = self.next_logits(tokens, valid, cache)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            if eos_id is not None:
+                done |= nxt == eos_id
+            for row, (token, finished) in enumerate(zip(nxt.tolist(), done.tolist())):
+                if not finished:
+                    out[row].append(token)
+            if done.all():
+                break
+            tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+        return out
+
+    # ------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, **overrides) -> "GPT":
+        """A Hugging Face GPT-2 checkpoint: a model id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2),
+        downloaded once into the cache, or a directory with config.json + model.safetensors / pytorch_model.bin.
+        Dropout starts at 0 whatever config.json says; `overrides` (e.g. dropout=0.1) change our config."""
+        directory = name_or_dir if os.path.isdir(name_or_dir) else ckpt.hub_dir(name_or_dir)
+        config_path = os.path.join(directory, "config.json")
+        config = GPTConfig(**{**ckpt.config_from_hf(ckpt.read_json(config_path), config_path), **overrides})
+        model = cls(config)
+        expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        state = ckpt.state_from_hf(ckpt.read_weights(directory), expected, directory)
+        model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
+        return model
+
+
+def left_pad(prompts: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> tokens (B, T) padded on the left, and the mask of real tokens."""
+    T = max(len(p) for p in prompts)
+    tokens = torch.tensor([[0] * (T - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+    valid = torch.tensor([[False] * (T - len(p)) + [True] * len(p) for p in prompts], device=device)
+    return tokens, valid
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row, -inf elsewhere."""
+    kth = torch.topk(logits, min(k, logits.size(-1))).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p (nucleus sampling)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= p  # the mass before this token already reaches p; never the first
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) next tokens: argmax at temperature 0, else a draw from the filtered softmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- one entry point for every checkpoint
+
+def load_model(name_or_path: str, device: str = "cpu") -> tuple[GPT, tiktoken.Encoding]:
+    """(model in eval mode, tokenizer) from an imgpt checkpoint file, a training out_dir holding ckpt.pt, a
+    Hugging Face checkpoint directory, or a model id such as 'gpt2'."""
+    path = name_or_path
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "ckpt.pt")):
+        path = os.path.join(path, "ckpt.pt")
+    if os.path.isfile(path):
+        model, tok = model_from_checkpoint(path)
+    elif os.path.isdir(path) or path in ckpt.HUB_MODELS:
+        model = GPT.from_pretrained(path)
+        directory = path if os.path.isdir(path) else os.path.join(ckpt.cache_dir(), path)
+        tok = get_tokenizer(directory if ckpt.tokenizer_files(directory) else "gpt2")
+    else:
+        raise CheckpointError(f"{path!r}: no such file or directory, and not a known model id "
+                              f"({', '.join(ckpt.HUB_MODELS)})")
+    if tok.n_vocab > model.config.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {tok.n_vocab} tokens, the model only {model.config.vocab_size}")
+    return model.to(device).eval(), tok
+
+
+def model_from_checkpoint(path: str) -> tuple[GPT, tiktoken.Encoding]:
+    """Rebuild the model and its tokenizer from what an imgpt checkpoint recorded."""
+    payload = load_checkpoint(path)
+    try:
+        model = GPT(GPTConfig(**payload["model_config"]))
+    except TypeError as e:
+        raise CheckpointError(f"{path}: bad model_config ({e})") from None
+    state = {unwrap(k): v for k, v in payload["model"].items()}
+    state.pop("lm_head.weight", None)  # tied to wte
+    ckpt.check_state(state, {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}, path)
+    model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
+    return model, get_tokenizer(payload.get("tokenizer", "gpt2"))
+
+
+def unwrap(key: str) -> str:
+    """A parameter name without the prefixes torch.compile and DistributedDataParallel add."""
+    for prefix in ("module.", "_orig_mod.", "module."):
+        key = key.removeprefix(prefix)
+    return key
