@@ -1,0 +1,441 @@
+"""Instruction data -> token ids + one loss weight per token. IT and IM differ in ONE number.
+
+Every record on disk (Alpaca, Dolly, prompt/completion, chat `messages`, ShareGPT) becomes a list of messages
+[{"role", "content"}]. The one chat template cuts a conversation into pieces, each with a segment; pieces are
+tokenized separately, so every token has exactly one segment and one loss weight:
+
+    <|user|>\\n   Name a color.   \\n<|assistant|>\\n   Teal.      <|endoftext|>
+    TEMPLATE     USER            TEMPLATE            ASSISTANT  EOT
+IT  0            0               0                   1          1        prompt_loss_weight = 0 (Shi et al. Eq. 3)
+IM  0            1               0                   1          1        prompt_loss_weight = 1 (Eq. 4)
+
+weights[t] is the weight of the loss for predicting ids[t] from ids[:t]. Then: truncation, batching with
+little padding (length grouping or packing), a deterministic order per (seed, epoch), and a synthetic task.
+Usage: python data.py stats FILE [FILE ...] [--max_len N] [--format F] [--tokenizer gpt2|byte|DIR]
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, fields
+
+import numpy as np
+import tiktoken
+import torch
+
+from formats import DATASETS, FORMATS, DataError, load_conversations  # noqa: F401 (data.X for users)
+from model import get_tokenizer
+from runtime import UserError, opt, parse_config, run_cli
+
+TEMPLATE, SYSTEM, USER, ASSISTANT, EOT = 0, 1, 2, 3, 4  # the segment of each token
+PAD = -1
+LOSS_PRESETS = {"it": 0.0, "im": 1.0}  # --loss it|im: shorthands for prompt_loss_weight
+ROLE_TAGS = {"system": ("<|system|>\n", SYSTEM), "user": ("<|user|>\n", USER),
+             "assistant": ("<|assistant|>\n", ASSISTANT)}  # role -> (the tag before its content, its segment)
+
+
+# ----------------------------------------------------------------------------- the template and the weights
+
+def chat_pieces(messages: list[dict]) -> list[tuple[str, int]]:
+    """The ONE chat template, as (text, segment) pieces, used by training, evaluation and generation.
+
+    <|system|>\\n{system}\\n<|user|>\\n{user}\\n<|assistant|>\\n{assistant}<|endoftext|><|user|>\\n...
+    The newline that closes a user or system turn is TEMPLATE (merged with the next tag: "\\n<|assistant|>\\n"),
+    so user content is exactly the user's text and a prompt ending in "<|assistant|>\\n" is a piece boundary.
+    """
+    pieces: list[tuple[str, int]] = []
+
+    def add(text: str, seg: int) -> None:
+        if seg == TEMPLATE and pieces and pieces[-1][1] == TEMPLATE:
+            pieces[-1] = (pieces[-1][0] + text, TEMPLATE)
+        elif text or seg == EOT:  # empty content adds no piece
+            pieces.append((text, seg))
+
+    for m in messages:
+        tag, seg = ROLE_TAGS[m["role"]]
+        add(tag, TEMPLATE)
+        add(m["content"], seg)
+        add(*(("<|endoftext|>", EOT) if seg == ASSISTANT else ("\n", TEMPLATE)))
+    return pieces
+
+
+def encode_pieces(messages: list[dict], tok: tiktoken.Encoding) -> list[tuple[list[int], int]]:
+    """Each piece tokenized on its own. Template strings are ordinary text; only EOT is the special token."""
+    return [([tok.eot_token] if seg == EOT else tok.encode_ordinary(text), seg) for text, seg in chat_pieces(messages)]
+
+
+def truncate_pieces(pieces: list[tuple[list[int], int]], max_len: int) -> tuple[list[int], list[int]]:
+    """Fit max_len tokens: cut the prompt first, from the left; then cut the end; template pieces are kept.
+
+    Why the left: the end of the prompt sits next to the answer (the question, the latest turn), as when a
+    context window slides. Tokens come out of the content only, so the example keeps the template the model
+    sees at inference. The prompt keeps at least half the room (all of itself if shorter), so a long answer
+    does not leave an example with no question; the rest of the excess comes off the end, and the answer
+    keeps its start. Returns flat (ids, segs).
+    """
+    lens = [len(p) for p, _ in pieces]
+    if sum(lens) > max_len:
+        prompt = sum(n for n, (_, s) in zip(lens, pieces) if s in (SYSTEM, USER))
+        template = sum(n for n, (_, s) in zip(lens, pieces) if s == TEMPLATE)
+        room = max_len - template
+        keep = max(room - (sum(lens) - prompt - template), min(prompt, room // 2), 0)
+        cut, out = prompt - keep, []
+        for p, s in pieces:  # earliest prompt pieces go first: oldest turns, then the left of the last one
+            k = min(cut, len(p)) if s in (SYSTEM, USER) else 0
+            out.append((p[k:], s))
+            cut -= k
+        pieces = out
+    ids = [i for p, _ in pieces for i in p][:max_len]
+    segs = [s for p, s in pieces for _ in p][:max_len]
+    return ids, segs
+
+
+def encode_segments(messages: list[dict], tok: tiktoken.Encoding,
+                    max_len: int | None = None) -> tuple[list[int], list[int]]:
+    """ids and the segment of each token (optionally truncated to max_len)."""
+    return truncate_pieces(encode_pieces(messages, tok), max_len or 1 << 62)
+
+
+def loss_weights(segs: list[int], prompt_loss_weight: float, template_loss_weight: float = 0.0) -> list[float]:
+    """THE difference between IT (prompt_loss_weight=0) and IM (=1): weights[t] for predicting token t."""
+    weight = {ASSISTANT: 1.0, EOT: 1.0, SYSTEM: prompt_loss_weight, USER: prompt_loss_weight,
+              TEMPLATE: template_loss_weight, PAD: 0.0}
+    return [0.0] + [weight[s] for s in segs[1:]]  # token 0 has no context to be predicted from
+
+
+def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_weight: float,
+                   template_loss_weight: float = 0.0, max_len: int | None = None) -> tuple[list[int], list[float]]:
+    """(ids, weights) of one conversation: the whole method in one call."""
+    ids, segs = encode_segments(messages, tok, max_len)
+    return ids, loss_weights(segs, prompt_loss_weight, template_loss_weight)
+
+
+def prompt_ids(messages: list[dict], tok: tiktoken.Encoding) -> list[int]:
+    """What generation starts from: everything before the last answer, through "<|assistant|>\\n".
+
+    Same pieces, same tokenization as training, so it is byte-for-byte a prefix of the training ids.
+    """
+    context = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    pieces = encode_pieces(context + [{"role": "assistant", "content": ""}], tok)[:-1]  # drop the closing EOT
+    return [i for p, _ in pieces for i in p]
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    segs: list[int]
+
+
+def has_output(segs: list[int]) -> bool:
+    return any(s in (ASSISTANT, EOT) for s in segs[1:])
+
+
+def encode_dataset(convs: list[list[dict]], tok: tiktoken.Encoding,
+                   max_len: int | None) -> tuple[list[Example], dict]:
+    """Tokenize and truncate every conversation; drop those left with no output token to learn."""
+    stats = dict(examples=len(convs), kept=0, truncated=0, dropped=0,
+                 prompt_tokens=0, output_tokens=0, template_tokens=0)
+    names = {SYSTEM: "prompt_tokens", USER: "prompt_tokens", ASSISTANT: "output_tokens", EOT: "output_tokens",
+             TEMPLATE: "template_tokens"}
+    examples = []
+    for msgs in convs:
+        pieces = encode_pieces(msgs, tok)
+        for p, s in pieces:  # lengths before truncation: what the data is, not what fits
+            stats[names[s]] += len(p)
+        ids, segs = truncate_pieces(pieces, max_len or 1 << 62)
+        stats["truncated"] += len(ids) < sum(len(p) for p, _ in pieces)
+        if has_output(segs):
+            examples.append(Example(ids, segs))
+        else:
+            stats["dropped"] += 1
+    stats["kept"] = len(examples)
+    return examples, stats
+
+
+# ----------------------------------------------------------------------------- batches with little padding
+
+@dataclass
+class Batch:
+    """All (B, T). Position t feeds idx[t] and predicts targets[t] with weight weights[t]; segs is the target's
+    segment (PAD=-1); pos restarts at 0 for each packed example; doc says which example (-1 = padding)."""
+    idx: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+    segs: torch.Tensor
+    pos: torch.Tensor
+    doc: torch.Tensor
+
+    def to(self, device: str | torch.device) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+
+def first_fit(lengths: list[int], order: list[int], cap: int) -> list[list[int]]:
+    """Each item (in `order`) into the first row with room left; a new row when none has."""
+    rows: list[list[int]] = []
+    load: list[int] = []
+    for i in order:
+        r = next((r for r, used in enumerate(load) if used + lengths[i] <= cap), len(rows))
+        if r == len(rows):
+            rows.append([])
+            load.append(0)
+        rows[r].append(i)
+        load[r] += lengths[i]
+    return rows
+
+
+def pack(examples: list[Example], pack_len: int) -> list[list[Example]]:
+    """Rows of at most pack_len positions (len(ids) - 1 each): as few rows as first-fit decreasing needs, then
+    balanced (longest first into the emptiest row) when that fits, since the batch is as wide as its fullest row."""
+    n = [len(e.ids) - 1 for e in examples]
+    if max(n, default=0) > pack_len:
+        raise ValueError(f"an example of {max(n) + 1} tokens does not fit pack_len={pack_len}; truncate to pack_len+1")
+    order = sorted(range(len(n)), key=lambda i: -n[i])
+    rows = first_fit(n, order, pack_len)
+    balanced: list[list[int]] = [[] for _ in rows]
+    load = [0] * len(rows)
+    for i in order:
+        r = load.index(min(load))
+        balanced[r].append(i)
+        load[r] += n[i]
+    if max(load, default=0) <= pack_len:
+        rows = balanced
+    return [[examples[i] for i in row] for row in rows]
+
+
+def collate(examples: list[Example], prompt_loss_weight: float, template_loss_weight: float = 0.0,
+            pack_len: int | None = None) -> Batch:
+    """One example per row, right-padded to the longest; or, with pack_len, several examples per row."""
+    rows = [[e] for e in examples] if pack_len is None else pack(examples, pack_len)
+    B, T = len(rows), max([sum(len(e.ids) - 1 for e in row) for row in rows] + [1])
+    idx, targets, segs, pos = (np.zeros((B, T), np.int64) for _ in range(4))  # numpy: lists convert ~6x faster
+    weights, doc = np.zeros((B, T), np.float32), np.full((B, T), -1, np.int64)
+    segs[:] = PAD
+    for r, row in enumerate(rows):
+        t = 0
+        for d, e in enumerate(row):
+            n = len(e.ids) - 1
+            at = slice(t, t + n)
+            idx[r, at], targets[r, at], segs[r, at] = e.ids[:-1], e.ids[1:], e.segs[1:]
+            weights[r, at] = loss_weights(e.segs, prompt_loss_weight, template_loss_weight)[1:]
+            pos[r, at], doc[r, at] = np.arange(n), d
+            t += n
+    return Batch(*(torch.from_numpy(a) for a in (idx, targets, weights, segs, pos, doc)))
+
+
+def useful_fraction(batch: Batch) -> float:
+    """Real positions / computed positions (1.0 = no padding)."""
+    return int((batch.doc >= 0).sum()) / batch.doc.numel() if batch.doc.numel() else 1.0
+
+
+def _cut(order: list[int], lengths: list[int], batch_size: int, batch_tokens: int | None) -> list[list[int]]:
+    """Consecutive batches of `order`: at most batch_size examples and (if set) batch_tokens padded tokens."""
+    batches: list[list[int]] = []
+    for i in order:
+        b = batches[-1] if batches else None
+        if b is None or len(b) == batch_size or (
+                batch_tokens and (len(b) + 1) * max(lengths[j] for j in b + [i]) > batch_tokens):
+            batches.append([i])
+        else:
+            b.append(i)
+    return batches
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
+                  batch_tokens: int | None = None, megabatch: int = 50) -> list[list[int]]:
+    """The optimizer steps of one epoch (lists of example indices), a pure function of (seed, epoch).
+
+    Grouping (as in Hugging Face's length-grouped sampler): shuffle, sort each run of megabatch * batch_size
+    examples by length, cut into batches, shuffle the batches: little padding, yet a random order.
+    The last batch may be short. Ranks and micro-batch sizes do not enter, so training resumes exactly.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    if not group_by_length:
+        return _cut(order, lengths, batch_size, batch_tokens)
+    size = megabatch * batch_size
+    batches = []
+    for i in range(0, len(order), size):
+        batches += _cut(sorted(order[i:i + size], key=lambda j: -lengths[j]), lengths, batch_size, batch_tokens)
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def micro_batches(batch: list[int], rank: int, world_size: int, accum: int) -> list[list[int]]:
+    """This rank's `accum` micro-batches of one step; together over ranks and micro-steps: exactly `batch`.
+
+    Always `accum` lists (some empty when the batch is short), so every rank runs the same number of
+    forward/backward passes and DDP cannot deadlock. Chunk j*world_size + rank: at each micro-step the
+    ranks hold neighbouring chunks of the length-sorted batch, so they finish at about the same time.
+    """
+    k = world_size * accum
+    bounds = [len(batch) * i // k for i in range(k + 1)]  # chunk sizes differ by at most one
+    return [batch[bounds[c]:bounds[c + 1]] for c in (j * world_size + rank for j in range(accum))]
+
+
+def split_and_subsample(convs: list, val_size: float, num_examples: int, seed: int) -> tuple[list, list]:
+    """(train, val): hold out val_size (a count, or a fraction if < 1) first, then keep num_examples (0 = all).
+
+    The held-out set does not depend on num_examples, and smaller training sets are subsets of larger ones.
+    """
+    n = len(convs)
+    n_val = round(val_size * n) if 0 < val_size < 1 else int(val_size)
+    if not 0 <= n_val < n:
+        raise UserError(f"val_size={val_size} leaves no training examples out of {n}")
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    val, train = perm[:n_val], perm[n_val:]
+    if num_examples > len(train):
+        raise UserError(f"num_examples={num_examples}, but only {len(train)} are left after holding out {n_val}")
+    train = train[:num_examples] if num_examples > 0 else train
+    return [convs[i] for i in sorted(train)], [convs[i] for i in sorted(val)]
+
+
+# train.py's data settings and their defaults: the one place both train.py and eval.py turn them into a split
+SPLIT_DEFAULTS = dict(data="synthetic", format="", val_size=100, num_examples=0, seed=1337,
+                      synth_examples=300, synth_facts=8, synth_answers=1, synth_seed=0)
+
+
+def load_split(settings: dict) -> tuple[list, list]:
+    """(train, held-out) conversations from data settings (any others are ignored; missing ones take
+    SPLIT_DEFAULTS). eval.py calls it with a checkpoint's saved config, so it scores exactly what training held out."""
+    s = {**SPLIT_DEFAULTS, **{k: v for k, v in settings.items() if k in SPLIT_DEFAULTS}}
+    if s["data"] == "synthetic":
+        convs = synthetic_conversations(s["synth_examples"], s["synth_facts"], s["synth_answers"], s["synth_seed"])
+    else:
+        convs = load_conversations(s["data"], s["format"] or None)
+    return split_and_subsample(convs, s["val_size"], s["num_examples"], s["seed"])
+
+
+# ----------------------------------------------------------------------------- the built-in synthetic task
+
+ATTRIBUTES = {  # a small fixed world: every entity has one value of each attribute
+    "color": "red blue green teal gold pink gray black white brown",
+    "pet": "cat dog owl fox frog crab goat hawk mole newt",
+    "city": "Rome Oslo Lima Cairo Paris Tokyo Delhi Quito Bern Kyiv",
+    "food": "rice soup figs bread plums beans cake nuts corn kale",
+    "tool": "saw axe drill rope pen hammer lamp key file vise",
+    "sport": "golf chess polo judo rugby darts tennis rowing yoga squash",
+    "drink": "tea milk cola juice cocoa water wine soda kefir mead",
+    "gem": "ruby jade opal onyx pearl topaz amber beryl agate zircon",
+}
+
+
+def synthetic_world(n_entities: int, world_seed: int = 0) -> dict[tuple[str, str], str]:
+    """(entity, attribute) -> value. Entity i is the same for any n_entities (a bigger world extends a smaller)."""
+    if n_entities > 20000:  # the name space holds 24500 names
+        raise UserError(f"a synthetic world of {n_entities} entities is too big (at most 20000)")
+    rng, world = random.Random(world_seed), {}
+    names: set[str] = set()
+    while len(names) < n_entities:  # Kavo, Dorem, ...: two syllables and maybe a final consonant
+        syllables = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(2))
+        name = (syllables + rng.choice(["", "", "n", "r", "s", "l"])).capitalize()
+        if name not in names:
+            names.add(name)
+            world.update({(name, a): rng.choice(values.split()) for a, values in ATTRIBUTES.items()})
+    return world
+
+
+def fact(key: tuple[str, str], world: dict) -> str:
+    return f"{key[0]}'s {key[1]} is {world[key]}."
+
+
+def draw(stream: list, keys: list, k: int, rng: random.Random, avoid: list | tuple = ()) -> list:
+    """k distinct keys from a stream of shuffled rounds through all keys (so all are drawn equally often)."""
+    out: list = []
+    while len(out) < k:
+        stream += [] if stream else rng.sample(keys, len(keys))
+        if (key := stream.pop()) not in out and key not in avoid:
+            out.append(key)
+    return out
+
+
+def synthetic_conversations(n: int, n_facts: int = 8, n_answers: int = 1, seed: int = 0, world_seed: int = 0,
+                            n_entities: int | None = None) -> list[list[dict]]:
+    """Instructions that state n_facts facts of a fixed world and ask for n_answers facts they do NOT state.
+
+    user:      Kavo's pet is owl. Dorem's city is Oslo. ... Tell me Zade's color.
+    assistant: teal.
+    The world (world_seed) is shared by training and held-out examples. By default it has n * n_answers
+    facts, so each fact is asked about once and a held-out answer was never an output in training: only the
+    instructions of other examples state it (about n_facts / n_answers times per fact). Loss on instructions
+    (IM) turns those statements into supervision; IT never trains on them. So instruction length (n_facts)
+    sets how much IM can gain. Answers are checked by exact match. Deterministic for (seed, world_seed).
+    The answer is the values alone ("teal, dog." for two): an answer that repeats "Zade's color is" must be
+    copied from the prompt, which a tiny model learns slowly (measured: after 500 steps, 0/20 exact answers
+    while it completed 7/20 held-out statements; with values alone, 2/20 under IM and 0/20 under IT).
+    """
+    if n_entities is None:
+        n_entities = math.ceil(max(n * n_answers, n_facts + n_answers + 1) / len(ATTRIBUTES))
+    world = synthetic_world(n_entities, world_seed)
+    keys, rng, asked_stream, stated_stream, convs = list(world), random.Random(seed), [], [], []
+    for _ in range(n):
+        asked = draw(asked_stream, keys, n_answers, rng)
+        stated = draw(stated_stream, keys, n_facts, rng, avoid=asked)
+        question = " and ".join(f"{e}'s {a}" for e, a in asked)
+        user = " ".join(fact(k, world) for k in stated) + f" Tell me {question}."
+        convs.append([{"role": "user", "content": user},
+                      {"role": "assistant", "content": ", ".join(world[k] for k in asked) + "."}])
+    return convs
+
+
+# ----------------------------------------------------------------------------- python data.py stats FILE
+
+@dataclass
+class StatsConfig:
+    max_len: int = opt(1024, "context length: examples longer than this are truncated (or dropped)")
+    format: str | None = opt(None, f"input format, detected when not given: {', '.join(FORMATS)}")
+    tokenizer: str = opt("gpt2", "gpt2, byte, or a directory with vocab.json+merges.txt (or encoder.json+vocab.bpe)")
+    batch_size: int = opt(8, "batch size for measuring padding (length-grouped batches)")
+
+
+def dataset_stats(convs: list[list[dict]], tok: tiktoken.Encoding, max_len: int, batch_size: int = 8) -> dict:
+    """One row of a Table-5-like summary: lengths before truncation, weight shares and padding after."""
+    examples, st = encode_dataset(convs, tok, max_len)
+    n, positions = st["examples"], sum(len(e.ids) - 1 for e in examples)
+    weighted = {k: sum(sum(loss_weights(e.segs, plw)) for e in examples) / max(positions, 1)
+                for k, plw in LOSS_PRESETS.items()}
+    lengths = [len(e.ids) for e in examples]
+    useful = {}
+    for name, pack_len in (("padded", None), ("packed", max_len)):  # length-grouped batches, as in training
+        docs = [collate([examples[i] for i in b], 0.0, pack_len=pack_len).doc
+                for b in epoch_batches(lengths, batch_size, seed=0, epoch=0)]
+        useful[name] = sum(int((d >= 0).sum()) for d in docs) / max(sum(d.numel() for d in docs), 1)
+    return {"examples": n, "instruction": st["prompt_tokens"] / n, "output": st["output_tokens"] / n,
+            "ratio": st["prompt_tokens"] / max(st["output_tokens"], 1), "IT weighted": weighted["it"],
+            "IM weighted": weighted["im"], "truncated": st["truncated"], "dropped": st["dropped"],
+            f"useful@{batch_size}": useful["padded"], f"useful@{batch_size} packed": useful["packed"]}
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    """Markdown table, one row per dataset."""
+    cols = list(next(iter(rows.values())))
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) and v < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
+    lines = ["| dataset | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    return "\n".join(lines + [f"| {name} | " + " | ".join(cell(r[c]) for c in cols) + " |" for name, r in rows.items()])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if not argv or argv[0] != "stats":
+        raise UserError("usage: python data.py stats FILE [FILE ...] [--max_len N] [--format F] [--tokenizer T]")
+    rest = argv[1:]
+    k = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))  # FILE ... then --flags
+    files, flags = rest[:k], rest[k:]
+    cfg = parse_config(StatsConfig, flags, description="Token statistics of instruction datasets")
+    if not files:
+        raise UserError("stats: give at least one data file, a dataset name, or 'synthetic'")
+    tok = get_tokenizer(cfg.tokenizer)
+    rows = {}
+    for f in files:
+        convs = synthetic_conversations(200) if f == "synthetic" else load_conversations(f, cfg.format)
+        rows[os.path.basename(f)] = dataset_stats(convs, tok, cfg.max_len, cfg.batch_size)
+    print(format_table(rows))
+    print(f"tokens per example before truncation; weighted = share of target tokens with weight > 0 (IT: outputs, "
+          f"IM: + instructions); truncated/dropped at max_len={cfg.max_len}; useful = real / computed tokens")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,210 @@
+"""Instruction datasets on disk -> conversations, each a list of messages [{"role", "content"}].
+
+One reader per format (Alpaca and its LIMA `history` variant, Dolly, prompt/completion, chat `messages`, ShareGPT,
+self-instruct seed tasks); the first record's keys pick the format unless one is given. Everything downstream
+(template, weights, batches) sees only messages, so a new format is one small function here. A bad file ends in
+one DataError that names the file, the line (JSONL) or record index (JSON array), and the field.
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+
+from runtime import UserError, cache_dir, download
+
+
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(UserError):
+    """A bad data file: the message names the file, the line (JSONL) or record index (JSON array), and the field."""
+
+
+# ----------------------------------------------------------------------------- files -> records -> messages
+
+def read_records(path: str) -> list[tuple[str, object]]:
+    """(where, record) for each record of a JSON array or JSONL file; `where` is `file:line` or `file: record [i]`."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    if text.lstrip().startswith("["):  # one JSON array; otherwise one JSON object per line
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        return [(f"{path}: record [{i}]", r) for i, r in enumerate(records)]
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: malformed JSON line ({e.msg})") from None
+    return out
+
+
+def _field(rec: dict, key: str, kind: type, where: str, required: bool) -> object:
+    """rec[key] checked to be a `kind`; an optional field may be absent or null (then kind())."""
+    value = rec.get(key)
+    if value is None and not required:
+        return kind()
+    if key not in rec:
+        raise DataError(f"{where}: missing field '{key}'")
+    if not isinstance(value, kind):
+        got = "null" if value is None else type(value).__name__
+        raise DataError(f"{where}: field '{key}' must be a {'string' if kind is str else kind.__name__}, got {got}")
+    return value
+
+
+def _text(rec: dict, key: str, where: str, required: bool = True) -> str:
+    return _field(rec, key, str, where, required)  # type: ignore[return-value]
+
+
+def _list(rec: dict, key: str, where: str, required: bool = True) -> list:
+    return _field(rec, key, list, where, required)  # type: ignore[return-value]
+
+
+def _user(instruction: str, extra: str) -> str:
+    """Alpaca/Dolly: the instruction, then a blank line and the input/context when there is one."""
+    return instruction + "\n\n" + extra if extra.strip() else instruction
+
+
+def from_alpaca(rec: dict, where: str) -> list[list[dict]]:
+    """instruction, optional input, output; optional system and history [[user, assistant], ...] (LLaMA-Factory)."""
+    msgs = [{"role": "system", "content": _text(rec, "system", where, False)}] if rec.get("system") else []
+    for i, pair in enumerate(_list(rec, "history", where, required=False)):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
+            raise DataError(f"{where}: field 'history[{i}]' must be a [user, assistant] pair of strings")
+        msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    user = _user(_text(rec, "instruction", where), _text(rec, "input", where, False))
+    return [msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec, "output", where)}]]
+
+
+def from_dolly(rec: dict, where: str) -> list[list[dict]]:
+    user = _user(_text(rec, "instruction", where), _text(rec, "context", where, False))
+    return [[{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec, "response", where)}]]
+
+
+def from_prompt_completion(rec: dict, where: str) -> list[list[dict]]:
+    return [[{"role": "user", "content": _text(rec, "prompt", where)},
+             {"role": "assistant", "content": _text(rec, "completion", where)}]]
+
+
+def from_seed_tasks(rec: dict, where: str) -> list[list[dict]]:
+    """Self-instruct seed tasks (Stanford Alpaca): one instruction, several {input, output} instances."""
+    instruction, convs = _text(rec, "instruction", where), []
+    for i, inst in enumerate(_list(rec, "instances", where)):
+        at = f"{where} instances[{i}]"
+        inst = inst if isinstance(inst, dict) else {}
+        convs.append([{"role": "user", "content": _user(instruction, _text(inst, "input", at, False))},
+                      {"role": "assistant", "content": _text(inst, "output", at)}])
+    return convs
+
+
+def from_messages(rec: dict, where: str) -> list[list[dict]]:
+    msgs = []
+    for i, m in enumerate(_list(rec, "messages", where)):
+        at = f"{where} messages[{i}]"
+        role = _text(m if isinstance(m, dict) else {}, "role", at)
+        if role not in ROLES:
+            raise DataError(f"{at}: field 'role' must be system, user or assistant, got {role!r}")
+        msgs.append({"role": role, "content": _text(m, "content", at)})
+    return [msgs]
+
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant"}
+
+
+def from_sharegpt(rec: dict, where: str) -> list[list[dict]]:
+    """`conversations` of {from, value}; a list of plain strings (GAIR/lima) alternates user and assistant."""
+    msgs = []
+    for i, turn in enumerate(_list(rec, "conversations", where)):
+        at = f"{where} conversations[{i}]"
+        if isinstance(turn, str):
+            msgs.append({"role": ("user", "assistant")[i % 2], "content": turn})
+            continue
+        who = _text(turn if isinstance(turn, dict) else {}, "from", at)
+        if who.lower() not in SHAREGPT_ROLES:
+            raise DataError(f"{at}: field 'from' must be one of {', '.join(SHAREGPT_ROLES)}, got {who!r}")
+        msgs.append({"role": SHAREGPT_ROLES[who.lower()], "content": _text(turn, "value", at)})
+    return [msgs]
+
+
+# format name -> (fields that identify it, converter); detection takes the first whose fields the record has
+FORMATS = {"messages": ({"messages"}, from_messages), "sharegpt": ({"conversations"}, from_sharegpt),
+           "seed_tasks": ({"instruction", "instances"}, from_seed_tasks),
+           "dolly": ({"instruction", "response"}, from_dolly),
+           "prompt_completion": ({"prompt", "completion"}, from_prompt_completion),
+           "alpaca": ({"instruction", "output"}, from_alpaca)}
+
+
+def detect_format(rec: dict, where: str) -> str:
+    keys = set(rec)
+    for name, (needed, _) in FORMATS.items():
+        if needed <= keys:
+            return name
+    raise DataError(f"{where}: cannot tell the format from fields {sorted(keys)}; expected e.g. instruction+output "
+                    f"(alpaca), messages, conversations, prompt+completion; or pass --format ({', '.join(FORMATS)})")
+
+
+def check_conversation(msgs: list[dict], where: str) -> list[dict]:
+    """Drop trailing turns with no answer after them (ShareGPT dumps have some); require one assistant turn."""
+    while msgs and msgs[-1]["role"] != "assistant":
+        msgs = msgs[:-1]
+    if not msgs:
+        raise DataError(f"{where}: no assistant turn (nothing to learn from)")
+    return msgs
+
+
+def load_conversations(path_or_name: str, fmt: str | None = None) -> list[list[dict]]:
+    """A local JSON/JSONL file, or a named public dataset (downloaded once), as a list of conversations."""
+    path = path_or_name
+    if not os.path.exists(path) and path_or_name in DATASETS:
+        path, fmt = download_dataset(path_or_name), fmt or DATASETS[path_or_name][1]
+    elif not os.path.exists(path):
+        raise DataError(f"{path}: no such file (known dataset names: {', '.join(DATASETS)})")
+    if fmt is not None and fmt not in FORMATS:
+        raise DataError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no records")
+    for where, rec in records:
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    convert = FORMATS[fmt or detect_format(records[0][1], records[0][0])][1]  # the first record decides
+    return [check_conversation(c, where) for where, rec in records for c in convert(rec, where)]
+
+
+# name -> (url, format). Fetched once into the cache when online; offline, pass a local file instead.
+DATASETS = {
+    "alpaca": ("https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json", "alpaca"),
+    "dolly": ("https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/"
+              "databricks-dolly-15k.jsonl", "dolly"),
+    "lima": ("https://huggingface.co/datasets/GAIR/lima/resolve/main/train.jsonl", "sharegpt"),  # gated: log in first
+    "codealpaca": ("https://raw.githubusercontent.com/sahil280114/codealpaca/master/data/code_alpaca_20k.json",
+                   "alpaca"),
+}
+
+
+def download_dataset(name: str) -> str:
+    """The cached copy of a named dataset, fetched once (atomically, so many ranks may ask at the same time)."""
+    url = DATASETS[name][0]
+    path = os.path.join(cache_dir(), f"{name}-{os.path.basename(url)}")
+    if not os.path.exists(path):
+        try:
+            download(url, path)
+        except (urllib.error.URLError, OSError) as e:
+            raise DataError(f"cannot download dataset '{name}' from {url} ({getattr(e, 'reason', e)}). Offline? "
+                            f"Get the file elsewhere and pass its local path instead") from None
+    return path
