@@ -1,0 +1,106 @@
+"""The loss of one optimizer step, computed so that it does not depend on how the step's batch is split.
+
+The step's loss is  sum over every weighted token of w * CE  /  sum of w over the WHOLE step: every micro-batch on
+every rank. The denominator is counted before any forward pass (weights are known from the data), so each
+micro-batch can divide its own weighted sum by it and backpropagate at once; gradients add up over micro-batches
+(accumulation) and DDP averages them over ranks, which the factor world_size undoes. Splitting 8 examples as
+8 x 1, 2 x 4 or 2 processes x 2 x 2 then gives the same update (tests/test_train.py checks it to 1e-6).
+Dividing each micro-batch by its own weight sum instead, the common shortcut, weights tokens of short
+micro-batches more: the update then depends on the split.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data import Batch, Example, collate
+from model import GPT, weighted_cross_entropy
+
+
+def per_example_weights(weights: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    """Rescale the weights so that each example's sum to 1: the weighted token sum becomes the sum over examples
+    of each example's weighted mean (--loss_reduction sequence). doc: (B, T) example id per row, -1 = padding."""
+    B, T = weights.shape
+    key = torch.arange(B, device=weights.device)[:, None] * (T + 1) + doc + 1  # (B, T) one id per (row, example)
+    sums = torch.zeros(B * (T + 1), dtype=weights.dtype, device=weights.device)
+    sums.index_add_(0, key.flatten(), weights.flatten())
+    denom = sums[key]  # (B, T) the weight sum of each token's example
+    return torch.where(denom > 0, weights / denom.clamp_min(1e-30), torch.zeros_like(weights))
+
+
+def weighted_kl(logits: torch.Tensor, ref_logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_t w_t * KL(p_model,t || p_ref,t) in float32; logits (N, V), weights (N,)."""
+    logp, logq = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+    return (weights * (logp.exp() * (logp - logq)).sum(-1)).sum()
+
+
+class StepLoss(nn.Module):
+    """The model and its loss in one forward, so that DDP sees the whole computation and syncs its gradients."""
+
+    def __init__(self, model: GPT, skip_zero: bool, neftune_alpha: float):
+        super().__init__()
+        self.model, self.skip_zero, self.neftune_alpha = model, skip_zero, neftune_alpha
+
+    def forward(self, idx, targets, weights, pos, doc, ref_logits=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of w * cross-entropy, sum of w * KL to the reference model) over one micro-batch."""
+        if ref_logits is None:
+            ce, _ = self.model.loss(idx, targets, weights, pos=pos, doc=doc, neftune_alpha=self.neftune_alpha,
+                                    skip_zero=self.skip_zero)
+            return ce, torch.zeros_like(ce)
+        select = weights != 0
+        logits = self.model(idx, pos=pos, doc=doc, select=select, neftune_alpha=self.neftune_alpha)  # (N, V)
+        ce, _ = weighted_cross_entropy(logits, targets[select], weights[select])
+        return ce, weighted_kl(logits, ref_logits, weights[select])
+
+
+# ----------------------------------------------------------------------------- one optimizer step
+
+def step_batches(examples: list[Example], micro: list[list[int]], device: str, prompt_loss_weight: float,
+                 template_loss_weight: float = 0.0, pack_len: int | None = None,
+                 reduction: str = "token") -> tuple[list[Batch | None], torch.Tensor]:
+    """This rank's micro-batches (None where empty) and [weight sum, examples, tokens] over them."""
+    batches, stats = [], torch.zeros(3, dtype=torch.float64)
+    for ids in micro:
+        if not ids:
+            batches.append(None)
+            continue
+        b = collate([examples[i] for i in ids], prompt_loss_weight, template_loss_weight, pack_len=pack_len)
+        stats += torch.tensor([b.weights.double().sum().item(), len(ids), (b.doc >= 0).sum().item()],
+                              dtype=torch.float64)
+        if reduction == "sequence":
+            b = dataclasses.replace(b, weights=per_example_weights(b.weights, b.doc))
+        batches.append(b.to(device))
+    return batches, stats
+
+
+def run_micro_batches(engine: nn.Module, batches: list[Batch | None], dummy: Batch, norm: float, world: int,
+                      ref: GPT | None, kl_coef: float, amp, scaler) -> torch.Tensor:
+    """Forward and backward of this rank's micro-batches; returns [cross-entropy, KL] of the step on this rank.
+
+    Each micro-batch's loss is divided by `norm`, the weight sum of the whole step over all ranks, and multiplied
+    by `world`, because DDP AVERAGES gradients over ranks: mean_r(world * g_r / norm) = sum_r g_r / norm, exactly
+    the gradient of sum(w * loss) / sum(w). Gradients SUM over micro-batches, so accumulation needs no extra factor.
+    """
+    parts = []
+    last = len(batches) - 1
+    for i, b in enumerate(batches):
+        if b is None and (i < last or world == 1):
+            continue  # nothing to compute, and no gradient sync is due on this micro-step
+        sync = i == last
+        x = dummy if b is None else b  # a rank with nothing left still joins the final gradient all-reduce...
+        with contextlib.nullcontext() if sync or world == 1 else engine.no_sync():
+            with amp:
+                ref_logits = None
+                if ref is not None:
+                    with torch.no_grad():
+                        ref_logits = ref(x.idx, pos=x.pos, doc=x.doc, select=x.weights != 0)
+                ce, kl = engine(x.idx, x.targets, x.weights, x.pos, x.doc, ref_logits)
+            loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients
+            scaler.scale(loss).backward()
+        if b is not None:
+            parts.append(torch.stack([ce.detach(), kl.detach()]))
+    return torch.stack(parts).double().sum(0).cpu() / norm if parts else torch.zeros(2, dtype=torch.float64)

@@ -1,0 +1,505 @@
+"""Fine-tune GPT-2 (or train a small GPT from scratch) on instruction data, with the loss on the outputs only
+(IT) or on the instructions too (IM). One plain PyTorch loop for a laptop CPU and for torchrun on many GPUs.
+
+    python train.py                                          # tiny GPT, built-in synthetic task, CPU, ~2 min
+    python train.py --init_from gpt2 --data alpaca.json --loss im         # one GPU, the paper's recipe
+    torchrun --standalone --nproc_per_node=8 train.py --init_from gpt2 --data alpaca.json --loss im
+    torchrun --nnodes=2 --node_rank=R --master_addr=HOST --master_port=29500 --nproc_per_node=8 train.py ...
+    python train.py --init_from resume --out_dir out         # continue out/ckpt.pt exactly where it stopped
+
+The loss of an optimizer step is sum(weight * token loss) / sum(weight) over the WHOLE step: every micro-batch
+on every rank. So the update does not depend on the micro-batch size, the accumulation or the process count.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import textwrap
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from data import SPLIT_DEFAULTS, Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
+from loss import StepLoss, run_micro_batches, step_batches
+from metrics import segment_losses
+from checkpoint import rng_state, set_rng_state
+from model import GPT, GPTConfig, get_tokenizer, load_checkpoint, load_model, save_checkpoint
+from runtime import (Dist, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed, join_distributed, opt,
+                     parse_config, peak_flops, run_cli)
+
+# None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
+# CPU in minutes, and the paper's recipe (Shi et al. 2024, App. A) for fine-tuning a pretrained GPT-2.
+SCRATCH_RECIPE = dict(batch_size=8, micro_batch_size=0, epochs=0.0, max_steps=400, lr=2e-3, min_lr_ratio=0.1,
+                      schedule="cosine", warmup_ratio=0.05, weight_decay=0.1, eval_interval=100, threads=1)
+PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0, lr=2e-5, min_lr_ratio=0.0,
+                    schedule="linear", warmup_ratio=0.03, weight_decay=0.0, eval_interval=50, threads=0)
+
+
+@dataclass
+class TrainConfig:
+    # where from, where to
+    out_dir: str = opt("out", "directory for ckpt.pt (last), best.pt, log.jsonl and summary.json")
+    init_from: str = opt("scratch", "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint or HF "
+                         "directory | resume (continue out_dir/ckpt.pt with its saved config)")
+    model: str = opt("tiny", "model preset for --init_from scratch (tiny, gpt2, gpt2-medium, ...)")
+    n_layer: int = opt(0, "override the preset's number of layers (scratch only; 0 = the preset's)")
+    n_head: int = opt(0, "override the preset's attention heads (scratch only; 0 = the preset's)")
+    n_embd: int = opt(0, "override the preset's width (scratch only; 0 = the preset's)")
+    block_size: int = opt(0, "context length; for a pretrained model a shorter maximum example length (0 = model's)")
+    dropout: float = opt(0.0, "dropout probability during training")
+    tokenizer: str = opt("", "byte | gpt2 | a directory with vocab.json + merges.txt ('' = byte from scratch, "
+                         "the checkpoint's otherwise)")
+    # data
+    data: str = opt(SPLIT_DEFAULTS["data"], "'synthetic' (the built-in offline task) or an instruction file: Alpaca, Dolly, "
+                    "prompt/completion, messages or ShareGPT, JSON or JSONL")
+    format: str = opt("", "file format ('' = auto-detect)")
+    val_size: float = opt(SPLIT_DEFAULTS["val_size"], "held-out examples split off the data (a count, or a fraction if < 1)")
+    num_examples: int = opt(SPLIT_DEFAULTS["num_examples"], "train on a random subset of this many examples (0 = all)")
+    synth_examples: int = opt(SPLIT_DEFAULTS["synth_examples"], "synthetic task: examples generated (train + held-out)")
+    synth_facts: int = opt(SPLIT_DEFAULTS["synth_facts"], "synthetic task: facts stated in each instruction "
+                            "(sets the instruction length; 8 fit the tiny model's context)")
+    synth_answers: int = opt(SPLIT_DEFAULTS["synth_answers"], "synthetic task: facts asked for in each output (sets the output length)")
+    synth_seed: int = opt(SPLIT_DEFAULTS["synth_seed"], "synthetic task: seed of the generated examples")
+    # loss
+    loss: str = opt("it", "it: loss on outputs only; im: loss on instructions too (prompt weight 0 or 1)")
+    prompt_loss_weight: float | None = opt(None, "weight of instruction tokens; overrides --loss (IT=0, IM=1)")
+    template_loss_weight: float = opt(0.0, "weight of template tokens like <|user|> (paper: 0)")
+    loss_reduction: str = opt("token", "token: sum(w*loss)/sum(w) over the step; sequence: mean over examples "
+                              "of each example's weighted mean (what the paper's code did at one example per GPU)")
+    kl_coef: float = opt(0.0, "add kl_coef * KL(model || initial model) on the weighted positions (paper Table 3)")
+    neftune_alpha: float = opt(0.0, "NEFTune: uniform noise alpha/sqrt(L*d) on token embeddings (paper: 5)")
+    skip_zero: bool = opt(True, "positions with loss weight 0 skip the output head and the cross-entropy")
+    pack: bool = opt(False, "pack several examples into each row (attention kept inside each) instead of padding")
+    # optimization; None = the recipe's value (from scratch: fast CPU demo; otherwise the paper's GPT-2 recipe)
+    batch_size: int | None = opt(None, "examples per optimizer step, all ranks (scratch 8, fine-tune 128)")
+    batch_tokens: int = opt(0, "also cap each step at this many padded tokens: batch_size is then the most "
+                            "examples per step, and each step accumulates as many micro-batches as it needs")
+    micro_batch_size: int | None = opt(None, "examples per forward pass and rank (0 = batch/ranks; fine-tune 8)")
+    epochs: float | None = opt(None, "passes over the training set, if max_steps is 0 (fine-tune 2)")
+    max_steps: int | None = opt(None, "optimizer steps, overrides epochs (scratch 400; 0 = use epochs)")
+    stop_step: int = opt(0, "stop after this step with a checkpoint, schedule unchanged, e.g. for job time limits")
+    lr: float | None = opt(None, "peak learning rate (scratch 2e-3, fine-tune 2e-5)")
+    min_lr: float | None = opt(None, "learning rate at the end of the decay (scratch lr/10, fine-tune 0)")
+    schedule: str | None = opt(None, "linear | cosine | constant, after warmup (scratch cosine, fine-tune linear)")
+    warmup_ratio: float | None = opt(None, "fraction of steps of linear warmup (scratch 0.05, fine-tune 0.03)")
+    weight_decay: float | None = opt(None, "AdamW weight decay on matrices only (scratch 0.1, fine-tune 0)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.999, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = no clipping)")
+    # evaluation and logs
+    eval_interval: int | None = opt(None, "evaluate and save every N steps (0 = only at the end; scratch 100)")
+    eval_examples: int = opt(200, "held-out examples scored at each evaluation (0 = all)")
+    train_eval_size: int = opt(100, "training examples scored at each evaluation (the overfitting gap)")
+    log_interval: int = opt(10, "refresh the progress bar every N steps (log.jsonl gets every step)")
+    # system
+    device: str = opt("auto", "auto | cpu | cuda | mps")
+    threads: int | None = opt(None, "CPU threads (0 = torch's default, one per core; scratch 1: the tiny model "
+                              "gains little from more, and a busy machine makes 2 threads 3x slower than 1)")
+    dtype: str = opt("auto", "auto (bf16 autocast on CUDA if supported, else float32) | float32 | bfloat16 | float16")
+    compile: bool = opt(False, "torch.compile the model")
+    seed: int = opt(SPLIT_DEFAULTS["seed"], "seed of initialization, data split and order, dropout and noise")
+    save: bool = opt(True, "write checkpoints")
+
+    def validate(self) -> None:
+        """Fail before any work, with the flag's name, on settings that cannot work."""
+        c = resolve(self)
+        checks = [
+            (c.loss in ("it", "im"), f"--loss must be it or im, got {c.loss!r}"),
+            (c.prompt_loss_weight >= 0 and c.template_loss_weight >= 0, "loss weights must be >= 0"),
+            (c.loss_reduction in ("token", "sequence"), "--loss_reduction must be token or sequence"),
+            (c.schedule in ("linear", "cosine", "constant"), "--schedule must be linear, cosine or constant"),
+            (c.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype {c.dtype!r} is not one of the choices"),
+            (c.lr > 0, f"--lr must be > 0, got {c.lr}"),
+            (0 <= c.min_lr <= c.lr, f"--min_lr must be between 0 and --lr {c.lr}, got {c.min_lr}"),
+            (0 <= c.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {c.warmup_ratio}"),
+            (c.weight_decay >= 0 and c.grad_clip >= 0, "--weight_decay and --grad_clip must be >= 0"),
+            (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)"),
+            (0 <= c.dropout < 1, f"--dropout must be in [0, 1), got {c.dropout}"),
+            (c.kl_coef >= 0 and c.neftune_alpha >= 0, "--kl_coef and --neftune_alpha must be >= 0"),
+            (c.batch_size >= 1 and c.micro_batch_size >= 0 and c.batch_tokens >= 0, "batch sizes must be positive"),
+            (c.micro_batch_size == 0 or c.batch_size % c.micro_batch_size == 0,
+             f"--batch_size {c.batch_size} is not divisible by --micro_batch_size {c.micro_batch_size}"),
+            (c.max_steps > 0 or c.epochs > 0, "set --max_steps or --epochs above 0"),
+            (min(c.max_steps, c.stop_step, c.eval_interval, c.val_size, c.num_examples, c.threads) >= 0,
+             "counts must be >= 0"),
+            (c.init_from in ("scratch", "resume") or not (c.n_layer or c.n_head or c.n_embd),
+             "--n_layer/--n_head/--n_embd only apply to --init_from scratch"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        if c.init_from == "scratch":
+            scratch_config(c, vocab_size=257)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill every None with the recipe's value, and --loss into prompt_loss_weight."""
+    recipe = SCRATCH_RECIPE if cfg.init_from == "scratch" else PAPER_RECIPE
+    filled = {k: v for k, v in recipe.items() if hasattr(cfg, k) and getattr(cfg, k) is None}
+    if cfg.min_lr is None:
+        filled["min_lr"] = recipe["min_lr_ratio"] * (cfg.lr if cfg.lr is not None else recipe["lr"])
+    if cfg.prompt_loss_weight is None:
+        filled["prompt_loss_weight"] = 1.0 if cfg.loss == "im" else 0.0
+    return dataclasses.replace(cfg, **filled)
+
+
+def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    """The preset with the size flags that are set (GPTConfig itself refuses n_embd % n_head != 0)."""
+    sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(cfg, k)}
+    return GPTConfig.preset(cfg.model, vocab_size=vocab_size, dropout=cfg.dropout, **sizes)
+
+
+# ----------------------------------------------------------------------------- model, data, schedule
+
+def build_model(cfg: TrainConfig) -> tuple[GPT, object, str]:
+    """The initial model, its tokenizer and the tokenizer's name (saved with checkpoints); same for every rank."""
+    if cfg.init_from == "scratch":
+        tok_name = cfg.tokenizer or "byte"
+        tok = get_tokenizer(tok_name)
+        torch.manual_seed(cfg.seed)
+        return GPT(scratch_config(cfg, tok.n_vocab)), tok, tok_name
+    model, tok = load_model(cfg.init_from)
+    if cfg.tokenizer:
+        tok = get_tokenizer(cfg.tokenizer)
+    for m in model.modules():  # a pretrained config carries its own dropout; the flag decides here
+        if isinstance(m, nn.Dropout):
+            m.p = cfg.dropout
+        elif isinstance(getattr(m, "dropout", None), float):  # attention's dropout probability
+            m.dropout = cfg.dropout
+    model.config.dropout = cfg.dropout
+    return model, tok, tok.name
+
+
+def build_data(cfg: TrainConfig, tok, max_len: int | None = None) -> tuple[list[Example], list[Example], dict]:
+    """Encoded training and held-out examples (deterministic for the seed), plus statistics. Examples are cut to
+    block_size + 1 tokens by default: block_size inputs, each predicting the next token."""
+    max_len = max_len or cfg.block_size + 1
+    train_convs, val_convs = load_split(asdict(cfg))
+    train_ex, stats = encode_dataset(train_convs, tok, max_len)
+    val_ex, _ = encode_dataset(val_convs, tok, max_len)
+    if not train_ex:
+        raise UserError(f"{cfg.data}: no training examples left (stats: {stats})")
+    return train_ex, val_ex, stats
+
+
+def lr_at(step: int, total: int, lr: float, min_lr: float, warmup: int, schedule: str) -> float:
+    """Learning rate of optimizer step `step` (0-based) of `total`: linear warmup, then the decay."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)  # never 0: a first step at lr 0 would be wasted
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1 over the decay
+    coeff = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + coeff * (lr - min_lr)
+
+
+# ----------------------------------------------------------------------------- checkpoints and evaluation
+
+def all_rng_states(d: Dist) -> list[dict]:
+    """Each rank's RNG state (ranks draw different dropout masks), gathered for rank 0 to save."""
+    mine = rng_state()
+    if not d.enabled:
+        return [mine]
+    states: list = [None] * d.world_size
+    torch_dist.all_gather_object(states, mine)
+    return states
+
+
+def evaluate(model: GPT, val: list[Example], train_sample: list[Example], bs: int, device: str, d: Dist,
+             amp_dtype) -> dict:
+    """Held-out output and prompt loss, and the output loss on a fixed sample of the training set."""
+    with torch.random.fork_rng(devices=[]):  # scoring must not shift training's random streams (exact resume)
+        v = segment_losses(model, val, bs, device, d, amp_dtype)
+        t = segment_losses(model, train_sample, bs, device, d, amp_dtype)
+    return {"val_output_loss": v["output_loss"], "val_prompt_loss": v["prompt_loss"],
+            "train_output_loss": t["output_loss"], "train_prompt_loss": t["prompt_loss"]}
+
+
+def resume_config(saved: dict, given: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """The checkpoint's config (the run's definition) with the run-control flags given now; and the names of
+    other settings given now that differ from the checkpoint's, which are ignored."""
+    cfg, default = TrainConfig(**saved), TrainConfig(init_from="resume")
+    keep = {k: getattr(given, k) for k in ("out_dir", "stop_step", "log_interval", "device", "compile", "save")}
+    if given.threads is not None:
+        keep["threads"] = given.threads
+    if given.eval_interval is not None:
+        keep["eval_interval"] = given.eval_interval
+    ignored = [f"--{k}" for k, v in asdict(given).items() if k not in keep and k != "init_from"
+               and v != getattr(default, k) and v != saved.get(k)]
+    return dataclasses.replace(cfg, **keep), ignored
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the run stops; the last good checkpoint stays in place."""
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class Progress:
+    """Where the run stands: saved in checkpoints, so a resumed run continues with the same next batch."""
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # next optimizer step within the epoch's plan
+    best_val_loss: float = math.inf
+    history: list = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class Session:
+    """Everything one run holds, passed to the small functions below."""
+    cfg: TrainConfig
+    d: Dist
+    model: GPT  # unwrapped and uncompiled: what checkpoints and evaluation use
+    engine: nn.Module  # the model and its loss, maybe compiled, maybe wrapped in DDP
+    ref: GPT | None  # frozen initial model for --kl_coef
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    tok_name: str
+    train: list[Example]
+    val: list[Example]
+    train_sample: list[Example]
+    accum: int
+    total: int
+    prog: Progress
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cfg.out_dir, name)
+
+    def log(self, record: dict) -> None:
+        if self.d.is_main:
+            with open(self.path("log.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def amp(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.d.device).type, dtype=self.amp_dtype)
+
+
+def reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum over ranks (NCCL needs the tensor on the GPU); returns a CPU tensor."""
+    return all_reduce_sum(t.to(d.device) if d.enabled and d.device.startswith("cuda") else t).cpu()
+
+
+def train_step(s: Session, ids: list[int]) -> dict:
+    """One optimizer step on the examples `ids` (the whole step, all ranks); returns its log record."""
+    cfg, d, t0 = s.cfg, s.d, time.perf_counter()
+    lr = lr_at(s.prog.step, s.total, cfg.lr, cfg.min_lr, math.ceil(cfg.warmup_ratio * s.total), cfg.schedule)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    accum = math.ceil(len(ids) / (cfg.micro_batch_size * d.world_size))  # fewer for a short (or token-capped) step
+    micro = micro_batches(ids, d.rank, d.world_size, accum)
+    batches, stats = step_batches(s.train, micro, d.device, cfg.prompt_loss_weight, cfg.template_loss_weight,
+                                  cfg.block_size if cfg.pack else None, cfg.loss_reduction)
+    weight_sum, n_examples, tokens = reduce(stats, d).tolist()  # the whole step's counts, before any forward
+    norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum
+    dummy = None
+    if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
+        dummy = collate([s.train[ids[0]]], cfg.prompt_loss_weight, cfg.template_loss_weight).to(d.device)
+    sums = run_micro_batches(s.engine, batches, dummy, max(norm, 1e-12), d.world_size, s.ref, cfg.kl_coef,
+                             s.amp(), s.scaler)
+    ce, kl = reduce(sums, d).tolist()
+    s.scaler.unscale_(s.optimizer)  # clip the true gradient, not the fp16-scaled one
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or math.inf).item()
+    if not math.isfinite(ce + kl) or (not s.scaler.is_enabled() and not math.isfinite(grad_norm)):
+        raise TrainingDiverged(f"loss {ce + kl} / gradient norm {grad_norm} at step {s.prog.step + 1}: stopped; "
+                               f"the last good checkpoint (if any) is in {cfg.out_dir}. Try a lower --lr or float32")
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.prog.step, s.prog.index = s.prog.step + 1, s.prog.index + 1
+    dt = time.perf_counter() - t0
+    rec = {"step": s.prog.step, "loss": ce, "lr": lr, "grad_norm": grad_norm, "weighted_tokens": weight_sum,
+           "tokens": tokens, "tokens_per_s": tokens / dt, "step_time": dt}
+    if cfg.kl_coef:
+        rec["kl"] = kl
+    if (peak := peak_flops(d.device)) is not None:  # 6 FLOPs per parameter per token (forward + backward)
+        rec["mfu"] = 6 * s.model.num_params() * tokens / dt / (peak * d.world_size)
+    return rec
+
+
+def save(s: Session, name: str, gather: bool = True) -> None:
+    """Write out_dir/name atomically: everything needed to continue exactly."""
+    rngs = all_rng_states(s.d) if gather else [rng_state()]  # a collective: every rank calls it
+    if not (s.d.is_main and s.cfg.save):
+        return
+    save_checkpoint(s.path(name), {
+        "model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_name,
+        "config": asdict(s.cfg), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+        "step": s.prog.step, "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs,
+        "best_val_loss": s.prog.best_val_loss, "history": s.prog.history})
+
+
+def eval_and_save(s: Session) -> dict:
+    """Score the model, log it, keep best.pt by held-out output loss, and save ckpt.pt."""
+    bs = max(1, s.cfg.micro_batch_size or s.cfg.batch_size // s.d.world_size)
+    r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype)}
+    if not s.val:
+        r["val_output_loss"] = r["val_prompt_loss"] = None
+    s.prog.history.append(r)
+    s.log({"eval": r})
+    if s.d.is_main:
+        tqdm.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    if r["val_output_loss"] is not None and r["val_output_loss"] < s.prog.best_val_loss:
+        s.prog.best_val_loss = r["val_output_loss"]
+        save(s, "best.pt")
+    save(s, "ckpt.pt")
+    return r
+
+
+def split_sizes(batch: int, micro: int, world: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) of a batch of `batch` examples over `world` processes."""
+    micro = micro or batch // world
+    if micro == 0 or batch % (micro * world):
+        raise UserError(f"--batch_size {batch} must be divisible by --micro_batch_size {micro} x {world} processes")
+    return micro, batch // (micro * world)
+
+
+def plan_epoch(cfg: TrainConfig, train_ex: list[Example], epoch: int) -> list[list[int]]:
+    """The example indices of each optimizer step of `epoch`: the same for any rank count, and after a resume."""
+    return epoch_batches([len(e.ids) for e in train_ex], cfg.batch_size, cfg.seed, epoch,
+                         batch_tokens=cfg.batch_tokens or None)
+
+
+def setup(cfg: TrainConfig, d: Dist) -> Session:
+    """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint."""
+    ckpt, ignored = None, []
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        cfg, ignored = resume_config(ckpt["config"], cfg)
+    cfg = resolve(cfg)
+    micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
+    cfg = dataclasses.replace(cfg, micro_batch_size=micro)
+    device_type = torch.device(d.device).type
+    if device_type == "cpu":
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.set_flush_denormal(True)  # Adam state of unseen embedding rows decays into slow denormal floats
+    if ckpt is None:
+        model, tok, tok_name = build_model(cfg)
+        ref = copy.deepcopy(model) if cfg.kl_coef else None
+    else:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        tok_name, tok = ckpt["tokenizer"], get_tokenizer(ckpt["tokenizer"])
+        ref = build_model(cfg)[0] if cfg.kl_coef else None
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
+    cfg = dataclasses.replace(cfg, block_size=cfg.block_size or model.config.block_size)
+    train_ex, val_ex, stats = build_data(cfg, tok)
+    steps_per_epoch = len(plan_epoch(cfg, train_ex, 0))
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+
+    model.to(d.device).train()
+    if ref is not None:
+        ref.to(d.device).eval().requires_grad_(False)
+    engine = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
+    if cfg.compile:
+        engine = torch.compile(engine)
+    if d.enabled:
+        engine = DDP(engine, device_ids=[d.local_rank] if device_type == "cuda" else None)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2))  # fused on CPU/CUDA
+    amp_dtype = amp_dtype_for(cfg.dtype, device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+    prog = Progress()
+    torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout masks and NEFTune noise
+    random.seed(cfg.seed + d.rank)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        prog = Progress(ckpt["step"], ckpt["data_state"]["epoch"], ckpt["data_state"]["index"],
+                        ckpt["best_val_loss"], ckpt["history"])
+        if len(ckpt["rng"]) == d.world_size:  # else the streams restart from the seed: not bit-exact
+            set_rng_state(ckpt["rng"][d.rank])
+    sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
+    val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
+    s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok_name, train_ex, val_eval,
+                [train_ex[i] for i in sample], accum, total, prog)
+    if d.is_main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if ckpt is None:
+            open(s.path("log.jsonl"), "w").close()
+        print(textwrap.fill(" ".join(f"{k}={v}" for k, v in asdict(cfg).items()), 118, initial_indent="config: ",
+                            subsequent_indent="  "))
+        if ignored:
+            print(f"resuming with the checkpoint's settings; ignored: {' '.join(ignored)}")
+        print(f"{len(train_ex)} train / {len(val_ex)} held-out examples {stats}; {model.num_params():,} parameters; "
+              f"batch {cfg.batch_size} = {micro} per micro-batch x {accum} accumulation x {d.world_size} processes; "
+              f"{total} steps ({steps_per_epoch} per epoch) on {d.device}" + (f", resuming at step {prog.step}"
+                                                                               if ckpt else ""))
+    return s
+
+
+def run(s: Session) -> dict:
+    """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary."""
+    cfg, prog, t0 = s.cfg, s.prog, time.perf_counter()
+    stop = min(s.total, cfg.stop_step) if cfg.stop_step else s.total
+    planned, plan, speeds = -1, [], []
+    bar = tqdm(total=s.total, initial=prog.step, disable=not s.d.is_main,
+               desc=f"train (prompt weight {cfg.prompt_loss_weight:g})")
+    if prog.step == 0 and cfg.eval_interval:
+        eval_and_save(s)  # the starting point of the loss curves
+    try:
+        while prog.step < stop:
+            if planned != prog.epoch:  # the same plan for any rank count and after a resume
+                plan, planned = plan_epoch(cfg, s.train, prog.epoch), prog.epoch
+            if prog.index >= len(plan):
+                prog.epoch, prog.index = prog.epoch + 1, 0
+                continue
+            rec = train_step(s, plan[prog.index])
+            s.log(rec)
+            speeds.append(rec["tokens_per_s"])
+            bar.update(1)
+            if prog.step % cfg.log_interval == 0 or prog.step == stop:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            if cfg.eval_interval and prog.step % cfg.eval_interval == 0 and prog.step < stop:
+                eval_and_save(s)
+    except KeyboardInterrupt:
+        save(s, "ckpt.pt", gather=False)  # other ranks may be gone: no collective here
+        if s.d.is_main:
+            tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; --init_from resume continues")
+        raise
+    finally:
+        bar.close()
+    last = eval_and_save(s)
+    summary = {"steps": prog.step, "total_steps": s.total, "finished": prog.step >= s.total,
+               "time_s": time.perf_counter() - t0, "train_examples": len(s.train), "val_examples": len(s.val),
+               "world_size": s.d.world_size, "accum": s.accum, "tokens_per_s": sum(speeds) / max(1, len(speeds)),
+               "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
+               "history": prog.history, "config": asdict(cfg)}
+    if s.d.is_main:
+        with open(s.path("summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
+    cfg.validate()
+    d, owned = join_distributed(cfg.device)
+    try:
+        return run(setup(cfg, d))
+    finally:
+        if owned:
+            destroy_distributed()
+
+
+def main() -> None:
+    train(parse_config(TrainConfig, description=__doc__))
+
+
+if __name__ == "__main__":
+    run_cli(main)
