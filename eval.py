@@ -1,0 +1,372 @@
+"""Evaluate any checkpoint the same way, whatever loss it was trained with.
+
+    python eval.py --ckpt out                                   # held-out + train output loss (the run's data)
+    python eval.py --ckpt out --generate --memorization         # + exact match / BLEU / ROUGE-L, memorization BLEU
+    python eval.py --ckpt gpt2 --mmlu ../shared/data/mmlu-redux --hellaswag hs.txt.bz2 --limit 50
+    torchrun --nproc_per_node 4 eval.py --ckpt out --generate   # each rank takes every 4th example
+
+What it measures, under the training template (data.chat_pieces):
+- loss: mean cross-entropy of the output tokens only (assistant content + end-of-text), on the held-out data and on
+  the training data, so the train/held-out gap is visible (paper §4.3: IM has the higher train loss and the lower
+  held-out loss). perplexity = exp(loss).
+- generate: answers to the held-out instructions from the prefix training used (greedy, or sampled with
+  --temperature); exact match (GSM8K-style `#### <number>` references: the final numbers), BLEU, ROUGE-L F1.
+- memorization: greedy answers to the TRAINING instructions, scored against the training answers (paper Table 2).
+- mmlu / hellaswag: multiple-choice accuracy by log-likelihood, as lm-evaluation-harness defines acc and acc_norm.
+Scales: losses in nats; exact match and accuracies in [0, 1]; BLEU and ROUGE-L in [0, 100].
+
+With --data left empty, the data is read from the checkpoint's saved training config: the same file or synthetic
+task, split as train.py split it, so `eval.py --ckpt out` scores exactly the held-out examples train.py held out.
+--limit N keeps the first N examples of every dataset (of a directory of MMLU files: the first N overall).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, replace
+
+import sacrebleu
+import torch
+from tqdm import tqdm
+
+import data
+import model as modeling
+from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
+                        read_mmlu)
+from metrics import segment_losses
+from runtime import (Dist, UserError, all_reduce_sum, autodetect_device, destroy_distributed, init_distributed, opt,
+                     parse_config, run_cli)
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = opt("", "model to evaluate: a training out_dir (its last ckpt.pt; pass out/best.pt for the best), "
+                        "a checkpoint file, a Hugging Face GPT-2 directory, or a name like gpt2")
+    data: str = opt("", "held-out conversations: '' (or from_ckpt) = the held-out split of the checkpoint's "
+                        "training data, as train.py made it; 'synthetic' = the built-in task's split; or a file (all)")
+    train_data: str = opt("", "training conversations (train loss, memorization): '' = the training split of the "
+                              "same source (none for a file without a train.py checkpoint); from_ckpt; synthetic; "
+                              "a file; or none")
+    format: str = opt("", "format of --data/--train_data files ('' = detect)")
+    loss: bool = opt(True, "output-only loss and perplexity on the held-out and training data (when there is data)")
+    generate: bool = opt(False, "generate answers to the held-out instructions: exact match, BLEU, ROUGE-L")
+    memorization: bool = opt(False, "greedy answers to the training instructions vs. the training answers (BLEU)")
+    mmlu: str = opt("", "MMLU-format CSV file, or a directory of them, for multiple-choice accuracy")
+    mmlu_style: str = opt("letters", "letters: options listed, score ' A'..' D' (lm-eval mmlu); "
+                                     "continuation: score each option's text (lm-eval mmlu_continuation)")
+    hellaswag: str = opt("", "HellaSwag file: the 6-lines-per-task text (.txt or .txt.bz2) or jsonl")
+    chat: bool = opt(False, "multiple choice through the chat template: the question as the user's turn, each "
+                            "choice as the assistant's answer")
+    limit: int | None = opt(None, "use only the first N examples of each dataset (quick runs)")
+    batch_size: int = opt(16, "rows per forward pass")
+    max_len: int | None = opt(None, "truncate examples to this many tokens (default: the training max_len, "
+                                    "else the model's block size)")
+    max_new_tokens: int = opt(0, "generation length limit (0 = the longest reference answer + 16 tokens, at most "
+                                 "half the context); prompts are cut to fit the rest, as training cuts them")
+    temperature: float = opt(0.0, "0 = greedy; > 0 samples")
+    top_k: int | None = opt(None, "sample only from the k most likely tokens")
+    top_p: float | None = opt(None, "sample only from the smallest set of tokens with this total probability")
+    seed: int = opt(0, "sampling seed (each rank adds its rank)")
+    out: str = opt("eval_results.json", "results JSON; generations go to <out stem>.<split>.jsonl next to it")
+    device: str = opt("auto", "cpu, cuda, mps or auto")
+    dtype: str = opt("float32", "float32, bfloat16 or float16 (autocast for the forward passes)")
+
+    def validate(self) -> None:
+        if not self.ckpt:
+            raise UserError("--ckpt is required (a training out_dir, a ckpt.pt, an HF dir or a name like gpt2)")
+        if self.mmlu_style not in ("letters", "continuation"):
+            raise UserError(f"--mmlu_style: expected letters or continuation, got {self.mmlu_style!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"--dtype: expected float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.batch_size < 1 or self.max_new_tokens < 0:
+            raise UserError("--batch_size must be at least 1 and --max_new_tokens at least 0")
+        if self.temperature < 0 or (self.top_k is not None and self.top_k < 1) or \
+                (self.top_p is not None and not 0 < self.top_p <= 1):
+            raise UserError("need --temperature >= 0, --top_k >= 1 and 0 < --top_p <= 1")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit: must be at least 1")
+        for name in ("data", "train_data", "mmlu", "hellaswag"):  # fail before loading a model
+            path = getattr(self, name)
+            if path not in ("", "from_ckpt", "synthetic", "none", *data.DATASETS) and not os.path.exists(path):
+                raise UserError(f"--{name}: {path}: no such file or directory")
+
+
+# ----------------------------------------------------------------------------- answers vs. references (pure)
+
+_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
+
+
+def normalize_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+def canonical_number(text: str) -> str:
+    """'$1,000.50' -> '1000.5', '18.00' -> '18': the forms a model may write for the same number."""
+    text = text.replace(",", "").replace("$", "")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def final_answer(text: str) -> str | None:
+    """GSM8K's answer: the number after `#### ` if there is one, else the last number in the text."""
+    marked = re.search(r"####\s*(" + _NUMBER + ")", text)
+    if marked:
+        return canonical_number(marked.group(1))
+    numbers = re.findall(_NUMBER, text)
+    return canonical_number(numbers[-1]) if numbers else None
+
+
+def exact_match(output: str, reference: str) -> bool:
+    """Whitespace-normalized equality; for GSM8K-style references (`#### <number>`) the final numbers must agree."""
+    if re.search(r"####\s*" + _NUMBER, reference):
+        return final_answer(output) == final_answer(reference)
+    return normalize_whitespace(output) == normalize_whitespace(reference)
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence, by dynamic programming over one row at a time."""
+    row = [0] * (len(b) + 1)  # row[j] = LCS of the a-prefix so far with b[:j]
+    for x in a:
+        diag = 0  # LCS of the previous a-prefix with b[:j-1]
+        for j, y in enumerate(b, start=1):
+            diag, row[j] = row[j], diag + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def rouge_l(output: str, reference: str) -> float:
+    """ROUGE-L F1 in [0, 1] over lowercased whitespace tokens (0 when either side is empty, as rouge-score does)."""
+    hyp, ref = output.lower().split(), reference.lower().split()
+    lcs = lcs_length(hyp, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(hyp), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def bleu(outputs: list[str], references: list[str]) -> float:
+    """Corpus BLEU in [0, 100] with sacrebleu's defaults (13a tokenizer, exponential smoothing), one reference each."""
+    return sacrebleu.corpus_bleu(outputs, [references]).score if outputs else 0.0
+
+
+def text_metrics(outputs: list[str], references: list[str]) -> dict:
+    n = max(len(outputs), 1)
+    return {"examples": len(outputs),
+            "exact_match": sum(map(exact_match, outputs, references)) / n,
+            "bleu": bleu(outputs, references),
+            "rouge_l": 100 * sum(map(rouge_l, outputs, references)) / n}
+
+
+# ----------------------------------------------------------------------------- generating
+
+def generation_prompt(conv: list[dict], tok, max_len: int) -> list[int]:
+    """data.prompt_ids (the training prefix through "<|assistant|>\\n"), cut to max_len tokens the way training
+    cuts examples: the oldest prompt tokens go first, the template stays."""
+    context = conv[:-1] if conv and conv[-1]["role"] == "assistant" else conv
+    pieces = data.encode_pieces(context + [{"role": "assistant", "content": ""}], tok)[:-1]  # no closing EOT
+    return data.truncate_pieces(pieces, max_len)[0]
+
+
+@torch.no_grad()
+def generate_batched(model, prompts: list[list[int]], cfg: EvalConfig, max_new: int, eos_id: int, device: str,
+                     rank: int, show: bool = False) -> list[list[int]]:
+    """New tokens for each prompt (stopped at end-of-text), in batches of similar length, with the KV cache."""
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + rank) if cfg.temperature > 0 else None
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in tqdm(range(0, len(order), cfg.batch_size), desc="generating", disable=not show, leave=False):
+        chunk = order[start:start + cfg.batch_size]
+        new = model.generate([prompts[i] for i in chunk], max_new, temperature=cfg.temperature, top_k=cfg.top_k,
+                             top_p=cfg.top_p, eos_id=eos_id, generator=generator)
+        for i, tokens in zip(chunk, new):
+            out[i] = tokens
+    return out
+
+
+def gather_in_order(items: list, dist: Dist) -> list:
+    """Undo the `items[rank::world]` split: every rank gets all items in their original order."""
+    if not dist.enabled:
+        return items
+    parts: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(parts, items)
+    total = sum(len(p) for p in parts)
+    return [parts[i % dist.world_size][i // dist.world_size] for i in range(total)]
+
+
+# ----------------------------------------------------------------------------- the evaluations
+
+def autocast(device: str, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
+
+
+def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: int) -> dict:
+    """Output-only loss (and the prompt loss, for reference) under the training template, all ranks together."""
+    examples, stats = data.encode_dataset(convs, tok, max_len)
+    dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
+    r = segment_losses(model, examples, cfg.batch_size, dist.device, dist, autocast_dtype=dtype)
+    return {"examples": len(examples), "output_loss": r["output_loss"], "perplexity": math.exp(r["output_loss"]),
+            "prompt_loss": r["prompt_loss"], "output_tokens": r["output_tokens"], "truncated": stats["truncated"]}
+
+
+def new_token_budget(cfg: EvalConfig, references: list[str], tok, block_size: int) -> int:
+    """--max_new_tokens, or (0) the longest reference answer plus 16 tokens, at most half the context."""
+    if cfg.max_new_tokens:
+        return min(cfg.max_new_tokens, block_size - 1)
+    return min(max((len(tok.encode_ordinary(r)) for r in references), default=0) + 16, block_size // 2)
+
+
+def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jsonl: str, greedy: bool) -> dict:
+    """Answer each conversation's last instruction from the training prefix; score against its last answer."""
+    convs = [c for c in convs if c and c[-1]["role"] == "assistant"]
+    max_new = new_token_budget(cfg, [c[-1]["content"] for c in convs], tok, model.config.block_size)
+    mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
+    prompts = [generation_prompt(c, tok, model.config.block_size - max_new) for c in mine]
+    run_cfg = replace(cfg, temperature=0.0) if greedy else cfg
+    with autocast(dist.device, cfg.dtype):
+        new = generate_batched(model, prompts, run_cfg, max_new, tok.eot_token, dist.device, dist.rank, dist.is_main)
+    records = [{"prompt": tok.decode(p), "reference": c[-1]["content"], "output": tok.decode(n)}
+               for p, c, n in zip(prompts, mine, new)]
+    records = gather_in_order(records, dist)
+    if dist.is_main:
+        write_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    metrics = text_metrics([r["output"] for r in records], [r["reference"] for r in records])
+    return {**metrics, "max_new_tokens": max_new, "file": jsonl}
+
+
+def choice_metrics(model, tok, questions: list[Question], cfg: EvalConfig, dist: Dist) -> dict:
+    """lm-eval acc and acc_norm; each rank scores every world-th question, the counts are all-reduced."""
+    mine = questions[dist.rank::dist.world_size]
+    pairs = [p for q in mine for p in choice_pairs(q, tok, cfg.chat)]
+    lps = continuation_logprobs(model, pairs, cfg.batch_size, dist.device, autocast(dist.device, cfg.dtype),
+                                show=dist.is_main)
+    counts = torch.zeros(3, dtype=torch.float64, device=dist.device)  # [acc hits, acc_norm hits, questions]
+    start = 0
+    for q in mine:
+        lp, start = lps[start:start + len(q.choices)], start + len(q.choices)
+        counts += torch.tensor([pick_acc(lp) == q.gold, pick_acc_norm(lp, q.choices) == q.gold, 1.0],
+                               dtype=torch.float64, device=dist.device)
+    acc, acc_norm, n = all_reduce_sum(counts).tolist()
+    return {"examples": int(n), "acc": acc / max(n, 1), "acc_norm": acc_norm / max(n, 1)}
+
+
+def write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------- which data, and the program
+
+def saved_train_config(ckpt: str) -> dict | None:
+    """The TrainConfig saved in a train.py checkpoint; None for pretrained weights (a name or an HF dir)."""
+    path = os.path.join(ckpt, "ckpt.pt") if os.path.isdir(ckpt) else ckpt
+    if not os.path.isfile(path):
+        return None
+    try:  # mmap: read the small config without loading the weights and optimizer state a second time
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # e.g. a legacy (non-zip) file: fall back to a plain load, with its clear errors
+        payload = modeling.load_checkpoint(path)
+    return payload.get("config")
+
+
+def source_split(name: str, saved: dict | None) -> tuple[list, list] | None:
+    """(train, held-out) of a split source: '' / from_ckpt = the data the checkpoint was trained on (None without a
+    saved config); 'synthetic' = the built-in task (the checkpoint's settings if trained on it, else train.py's
+    defaults). None for a file name: a file is used whole."""
+    if name in ("", "from_ckpt"):
+        return data.load_split(saved) if saved is not None else None
+    if name == "synthetic":
+        return data.load_split(saved if saved is not None and saved.get("data") == "synthetic" else {})
+    return None
+
+
+def conversation_sets(cfg: EvalConfig, saved: dict | None) -> tuple[list, list]:
+    """(held-out, training) conversations, each cut to --limit; see --data and --train_data."""
+    if cfg.data in ("", "from_ckpt") and saved is None:
+        raise UserError(f"--data is needed: {cfg.ckpt} holds no training config to take the held-out split from")
+    split = source_split(cfg.data, saved)
+    heldout = split[1] if split else data.load_conversations(cfg.data, cfg.format or None)
+    if cfg.train_data == "none":
+        train = []
+    elif cfg.train_data in ("", "from_ckpt", "synthetic"):
+        train_split = split if cfg.train_data == "" and split else source_split(cfg.train_data, saved)
+        train = train_split[0] if train_split else []
+    else:
+        train = data.load_conversations(cfg.train_data, cfg.format or None)
+    return heldout[:cfg.limit], train[:cfg.limit]
+
+
+def current_dist(device: str) -> Dist:
+    """This process's place when evaluate() is called in-process (inside torchrun or not)."""
+    device = autodetect_device() if device == "auto" else device
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return Dist(device=device)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return Dist(rank=torch.distributed.get_rank(), local_rank=local, world_size=torch.distributed.get_world_size(),
+                device=f"cuda:{local}" if device.startswith("cuda") else device)
+
+
+def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
+    """Run the selected evaluations; rank 0 writes cfg.out. Returns {"ckpt", "config", "metrics": {task: {...}}}."""
+    dist = dist or current_dist(cfg.device)
+    net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
+    net.eval()
+    saved = saved_train_config(cfg.ckpt)
+    max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or net.config.block_size)  # as train.py cuts
+    has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
+    if not has_data and (cfg.generate or cfg.memorization):
+        raise UserError(f"--generate/--memorization need --data: {cfg.ckpt} holds no training config to take it from")
+    heldout, train = conversation_sets(cfg, saved) if has_data else ([], [])
+    stem, metrics = os.path.splitext(cfg.out)[0], {}
+    if cfg.loss and has_data:
+        metrics["heldout"] = loss_metrics(net, tok, heldout, cfg, dist, max_len)
+        if train:
+            metrics["train"] = loss_metrics(net, tok, train, cfg, dist, max_len)
+            metrics["heldout"]["gap_vs_train"] = metrics["heldout"]["output_loss"] - metrics["train"]["output_loss"]
+    if cfg.generate:
+        metrics["generate"] = generation_metrics(net, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False)
+    if cfg.memorization:
+        if not train:
+            raise UserError("--memorization needs training data: pass --train_data FILE or a train.py checkpoint")
+        metrics["memorization"] = generation_metrics(net, tok, train, cfg, dist, stem + ".train.jsonl", greedy=True)
+    if cfg.mmlu:
+        metrics["mmlu"] = choice_metrics(net, tok, read_mmlu(cfg.mmlu, cfg.mmlu_style)[:cfg.limit], cfg, dist)
+    if cfg.hellaswag:
+        metrics["hellaswag"] = choice_metrics(net, tok, read_hellaswag(cfg.hellaswag)[:cfg.limit], cfg, dist)
+    if not metrics:
+        raise UserError("nothing to evaluate: pass --data (or a train.py checkpoint), --mmlu or --hellaswag")
+    report = {"ckpt": cfg.ckpt, "config": asdict(cfg), "metrics": metrics}
+    if dist.is_main:
+        write_atomic(cfg.out, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_table(metrics: dict) -> str:
+    rows = [f"{'task':<14}{'metric':<16}{'value':>12}"]
+    for task, values in metrics.items():
+        for name, v in values.items():
+            shown = f"{v:>12.4f}" if isinstance(v, float) else f"{v!s:>12}"
+            rows.append(f"{task:<14}{name:<16}{shown}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    cfg = parse_config(EvalConfig, description="Evaluate a checkpoint: output loss, generation, multiple choice.")
+    dist = init_distributed(cfg.device)
+    try:
+        report = evaluate(cfg, dist)
+        if dist.is_main:
+            print(format_table(report["metrics"]))
+            print(f"wrote {cfg.out}")
+    finally:
+        destroy_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(main)

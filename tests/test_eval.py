@@ -1,0 +1,349 @@
+"""eval.py: the numbers it reports, checked against hand computations and the references they claim to follow."""
+import bz2
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+import benchmarks as bm
+import data
+import eval as ev
+from model import GPT, GPTConfig, get_tokenizer, save_checkpoint
+from runtime import Dist, UserError, make_config, run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONVS = [
+    [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Teal."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}],
+    [{"role": "user", "content": "Say hi twice."}, {"role": "assistant", "content": "hi hi, and a longer tail"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer("byte")
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return GPT(GPTConfig.preset("tiny", n_layer=2, n_head=2, n_embd=32, block_size=64)).eval()
+
+
+def config(**kw) -> ev.EvalConfig:
+    return make_config(ev.EvalConfig, {"ckpt": "unused", **kw})
+
+
+# ----------------------------------------------------------------------------- output-only loss
+
+def test_output_loss_equals_hand_computation(net, tok):
+    """Mean CE over the targets that are assistant content or end-of-text, nothing else, summed over examples."""
+    total, count = 0.0, 0
+    for conv in CONVS:
+        ids, segs = data.encode_segments(conv, tok)
+        logits = net(torch.tensor([ids[:-1]]))[0]  # (T-1, V): position t predicts ids[t+1]
+        ce = F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+        mask = torch.tensor([s in (data.ASSISTANT, data.EOT) for s in segs[1:]])
+        assert tok.eot_token in torch.tensor(ids[1:])[mask].tolist()  # the end-of-text is scored
+        total, count = total + ce[mask].sum().item(), count + int(mask.sum())
+    r = ev.loss_metrics(net, tok, CONVS, config(batch_size=2), Dist(), max_len=64)
+    assert r["output_tokens"] == count == sum(len(c[-1]["content"].encode()) + 1 for c in CONVS)
+    assert r["output_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert r["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- multiple choice
+
+def test_acc_and_acc_norm_disagree_on_crafted_logprobs():
+    # the long choice has the lower total (-6 < -4) but the higher per-character log-prob (-1 > -2)
+    logprobs, choices = [-4.0, -6.0], ["ab", "abcdef"]
+    assert bm.pick_acc(logprobs) == 0
+    assert bm.pick_acc_norm(logprobs, choices) == 1
+    assert bm.pick_acc([-1.0, -1.0, -2.0]) == 0  # ties: the first, like numpy's argmax
+
+
+class Uniform(torch.nn.Module):
+    """Every next token equally likely: a continuation of k tokens has log-prob -k log V."""
+    config = GPTConfig(block_size=64, vocab_size=257, n_layer=1, n_head=1, n_embd=8)
+
+    def forward(self, idx, select=None):
+        return torch.zeros(int(select.sum()), 257)
+
+
+def test_choice_metrics_end_to_end_acc_vs_acc_norm(tok):
+    # byte tokens: " a" is 2 tokens for 1 char (-2 log V per char), " abcd" 5 for 4 (-1.25 log V per char)
+    q = bm.Question("Pick one:", ["a", "abcd"], gold=1)
+    r = ev.choice_metrics(Uniform(), tok, [q, bm.Question("Again:", ["abcd", "a"], gold=0)], config(), Dist())
+    assert r == {"examples": 2, "acc": 0.0, "acc_norm": 1.0}
+    lps = bm.continuation_logprobs(Uniform(), bm.choice_pairs(q, tok, chat=False), 4, "cpu")
+    assert lps == pytest.approx([-2 * math.log(257), -5 * math.log(257)])
+
+
+def test_batched_scoring_equals_one_row_at_a_time(net, tok):
+    """Right padding and select= change nothing: the same sums as a full forward pass of each row alone."""
+    assert net.config.block_size == 64
+    qs = [bm.Question("The sky is", ["blue", "green and wide"], 0), bm.Question("", ["x", "yz"], 1),
+          bm.Question("Q: " + "long " * 20, ["a", "b"], 0),  # an empty context scores after end-of-text
+          bm.Question("Pick:", ["A", "B", "C", "D"], 2)]
+    pairs = [p for q in qs for p in bm.choice_pairs(q, tok, chat=False)]
+    assert pairs[2][0] == [tok.eot_token]
+    rows = []
+    counting = lambda idx, select: rows.append(idx.shape[0]) or net(idx, select=select)  # noqa: E731
+    counting.config = net.config
+    batched = bm.continuation_logprobs(counting, pairs, 4, "cpu")
+    assert rows == [4, 2]  # 10 pairs, 6 distinct inputs: " a"/" b" and " A".." D" each share theirs
+    for (ctx, cont), got in zip(pairs, batched):
+        seq = torch.tensor([(ctx + cont)[-65:]])  # a context too long for the block loses its oldest tokens
+        logp = net(seq[:, :-1]).log_softmax(-1)[0, -len(cont):]  # (len(cont), V)
+        assert got == pytest.approx(logp.gather(1, seq[0, -len(cont):, None]).sum().item(), abs=1e-4)
+
+
+def test_chat_choices_are_the_assistant_reply(tok):
+    (ctx, cont), _ = bm.choice_pairs(bm.Question("Capital of France?", ["Paris", "Rome"], 0), tok, chat=True)
+    assert tok.decode(ctx) == "<|user|>\nCapital of France?\n<|assistant|>\n" and tok.decode(cont) == "Paris"
+    assert ctx == data.prompt_ids([{"role": "user", "content": "Capital of France?"}], tok)
+    with pytest.raises(data.DataError, match="empty choice"):
+        bm.choice_pairs(bm.Question("Q?", ["yes", ""], 0), tok, chat=True)
+
+
+# ----------------------------------------------------------------------------- exact match, BLEU, ROUGE-L
+
+def test_exact_match_and_gsm8k_final_answer_rule():
+    assert ev.exact_match("  The  answer\nis 4 ", "The answer is 4")
+    assert not ev.exact_match("The answer is 4.", "The answer is 4")
+    ref = "She has 3 + 15 = 18 apples.\n#### 18"
+    assert ev.exact_match("3 apples and 15 more: 18", ref)  # no marker: the last number
+    assert ev.exact_match("#### 18 (I think, not 20)", ref)  # the marked number wins over the last one
+    assert not ev.exact_match("18 apples, wait, 20", ref)
+    assert ev.exact_match("It costs $1,800.00", "#### 1800")
+    assert not ev.exact_match("no number here", ref)
+    assert ev.final_answer("x #### -3.50") == "-3.5" and ev.final_answer("none") is None
+
+
+def test_bleu_equals_sacrebleu_and_hand_value():
+    # 1- to 4-gram precisions 5/6, 3/5, 2/4, 1/3, equal lengths (no brevity penalty)
+    assert ev.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(
+        100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    hyps, refs = ["the cat sat on the mat", "a dog ran off", "hello"], ["the cat sat on a mat", "the dog ran", "hi"]
+    assert ev.bleu(hyps, refs) == sacrebleu.corpus_bleu(hyps, [refs]).score  # corpus-level, not a mean
+    assert ev.bleu([], []) == 0.0
+
+
+def test_rouge_l_hand_cases():
+    assert ev.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+    assert ev.rouge_l("the cat sat on the mat", "The cat is on the MAT") == pytest.approx(5 / 6)
+    assert ev.rouge_l("a b c d", "b d e") == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))  # 4/7
+    assert ev.rouge_l("", "x") == ev.rouge_l("x", "") == ev.rouge_l("x", "y") == 0.0
+    m = ev.text_metrics(["a b c d", "x"], ["b d e", "x"])
+    assert m["exact_match"] == 0.5 and m["rouge_l"] == pytest.approx(100 * (4 / 7 + 1) / 2)
+
+
+# ----------------------------------------------------------------------------- readers
+
+def write(path, content: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(content)
+    return str(path)
+
+
+def test_mmlu_reader_separators_columns_and_stray_byte(tmp_path):
+    plain = bm.read_mmlu_csv(write(tmp_path / "a.csv", b'"What is 2+2, really?",3,4,5,6,B\nNext?,a,b,c,d,D\n'))
+    assert [(q.context, q.choices, q.gold) for q in plain] == [
+        ("What is 2+2, really?", ["3", "4", "5", "6"], 1), ("Next?", ["a", "b", "c", "d"], 3)]
+    redux = bm.read_mmlu_csv(write(tmp_path / "b.csv", b"answer;question;choices;error_type\n"
+                                   b"2;Pick, one;\"['x; 1', \"\"y's\"\", 'z', 'w']\";ok\n"))
+    assert [(q.context, q.choices, q.gold) for q in redux] == [("Pick, one", ["x; 1", "y's", "z", "w"], 2)]
+    shuffled = bm.read_mmlu_csv(write(tmp_path / "c.csv", b"D,question,B,Answer,A,C,,\n4,Q?,2,c,1,3,,\n"))
+    assert (shuffled[0].choices, shuffled[0].gold) == (["1", "2", "3", "4"], 2)
+    stray = bm.read_mmlu_csv(write(tmp_path / "d.csv",
+                                   b"question,choices,answer\n\"Don\xd5t\nstop\",\"['a', 'b']\",1\n"))
+    assert stray[0].context == "Don\ufffdt\nstop" and stray[0].gold == 1
+
+
+def test_mmlu_reader_errors_name_file_line_and_field(tmp_path):
+    bad = write(tmp_path / "e.csv", b"question,choices,answer\n"
+                b"\"two\nlines\",\"['a', 'b']\",0\nQ,\"['a', 'b']\",E\n")  # the bad record starts on line 4
+    with pytest.raises(data.DataError, match=r"e\.csv:4: field 'answer'"):
+        bm.read_mmlu_csv(bad)
+    with pytest.raises(data.DataError, match=r"f\.csv:2: field 'choices'"):
+        bm.read_mmlu_csv(write(tmp_path / "f.csv", b"question,choices,answer\nQ,__import__('os'),0\n"))
+    with pytest.raises(data.DataError, match=r"g\.csv:1:"):
+        bm.read_mmlu_csv(write(tmp_path / "g.csv", b"just some text\n"))
+
+
+def test_mmlu_prompts_follow_lm_eval(tmp_path):
+    path = write(tmp_path / "mmlu_college_biology.csv", b"question,choices,answer\nWhy? ,\"['a', 'b', 'c', 'd']\",3\n")
+    (q,) = bm.read_mmlu(str(tmp_path), "letters")
+    assert q.context == ("The following are multiple choice questions (with answers) about college biology.\n\n"
+                         "Why?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
+    assert q.choices == ["A", "B", "C", "D"] and q.gold == 3
+    (c,) = bm.read_mmlu(path, "continuation")
+    assert (c.context, c.choices) == ("Question: Why?\nAnswer:", ["a", "b", "c", "d"])
+
+
+def test_hellaswag_text_bz2_and_jsonl(tmp_path):
+    text = ("Act: A man sits [title] on a roof. he\n2\nfalls.\nwaves.\nclimbs [step] down.\nsleeps.\n"
+            "Cook: She stirs. she\n0\nsmiles.\ncries.\nleaves.\nsings.\n")
+    path = str(tmp_path / "hs.txt.bz2")
+    with bz2.open(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+    qs = bm.read_hellaswag(path)
+    assert [(q.context, q.gold) for q in qs] == [("Act: A man sits. on a roof. he", 2), ("Cook: She stirs. she", 0)]
+    assert qs[0].choices == ["falls.", "waves.", "climbs down.", "sleeps."]
+    with pytest.raises(data.DataError, match=r"bad\.txt:8: field 'label'"):
+        bm.read_hellaswag(write(tmp_path / "bad.txt", text.replace("\n0\n", "\n7\n").encode()))
+    with pytest.raises(data.DataError, match="6 lines per task"):
+        bm.read_hellaswag(write(tmp_path / "short.txt", b"ctx\n1\na\nb\n"))
+    rec = {"activity_label": "Act", "ctx_a": "A man sits.", "ctx_b": "he", "endings": ["x", "y"], "label": "1"}
+    (j,) = bm.read_hellaswag(write(tmp_path / "hs.jsonl", json.dumps(rec).encode() + b"\n"))
+    assert (j.context, j.choices, j.gold) == ("Act: A man sits. He", ["x", "y"], 1)
+
+
+def test_real_mmlu_redux_and_hellaswag(shared_data):
+    mmlu = os.path.join(shared_data, "mmlu-redux")
+    questions = [q for f in sorted(os.listdir(mmlu)) for q in bm.read_mmlu_csv(os.path.join(mmlu, f))]
+    assert len(questions) == 5700 and all(len(q.choices) == 4 for q in questions)
+    assert [sum(q.gold == k for q in questions) for k in range(4)] == [1298, 1398, 1458, 1546]
+    assert any("\ufffd" in q.context + "".join(q.choices) for q in bm.read_mmlu_csv(
+        os.path.join(mmlu, "mmlu_moral_scenarios.csv")))
+    hs = bm.read_hellaswag(os.path.join(shared_data, "hellaswag", "hellaswag_val_full.txt.bz2"))
+    assert len(hs) == 10042 and [sum(q.gold == k for q in hs) for k in range(4)] == [2515, 2485, 2584, 2458]
+    assert hs[0].context == "Roof shingle removal: A man is sitting on a roof. he"
+
+
+def test_gpt2_bpe_pairs_equal_lm_eval_split(shared_data, gpt2_bpe_dir):
+    """lm-eval encodes context + continuation whole and splits after the context's tokens; with GPT-2's BPE and
+    a leading space, encoding the two apart gives the same tokens (checked on real questions)."""
+    tok = get_tokenizer(gpt2_bpe_dir)
+    hs = bm.read_hellaswag(os.path.join(shared_data, "hellaswag", "hellaswag_val_full.txt.bz2"))[:100]
+    mmlu = bm.read_mmlu(os.path.join(shared_data, "mmlu-redux", "mmlu_anatomy.csv"), "continuation")[:100]
+    for q in hs + mmlu:
+        for (ctx, cont), choice in zip(bm.choice_pairs(q, tok, chat=False), q.choices):
+            assert ctx + cont == tok.encode_ordinary(q.context + " " + choice)
+            assert tok.decode(cont) == " " + choice
+
+
+# ----------------------------------------------------------------------------- generation and the whole program
+
+def test_generation_batched_matches_one_prompt_at_a_time(net, tok, tmp_path):
+    out = str(tmp_path / "gen.jsonl")
+    r = ev.generation_metrics(net, tok, CONVS, config(batch_size=2, max_new_tokens=6), Dist(), out, greedy=False)
+    records = [json.loads(line) for line in open(out)]
+    assert [x["reference"] for x in records] == [c[-1]["content"] for c in CONVS]
+    for rec, conv in zip(records, CONVS):
+        prompt = data.prompt_ids(conv, tok)
+        assert rec["prompt"] == tok.decode(prompt)
+        assert rec["output"] == tok.decode(net.generate([prompt], 6, eos_id=tok.eot_token)[0])
+    outputs, references = [x["output"] for x in records], [x["reference"] for x in records]
+    assert r["examples"] == 3 and r["bleu"] == ev.bleu(outputs, references)
+
+    def sample(seed: int, greedy: bool = False) -> list[str]:
+        cfg = config(max_new_tokens=6, temperature=1.0, seed=seed)
+        ev.generation_metrics(net, tok, CONVS, cfg, Dist(), out, greedy=greedy)
+        return [json.loads(line)["output"] for line in open(out)]
+    assert sample(0) == sample(0) != sample(1)  # reproducible for a seed
+    assert sample(1, greedy=True) == outputs  # memorization is greedy whatever --temperature says
+
+
+def test_generation_prompt_is_cut_like_training(tok):
+    conv = [{"role": "user", "content": "fact " * 30 + "Question?"}, {"role": "assistant", "content": "Answer."}]
+    assert ev.generation_prompt(conv, tok, 1000) == data.prompt_ids(conv, tok)
+    cut = tok.decode(ev.generation_prompt(conv, tok, 40))
+    assert cut == "<|user|>\nt fact Question?\n<|assistant|>\n"  # 40 byte tokens, the template kept
+    assert ev.new_token_budget(config(), ["abc", "abcdefg"], tok, 256) == 7 + 16
+    assert ev.new_token_budget(config(), ["x" * 500], tok, 256) == 128
+    assert ev.new_token_budget(config(max_new_tokens=500), ["x"], tok, 256) == 255
+
+
+
+SETTINGS = dict(data="synthetic", format="", val_size=4, num_examples=6, synth_examples=12, synth_facts=1,
+                synth_answers=1, synth_seed=3, seed=5, block_size=64)  # what train.py saves as "config" (in part)
+
+
+@pytest.fixture(scope="module")
+def run_dir(net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("run")
+    save_checkpoint(str(path / "ckpt.pt"), {"model": net.state_dict(), "tokenizer": "byte",
+                                            "model_config": dataclasses.asdict(net.config), "config": SETTINGS})
+    return str(path)
+
+
+def test_evaluate_checkpoint_scores_train_py_split(net, tok, run_dir, tmp_path):
+    """A train.py checkpoint: --data '' is the held-out split train.py made, --train_data '' its training split."""
+    train_convs, val_convs = data.split_and_subsample(data.synthetic_conversations(12, 1, 1, 3), 4, 6, 5)
+    out = str(tmp_path / "res" / "r.json")
+    cfg = make_config(ev.EvalConfig, dict(ckpt=run_dir, memorization=True, max_new_tokens=4, out=out))
+    m = ev.evaluate(cfg)["metrics"]
+    assert (m["heldout"]["examples"], m["train"]["examples"], m["memorization"]["examples"]) == (4, 6, 6)
+    expected = ev.loss_metrics(net, tok, val_convs, cfg, Dist(), 64 + 1)["output_loss"]  # block_size + 1, as train.py
+    assert m["heldout"]["output_loss"] == pytest.approx(expected, rel=1e-6)
+    assert m["heldout"]["gap_vs_train"] == pytest.approx(m["heldout"]["output_loss"] - m["train"]["output_loss"])
+    assert json.load(open(out))["metrics"] == json.loads(json.dumps(m))
+    memorized = [json.loads(line)["reference"] for line in open(str(tmp_path / "res" / "r.train.jsonl"))]
+    assert memorized == [c[-1]["content"] for c in train_convs]
+    assert "gap_vs_train" in ev.format_table(m)
+
+
+def test_pretrained_weights_without_data(net, tmp_path):
+    """No saved training config: multiple choice runs alone; generation asks for --data."""
+    save_checkpoint(str(tmp_path / "w.pt"), {"model": net.state_dict(), "tokenizer": "byte",
+                                             "model_config": dataclasses.asdict(net.config)})
+    mmlu = write(tmp_path / "q.csv", b"Q?,a,b,c,d,A\n")
+    cfg = make_config(ev.EvalConfig, dict(ckpt=str(tmp_path / "w.pt"), mmlu=mmlu, out=str(tmp_path / "r.json")))
+    r = ev.evaluate(cfg)
+    assert list(r["metrics"]) == ["mmlu"] and r["metrics"]["mmlu"]["examples"] == 1
+    with pytest.raises(UserError, match="--generate/--memorization need --data"):
+        ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=str(tmp_path / "w.pt"), generate=True)))
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=str(tmp_path / "w.pt"))))
+
+
+def ddp_worker(rank: int, world: int, init_file: str, cfg: dict) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ev.evaluate(make_config(ev.EvalConfig, cfg), Dist(rank=rank, local_rank=rank, world_size=world))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_give_the_single_process_numbers(run_dir, tmp_path):
+    """Each rank takes every 2nd example (5 questions, 4 + 6 conversations: uneven shares); sums are all-reduced
+    and the generations come back in the original order."""
+    mmlu = write(tmp_path / "q.csv", b"".join(b"Q%d?,a,bb,ccc,dddd,%s\n" % (i, b"ABCD"[i % 4:i % 4 + 1])
+                                             for i in range(5)))
+    base = dict(ckpt=run_dir, generate=True, memorization=True, mmlu=mmlu, max_new_tokens=3, batch_size=2)
+    single = ev.evaluate(make_config(ev.EvalConfig, {**base, "out": str(tmp_path / "one.json")}))["metrics"]
+    cfg = {**base, "out": str(tmp_path / "two.json")}
+    torch.multiprocessing.spawn(ddp_worker, args=(2, str(tmp_path / "init"), cfg), nprocs=2)
+    double = json.load(open(tmp_path / "two.json"))["metrics"]
+    for task in ("generate", "memorization"):
+        single[task].pop("file"), double[task].pop("file")
+        assert open(tmp_path / f"one.{'heldout' if task == 'generate' else 'train'}.jsonl").read() == \
+            open(tmp_path / f"two.{'heldout' if task == 'generate' else 'train'}.jsonl").read()
+    assert double["mmlu"]["examples"] == 5 and double["heldout"]["examples"] == 4
+    assert double.keys() == single.keys()
+    for task, values in single.items():
+        assert double[task] == pytest.approx(values, rel=1e-5, abs=1e-5), task
+
+
+def test_cli_errors_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["eval.py", "--ckpt", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit) as e:
+        run_cli(ev.main)
+    assert e.value.code == 2 and "nope" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--mmlu: .*missing.csv: no such file"):
+        config(mmlu=str(tmp_path / "missing.csv"))
+    with pytest.raises(UserError, match="--mmlu_style"):
+        config(mmlu_style="cloze")
+    p = subprocess.run([sys.executable, "eval.py", "--ckpt", "gpt2", "--data", str(tmp_path / "missing.json")],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "IMGPT_CACHE": str(tmp_path)})
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
