@@ -1,0 +1,414 @@
+"""Does loss over instructions help? Train IT and IM (and variants) the same way over seeds, evaluate every run
+the same way, and say honestly which won.
+
+    python scripts/compare.py                                   # synthetic task, tiny GPT from scratch, CPU
+    python scripts/compare.py --modes it,im,it+neft,im+neft,it+kl --prompt_loss_weights 0.1,0.3
+    python scripts/compare.py --init_from gpt2 --data alpaca.json --epochs 2 --device cuda --out_dir out/alpaca
+
+Every run of one comparison shares the data, the example order (train.py's order depends only on the seed),
+the number of steps and the learning rate; runs differ only in their mode. A mode is `BASE[+EXTRA...]`:
+    it          prompt_loss_weight 0: loss on the outputs only (Shi et al. Eq. 3)
+    im          prompt_loss_weight 1: loss on the instructions too (Eq. 4)
+    plw0.3      any prompt_loss_weight (--prompt_loss_weights 0.1,0.3 adds plw0.1 and plw0.3)
+    +neft       NEFTune noise on the embeddings, alpha = --neftune_alpha (paper: 5)
+    +kl         a KL penalty towards the initial model, coefficient --kl_coef (paper Table 3)
+Any other flag (--lr, --max_steps, --data, --init_from, --device, ...) goes to train.py unchanged
+(`python train.py --help` lists them); the modes and seeds set --prompt_loss_weight and --seed.
+
+Writes out_dir/results.json (one record per run), out_dir/summary.md (mean ± std per mode and the verdict) and
+out_dir/curves.png (train and held-out output loss against steps). Runs happen one at a time, in this process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import matplotlib  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+matplotlib.use("Agg")  # draw to files; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import eval as evaluation  # noqa: E402
+import train as training  # noqa: E402
+from model import get_tokenizer, load_checkpoint  # noqa: E402
+from runtime import UserError, opt, parse_config, run_cli  # noqa: E402
+
+RESERVED = ("seed", "out_dir", "loss", "prompt_loss_weight")  # train settings that the modes and seeds decide
+# (key in a record's "metrics", column title, True if lower is better); the summary table's columns in order
+METRICS = [("heldout_loss", "held-out output loss ↓", True), ("train_loss", "train output loss", True),
+           ("gap", "gap (held-out − train)", True), ("exact_match", "exact match ↑", False),
+           ("bleu", "BLEU ↑", False), ("rouge_l", "ROUGE-L ↑", False),
+           ("memorization_bleu", "memorization BLEU", False)]
+
+
+@dataclass
+class CompareConfig:
+    out_dir: str = opt("out/compare", "where results.json, summary.md, curves.png and runs/<mode>-s<seed>/ go")
+    modes: list[str] = opt(["it", "im"], "modes to train, e.g. it,im,it+neft,im+neft,it+kl,plw0.3 (see the top)")
+    prompt_loss_weights: list[float] = opt([], "add one mode per prompt-loss weight, e.g. 0,0.1,0.3,1")
+    seeds: int = opt(3, "runs per mode, with seeds first_seed, first_seed + 1, ...")
+    first_seed: int = opt(0, "seed of the first run of each mode (init, data split, example order, noise)")
+    neftune_alpha: float = opt(5.0, "NEFTune alpha of the +neft modes (paper: 5)")
+    kl_coef: float = opt(0.1, "KL coefficient of the +kl modes")
+    checkpoint: str = opt("last", "evaluate each run's last checkpoint (same steps for all) or best (held-out)")
+    loss_examples: int = opt(1000, "held-out and training examples scored for the output losses (0 = all)")
+    gen_examples: int = opt(100, "held-out and training instructions answered per run (exact match, BLEU, "
+                                 "memorization; 0 = all)")
+    max_new_tokens: int = opt(64, "generation length limit (raise it for long free-text answers)")
+    eval_batch_size: int = opt(16, "rows per forward pass in the evaluation")
+    train_config: str = opt("", "TOML or JSON file of train.py settings (flags given here win)")
+    resume: bool = opt(False, "reuse the runs already in out_dir/results.json with the same settings")
+    keep_checkpoints: bool = opt(False, "keep each run's ckpt.pt/best.pt (large for GPT-2)")
+
+    def validate(self) -> None:
+        for mode in all_modes(self):
+            mode_settings(mode, self.neftune_alpha, self.kl_coef)  # raises on a bad mode name
+        counts = (self.seeds, self.max_new_tokens, self.eval_batch_size, self.gen_examples + 1, self.loss_examples + 1)
+        if min(counts) < 1:
+            raise UserError("--seeds, --max_new_tokens, --eval_batch_size must be >= 1; --*_examples >= 0")
+        if self.checkpoint not in ("last", "best"):
+            raise UserError(f"--checkpoint must be last or best, got {self.checkpoint!r}")
+
+
+# ----------------------------------------------------------------------------- modes and settings (pure)
+
+def mode_settings(mode: str, neftune_alpha: float, kl_coef: float) -> dict:
+    """The train settings a mode name stands for, e.g. 'im+neft' -> prompt weight 1, NEFTune on, no KL."""
+    base, *extras = mode.split("+")
+    weights = {"it": 0.0, "im": 1.0}
+    try:
+        plw = weights[base] if base in weights else float(base.removeprefix("plw")) if base.startswith("plw") else None
+    except ValueError:
+        plw = None
+    if plw is None or plw < 0 or any(e not in ("neft", "kl") for e in extras):
+        raise UserError(f"--modes: bad mode {mode!r}: expected it, im or plw<weight>, then optional +neft, +kl")
+    return {"prompt_loss_weight": plw, "neftune_alpha": neftune_alpha if "neft" in extras else 0.0,
+            "kl_coef": kl_coef if "kl" in extras else 0.0}
+
+
+def all_modes(cfg: CompareConfig) -> list[str]:
+    """--modes, then one plw<w> mode per --prompt_loss_weights entry, without duplicates."""
+    extra = [f"plw{w:g}" for w in cfg.prompt_loss_weights]
+    return list(dict.fromkeys(list(cfg.modes) + extra))
+
+
+def split_argv(argv: list[str], own: type) -> tuple[list[str], list[str]]:
+    """Split flags into those of the dataclass `own` (and --config) and the rest (train.py's), keeping values."""
+    names = {f.name for f in dataclasses.fields(own)} | {"config"}
+    mine, rest, i = [], [], 0
+    while i < len(argv):
+        flag = argv[i][2:].split("=", 1)[0] if argv[i].startswith("--") else ""
+        target = mine if flag in names or flag.removeprefix("no-") in names else rest
+        target.append(argv[i])
+        i += 1
+        if flag and "=" not in argv[i - 1] and i < len(argv) and not argv[i].startswith("--"):
+            target.append(argv[i])  # the flag's value (a boolean flag is never followed by a bare word)
+            i += 1
+    return mine, rest
+
+
+def parse_args(cls: type, argv: list[str] | None = None):
+    """(cls config, base TrainConfig) from one command line: our own flags, the rest go to train.py."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:  # the script's story, then its own flags (train.py --help lists the rest)
+        print(sys.modules[cls.__module__].__doc__)
+        parse_config(cls, ["--help"])
+    mine, rest = split_argv(argv, cls)
+    cfg = parse_config(cls, mine)
+    given = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
+    if given & set(RESERVED):
+        raise UserError(f"--{sorted(given & set(RESERVED))[0]}: set by --modes, --seeds and --out_dir here")
+    file_flags = ["--config", cfg.train_config] if cfg.train_config else []
+    return cfg, parse_config(training.TrainConfig, file_flags + rest)
+
+
+def run_train_config(base, cfg: CompareConfig, mode: str, seed: int, run_dir: str):
+    """One run's TrainConfig: the shared settings, plus what its mode and seed decide."""
+    settings = mode_settings(mode, cfg.neftune_alpha, cfg.kl_coef)
+    loss = "im" if settings["prompt_loss_weight"] == 1.0 else "it"  # only a label: the weight above decides
+    return dataclasses.replace(base, out_dir=run_dir, seed=seed, loss=loss, **settings)
+
+
+# ----------------------------------------------------------------------------- one run
+
+def seed_everything(seed: int) -> None:
+    """train.py seeds its own streams; this makes anything else in the process start the same for every run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def flatten_metrics(report: dict) -> dict:
+    """eval.py's nested report -> the flat metric names of METRICS."""
+    m = report["metrics"]
+    flat = {"heldout_loss": m["heldout"]["output_loss"], "heldout_prompt_loss": m["heldout"]["prompt_loss"]}
+    if "train" in m:
+        flat.update(train_loss=m["train"]["output_loss"], gap=m["heldout"]["output_loss"] - m["train"]["output_loss"])
+    if "generate" in m:
+        flat.update({k: m["generate"][k] for k in ("exact_match", "bleu", "rouge_l")})
+    if "memorization" in m:
+        flat.update(memorization_bleu=m["memorization"]["bleu"],
+                    memorization_exact_match=m["memorization"]["exact_match"])
+    return flat
+
+
+def eval_configs(cfg: CompareConfig, tcfg, run_dir: str) -> tuple:
+    """eval.py's settings for one run: losses on loss_examples, generation on gen_examples (of each split)."""
+    ckpt = os.path.join(run_dir, "ckpt.pt" if cfg.checkpoint == "last" else "best.pt")
+    common = dict(ckpt=ckpt, batch_size=cfg.eval_batch_size, device=tcfg.device, max_new_tokens=cfg.max_new_tokens)
+    losses = evaluation.EvalConfig(**common, limit=cfg.loss_examples or None,
+                                   out=os.path.join(run_dir, "eval_loss.json"))
+    generation = evaluation.EvalConfig(**common, loss=False, generate=True, memorization=True,
+                                       limit=cfg.gen_examples or None, out=os.path.join(run_dir, "eval_gen.json"))
+    return losses, generation
+
+
+def evaluate_run(cfg: CompareConfig, tcfg, run_dir: str) -> dict:
+    """eval.py's metrics of the run's checkpoint, flattened."""
+    reports = [evaluation.evaluate(c) for c in eval_configs(cfg, tcfg, run_dir)]
+    return flatten_metrics({"metrics": {k: v for r in reports for k, v in r["metrics"].items()}})
+
+
+def run_settings(cfg: CompareConfig, base, mode: str, seed: int) -> tuple:
+    """(TrainConfig, its resolved settings, eval settings) of one run: what a reused record must match."""
+    run_dir = os.path.join(cfg.out_dir, "runs", f"{mode}-s{seed}")
+    tcfg = run_train_config(base, cfg, mode, seed, run_dir)
+    return tcfg, asdict(training.resolve(tcfg)), [asdict(c) for c in eval_configs(cfg, tcfg, run_dir)]
+
+
+def run_one(cfg: CompareConfig, base, mode: str, seed: int) -> dict:
+    """Train and evaluate one (mode, seed); the record that results.json keeps for it."""
+    tcfg, train_settings, eval_settings = run_settings(cfg, base, mode, seed)
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    summary = training.train(tcfg)
+    t1 = time.perf_counter()
+    metrics = evaluate_run(cfg, tcfg, tcfg.out_dir)
+    t2 = time.perf_counter()
+    if not cfg.keep_checkpoints:
+        for name in ("ckpt.pt", "best.pt"):
+            if os.path.exists(os.path.join(tcfg.out_dir, name)):
+                os.remove(os.path.join(tcfg.out_dir, name))
+    return {"mode": mode, "seed": seed, "metrics": metrics, "steps": summary["steps"],
+            "time_s": {"train": t1 - t0, "eval": t2 - t1}, "history": summary["history"],
+            "train_settings": train_settings, "eval_settings": eval_settings}
+
+
+def run_all(cfg: CompareConfig, base, modes: list[str], done: list[dict] | None = None,
+            on_record=None) -> list[dict]:
+    """Every (mode, seed), one at a time; records in `done` with identical settings are reused."""
+    reuse = {(r["mode"], r["seed"]): r for r in (done or [])}
+    records = []
+    for mode in modes:
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
+            old = reuse.get((mode, seed))
+            _, train_settings, eval_settings = run_settings(cfg, base, mode, seed)
+            same = old is not None and [old["train_settings"], old["eval_settings"]] == [train_settings, eval_settings]
+            print(f"=== {mode}-s{seed} ({'reused' if same else 'training'})", flush=True)
+            records.append(old if same else run_one(cfg, base, mode, seed))
+            if on_record is not None:
+                on_record(records)
+    return records
+
+
+# ----------------------------------------------------------------------------- the summary (pure)
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def by_mode(records: list[dict], metric: str) -> dict[str, dict[int, float]]:
+    """{mode: {seed: value}} for one metric, modes in first-seen order (records without the metric left out)."""
+    out: dict[str, dict[int, float]] = {}
+    for r in records:
+        if metric in r["metrics"]:
+            out.setdefault(r["mode"], {})[r["seed"]] = r["metrics"][metric]
+    return out
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def verdict(records: list[dict], metric: str, label: str, lower_is_better: bool, a: str = "it", b: str = "im") -> str:
+    """One honest sentence: did mode b beat mode a on this metric, by how much, and is that beyond the seed spread?"""
+    values = by_mode(records, metric)
+    A, B = a.upper(), b.upper()
+    if a not in values or b not in values:
+        return f"{label}: no {A}/{B} pair to compare."
+    (ma, sa), (mb, sb) = mean_std(list(values[a].values())), mean_std(list(values[b].values()))
+    diff = mb - ma
+    paired = [values[b][s] - values[a][s] for s in values[a] if s in values[b]]  # same seed: same init and order
+    wins = sum((d < 0) if lower_is_better else (d > 0) for d in paired)
+    if diff == 0:
+        return f"{label}: {B} and {A} tie at {ma:.4g} (over {plural(len(paired), 'seed')})."
+    spread = sa + sb  # the two modes' seed standard deviations added: a difference beyond this is not seed luck
+    if min(len(values[a]), len(values[b])) < 2:
+        beyond = "one seed only, so no seed spread to compare with"
+    else:
+        beyond = f"{'beyond' if abs(diff) > spread else 'within'} the seed spread (std {A} + std {B} = {spread:.3g})"
+    won = "beat" if (diff < 0) == lower_is_better else "did NOT beat"
+    return (f"{label}: {B} {won} {A}: {ma:.4g} → {mb:.4g} (difference {diff:+.4g}, {beyond}; "
+            f"{B} better on {wins} of {plural(len(paired), 'seed')}).")
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
+
+
+def summary_table(records: list[dict]) -> str:
+    """Markdown: one row per mode, mean ± std over seeds of each metric, plus training time."""
+    modes = list(dict.fromkeys(r["mode"] for r in records))
+    metrics = [(k, title) for k, title, _ in METRICS if any(k in r["metrics"] for r in records)]
+    head = ["mode", "seeds"] + [title for _, title in metrics] + ["train time (s)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for mode in modes:
+        mine = [r for r in records if r["mode"] == mode]
+        cells = [cell([r["metrics"][k] for r in mine if k in r["metrics"]]) for k, _ in metrics]
+        seconds = mean_std([r["time_s"]["train"] for r in mine])[0]
+        rows.append("| " + " | ".join([mode, str(len(mine))] + cells + [f"{seconds:.1f}"]) + " |")
+    return "\n".join(rows)
+
+
+def describe_setup(records: list[dict], d: dict) -> str:
+    """The data (dataset_info's facts) and the training settings that all runs shared, in two lines."""
+    r = records[0]
+    t = r["train_settings"]
+    data = (f"synthetic ({t['synth_facts']} stated facts per instruction, {t['synth_answers']} asked)"
+            if t["data"] == "synthetic" else t["data"])
+    sizes = ", ".join(f"{k} {t[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size") if t[k])
+    model = t["init_from"] if t["init_from"] != "scratch" else f"{t['model']} from scratch ({sizes or 'preset'})"
+    which = "best (lowest held-out loss)" if r["eval_settings"][0]["ckpt"].endswith("best.pt") else "last"
+    return (f"- Data: {data}; {d['train_examples']} training and {d['heldout_examples']} held-out examples; "
+            f"instruction/output token ratio {d['ratio']:.2f}.\n"
+            f"- Model: {model}; {r['steps']} steps, lr {t['lr']}, batch {t['batch_size']}; every run evaluated at "
+            f"its {which} checkpoint.")
+
+
+def summary_markdown(records: list[dict], info: dict) -> str:
+    lines = ["# IM vs IT", "", describe_setup(records, info), "", summary_table(records), "",
+             "Mean ± sample std over seeds. Losses are the output-token cross-entropy (nats) whatever the training "
+             "loss; exact match in [0, 1]; BLEU, ROUGE-L in [0, 100]; memorization BLEU is on training instructions.",
+             "", "## Verdict", ""]
+    others = [m for m in dict.fromkeys(r["mode"] for r in records) if m != "it"]
+    for mode in sorted(others, key=lambda m: m != "im"):  # IM first: the paper's question
+        for metric, label, lower in (("heldout_loss", "held-out output loss", True),
+                                     ("exact_match", "exact match", False)):
+            lines.append("- " + verdict(records, metric, f"{mode.upper()} vs IT, {label}", lower, "it", mode))
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- data facts, plots, files
+
+def dataset_info(tcfg) -> dict:
+    """Size and instruction/output token ratio of one run's training set (ratio before truncation)."""
+    cfg = training.resolve(tcfg)
+    tok = get_tokenizer(tokenizer_name(cfg))
+    train_ex, val_ex, stats = training.build_data(cfg, tok, max_len=1 << 30)
+    return {"train_examples": len(train_ex), "heldout_examples": len(val_ex),
+            "instruction_tokens": stats["prompt_tokens"] / max(stats["kept"], 1),
+            "output_tokens": stats["output_tokens"] / max(stats["kept"], 1),
+            "ratio": stats["prompt_tokens"] / max(stats["output_tokens"], 1)}
+
+
+def tokenizer_name(cfg) -> str:
+    """The tokenizer train.py will use: byte from scratch, a directory's own, else GPT-2's."""
+    if cfg.tokenizer:
+        return cfg.tokenizer
+    if cfg.init_from == "scratch":
+        return "byte"
+    if os.path.isfile(os.path.join(cfg.init_from, "vocab.json")):
+        return cfg.init_from
+    ckpt = os.path.join(cfg.init_from, "ckpt.pt") if os.path.isdir(cfg.init_from) else cfg.init_from
+    return load_checkpoint(ckpt)["tokenizer"] if ckpt.endswith(".pt") and os.path.isfile(ckpt) else "gpt2"
+
+
+def plot_curves(records: list[dict], path: str) -> None:
+    """Train and held-out output loss against steps: per mode the mean over seeds, shaded ± std."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    modes = list(dict.fromkeys(r["mode"] for r in records))
+    for ax, key, title in ((axes[0], "train_output_loss", "train output loss"),
+                           (axes[1], "val_output_loss", "held-out output loss")):
+        for i, mode in enumerate(modes):
+            runs = [{h["step"]: h[key] for h in r["history"] if h.get(key) is not None}
+                    for r in records if r["mode"] == mode]
+            steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+            if not steps:
+                continue
+            values = np.array([[run[s] for s in steps] for run in runs])  # (seeds, steps)
+            mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
+            ax.plot(steps, mean, color=f"C{i}", label=f"{mode} ({plural(len(runs), 'seed')})")
+            ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        ax.set(title=title, xlabel="optimizer step", ylabel="output-token cross-entropy (nats)", yscale="log")
+        for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.6, not 6x10^-1
+            axis_set(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.grid(alpha=0.3)
+    axes[1].legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic: a reader never sees half a file, even if the run is killed while writing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def load_records(path: str) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["runs"]
+    except FileNotFoundError:
+        return []
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a results.json written by compare.py ({e})") from None
+
+
+def write_results(out_dir: str, records: list[dict], info: dict) -> None:
+    """results.json, summary.md and curves.png from the records so far (called after every run)."""
+    write_text(os.path.join(out_dir, "results.json"), json.dumps({"data": info, "runs": records}, indent=1) + "\n")
+    write_text(os.path.join(out_dir, "summary.md"), summary_markdown(records, info))
+    plot_curves(records, os.path.join(out_dir, "curves.png"))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg, base = parse_args(CompareConfig, argv)
+    modes, t0 = all_modes(cfg), time.perf_counter()
+    done = load_records(os.path.join(cfg.out_dir, "results.json")) if cfg.resume else []
+    info = dataset_info(run_train_config(base, cfg, modes[0], cfg.first_seed, cfg.out_dir))
+    print(f"comparing {', '.join(modes)} over {cfg.seeds} seeds; data: {info}", flush=True)
+    records = run_all(cfg, base, modes, done, on_record=lambda rs: write_results(cfg.out_dir, rs, info))
+    print(summary_markdown(records, info))
+    print(f"wrote {cfg.out_dir}/results.json, summary.md, curves.png in {time.perf_counter() - t0:.0f} s")
+    return records
+
+
+if __name__ == "__main__":
+    run_cli(main)

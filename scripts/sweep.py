@@ -1,0 +1,202 @@
+"""The paper's two factors (Shi et al. 2024, Fig. 2): how IM's gain over IT changes with the number of training
+examples and with the instruction/output length ratio. Each point is a small IT-vs-IM comparison over seeds.
+
+    python scripts/sweep.py --factor examples                   # 50,100,200,400 synthetic examples
+    python scripts/sweep.py --factor ratio                      # 1,2,4,6 stated facts per instruction
+    python scripts/sweep.py --factor examples --points 100,1000,10000 --init_from gpt2 --data alpaca.json
+    python scripts/sweep.py --factor ratio --bins 3 --init_from gpt2 --data alpaca.json  # subsets by ratio
+
+The points: `examples` sets the synthetic generator's training examples (its world grows with them, so each
+fact is stated equally often) or, with --data FILE, a random subset of that many; `ratio` sets the synthetic
+number of stated facts per instruction (instruction length; the answer stays one fact) or, with --data FILE,
+splits the data into --bins equal-size subsets by each example's instruction/output token ratio, as the paper
+did. Every flag of scripts/compare.py works here too (--seeds, --max_steps, --device, ...).
+
+Writes out_dir/sweep.json, sweep.md (the gain at each point, honest about the seed spread) and sweep.png (the
+gain against the factor, ± std over seeds); each point also gets compare.py's files in out_dir/<point>/.
+Default runtime: 4 points x 2 modes x 2 seeds = 16 runs of train.py's default steps. One run of the default
+compare.py took ~80 s of CPU (~2.5 min wall on a shared 2-core machine), so expect ~20-40 min for
+--factor examples and less for --factor ratio (fewer facts, shorter examples). --seeds, --points, --max_steps
+make it cheaper.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402  (puts the repository root on sys.path too)
+from compare import CompareConfig, mean_std, plt  # noqa: E402
+from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments, load_conversations  # noqa: E402
+from model import get_tokenizer  # noqa: E402
+from runtime import UserError, opt, run_cli  # noqa: E402
+
+DEFAULT_POINTS = {"examples": [50, 100, 200, 400], "ratio": [1, 2, 4, 6]}  # 6 facts still fit the tiny context
+# (metric, title, lower is better); the gain is signed so that a positive gain means IM did better
+GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_match", "exact match: IM − IT", False)]
+
+
+@dataclass
+class SweepConfig(CompareConfig):
+    out_dir: str = opt("out/sweep", "where sweep.json, sweep.md, sweep.png and one folder per point go")
+    factor: str = opt("examples", "examples (training set size) or ratio (instruction/output length)")
+    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,6 facts)")
+    bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio")
+    seeds: int = opt(2, "runs per mode and point")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.factor not in DEFAULT_POINTS:
+            raise UserError(f"--factor must be examples or ratio, got {self.factor!r}")
+        if not {"it", "im"} <= set(compare.all_modes(self)):
+            raise UserError("--modes must include it and im: the gain is measured between them")
+        if any(p < 1 for p in self.points) or self.bins < 2:
+            raise UserError("--points must be >= 1 and --bins >= 2")
+
+
+# ----------------------------------------------------------------------------- the points
+
+def point_settings(factor: str, value: int, base) -> dict:
+    """The train settings of one synthetic or subsample point."""
+    if factor == "ratio":
+        return {"synth_facts": value}
+    if base.data == "synthetic":  # the generator makes the held-out examples too
+        total = value + int(base.val_size) if base.val_size >= 1 else round(value / (1 - base.val_size))
+        return {"synth_examples": total, "num_examples": 0}
+    return {"num_examples": value}
+
+
+def example_ratio(messages: list[dict], tok) -> float:
+    """Instruction (system + user) tokens over output (assistant + end-of-text) tokens of one conversation."""
+    _, segs = encode_segments(messages, tok)
+    prompt = sum(s in (SYSTEM, USER) for s in segs)
+    return prompt / max(1, sum(s in (ASSISTANT, EOT) for s in segs))
+
+
+def ratio_bins(convs: list, ratios: list[float], bins: int) -> list[list]:
+    """`bins` equal-size subsets, from the lowest per-example ratios to the highest (ties by original order)."""
+    order = sorted(range(len(convs)), key=lambda i: ratios[i])
+    size = len(convs) // bins
+    return [[convs[i] for i in sorted(order[b * size:(b + 1) * size])] for b in range(bins)]
+
+
+def write_ratio_subsets(base, bins: int, out_dir: str) -> list[str]:
+    """Split a real dataset by per-example ratio; each subset becomes a messages JSONL file train.py reads."""
+    convs = load_conversations(base.data, base.format or None)
+    tok = get_tokenizer(compare.tokenizer_name(compare.training.resolve(base)))
+    paths = []
+    for b, subset in enumerate(ratio_bins(convs, [example_ratio(c, tok) for c in convs], bins)):
+        path = os.path.join(out_dir, "data", f"ratio_bin{b}.jsonl")
+        compare.write_text(path, "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in subset))
+        paths.append(path)
+    return paths
+
+
+def plan_points(cfg: SweepConfig, base) -> list[tuple[str, object]]:
+    """(label, TrainConfig) of each point."""
+    if cfg.factor == "ratio" and base.data != "synthetic":
+        if cfg.points:
+            raise UserError("--points sets synthetic facts per instruction; with --data FILE use --bins")
+        paths = write_ratio_subsets(base, cfg.bins, cfg.out_dir)
+        return [(f"ratio_bin{b}", dataclasses.replace(base, data=p, format="")) for b, p in enumerate(paths)]
+    values = cfg.points or DEFAULT_POINTS[cfg.factor]
+    return [(f"{cfg.factor}{v}", dataclasses.replace(base, **point_settings(cfg.factor, v, base))) for v in values]
+
+
+# ----------------------------------------------------------------------------- the gain (pure)
+
+def paired_gain(records: list[dict], metric: str, lower_is_better: bool) -> dict:
+    """IM's gain over IT per seed (same seed = same init, data split and order), then mean ± std over seeds."""
+    values = compare.by_mode(records, metric)
+    it, im = values.get("it", {}), values.get("im", {})
+    gains = [(it[s] - im[s]) if lower_is_better else (im[s] - it[s]) for s in it if s in im]
+    if not gains:
+        return {"mean": float("nan"), "std": float("nan"), "seeds": 0, "it": float("nan"), "im": float("nan")}
+    m, s = mean_std(gains)
+    return {"mean": m, "std": s, "seeds": len(gains), "it": mean_std(list(it.values()))[0],
+            "im": mean_std(list(im.values()))[0]}
+
+
+def call(gain: dict) -> str:
+    """A one-word reading of a gain: who won, and whether it exceeds the seed spread of the paired gain."""
+    if gain["seeds"] == 0 or gain["mean"] != gain["mean"]:
+        return "n/a"
+    who = "IM better" if gain["mean"] > 0 else "IT better" if gain["mean"] < 0 else "tie"
+    if gain["seeds"] < 2 or who == "tie":
+        return who + (" (1 seed)" if gain["seeds"] < 2 else "")
+    return who if abs(gain["mean"]) > gain["std"] else f"{who}, within seed spread"
+
+
+def point_row(label: str, records: list[dict], info: dict) -> dict:
+    gains = {metric: paired_gain(records, metric, lower) for metric, _, lower in GAINS}
+    return {"point": label, "train_examples": info["train_examples"], "ratio": info["ratio"], "gains": gains}
+
+
+def sweep_markdown(factor: str, rows: list[dict]) -> str:
+    head = ("| point | train examples | instr/output ratio | held-out loss IT | IM | gain (IT − IM) | "
+            "exact match IT | IM | gain (IM − IT) |")
+    lines = [f"# IM vs IT against {factor}", "",
+             "Gain > 0 means IM did better. Gains are paired by seed, mean ± std over seeds; the words say whether "
+             "|mean| exceeds that std.", "", head, "|" + "---|" * 9]
+    for r in rows:
+        loss, em = r["gains"]["heldout_loss"], r["gains"]["exact_match"]
+        lines.append(f"| {r['point']} | {r['train_examples']} | {r['ratio']:.2f} | {loss['it']:.3f} | {loss['im']:.3f} "
+                     f"| {loss['mean']:+.3f} ± {loss['std']:.3f} ({call(loss)}) | {em['it']:.3f} | {em['im']:.3f} "
+                     f"| {em['mean']:+.3f} ± {em['std']:.3f} ({call(em)}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_gains(factor: str, rows: list[dict], path: str) -> None:
+    """IM's gain against the factor (x: training examples or measured ratio), error bars = std over seeds."""
+    key = "train_examples" if factor == "examples" else "ratio"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (metric, title, _) in zip(axes, GAINS):
+        xs = [r[key] for r in rows]
+        ax.errorbar(xs, [r["gains"][metric]["mean"] for r in rows], yerr=[r["gains"][metric]["std"] for r in rows],
+                    marker="o", capsize=4)
+        ax.axhline(0, color="gray", lw=1)
+        ax.set(title=f"IM gain: {title}", xlabel="training examples" if key == "train_examples"
+               else "instruction/output token ratio", ylabel="gain (> 0: IM better)")
+        if len(set(xs)) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 8:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    compare.save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- the program
+
+def run_point(cfg: SweepConfig, label: str, base) -> tuple[list[dict], dict]:
+    """compare.py's comparison for one point, in out_dir/<label>/ (its own results.json, summary.md, curves.png)."""
+    point_cfg = dataclasses.replace(cfg, out_dir=os.path.join(cfg.out_dir, label))
+    modes = compare.all_modes(point_cfg)
+    info = compare.dataset_info(compare.run_train_config(base, point_cfg, modes[0], cfg.first_seed, point_cfg.out_dir))
+    done = compare.load_records(os.path.join(point_cfg.out_dir, "results.json")) if cfg.resume else []
+    records = compare.run_all(point_cfg, base, modes, done,
+                              on_record=lambda rs: compare.write_results(point_cfg.out_dir, rs, info))
+    return records, info
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg, base = compare.parse_args(SweepConfig, argv)
+    t0, rows, points = time.perf_counter(), [], []
+    for label, point_base in plan_points(cfg, base):
+        print(f"##### point {label}", flush=True)
+        records, info = run_point(cfg, label, point_base)
+        rows.append(point_row(label, records, info))
+        points.append({**rows[-1], "data": info, "runs": records})
+        compare.write_text(os.path.join(cfg.out_dir, "sweep.json"),
+                           json.dumps({"factor": cfg.factor, "points": points}, indent=1) + "\n")
+        compare.write_text(os.path.join(cfg.out_dir, "sweep.md"), sweep_markdown(cfg.factor, rows))
+        plot_gains(cfg.factor, rows, os.path.join(cfg.out_dir, "sweep.png"))
+    print(sweep_markdown(cfg.factor, rows))
+    print(f"wrote {cfg.out_dir}/sweep.json, sweep.md, sweep.png in {time.perf_counter() - t0:.0f} s")
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
