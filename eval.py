@@ -37,8 +37,8 @@ import model as modeling
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
                         read_mmlu)
 from metrics import segment_losses
-from runtime import (Dist, UserError, all_reduce_sum, autodetect_device, destroy_distributed, init_distributed, opt,
-                     parse_config, run_cli)
+from runtime import (Dist, UserError, all_reduce_sum, destroy_distributed, join_distributed, opt, parse_config,
+                     run_cli)
 
 
 @dataclass
@@ -302,19 +302,9 @@ def conversation_sets(cfg: EvalConfig, saved: dict | None) -> tuple[list, list]:
     return heldout[:cfg.limit], train[:cfg.limit]
 
 
-def current_dist(device: str) -> Dist:
-    """This process's place when evaluate() is called in-process (inside torchrun or not)."""
-    device = autodetect_device() if device == "auto" else device
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return Dist(device=device)
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    return Dist(rank=torch.distributed.get_rank(), local_rank=local, world_size=torch.distributed.get_world_size(),
-                device=f"cuda:{local}" if device.startswith("cuda") else device)
-
-
 def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     """Run the selected evaluations; rank 0 writes cfg.out. Returns {"ckpt", "config", "metrics": {task: {...}}}."""
-    dist = dist or current_dist(cfg.device)
+    dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
     net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
     net.eval()
     saved = saved_train_config(cfg.ckpt)
@@ -358,14 +348,15 @@ def format_table(metrics: dict) -> str:
 
 def main() -> None:
     cfg = parse_config(EvalConfig, description="Evaluate a checkpoint: output loss, generation, multiple choice.")
-    dist = init_distributed(cfg.device)
+    dist, owned = join_distributed(cfg.device)
     try:
         report = evaluate(cfg, dist)
         if dist.is_main:
             print(format_table(report["metrics"]))
             print(f"wrote {cfg.out}")
     finally:
-        destroy_distributed()
+        if owned:
+            destroy_distributed()
 
 
 if __name__ == "__main__":
