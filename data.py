@@ -427,11 +427,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(StatsConfig, flags, description="Token statistics of instruction datasets")
     if not files:
         raise UserError("stats: give at least one data file, a dataset name, or 'synthetic'")
+    datasets = {os.path.basename(f): synthetic_conversations(200) if f == "synthetic"
+                else load_conversations(f, cfg.format) for f in files}  # a bad file fails before any download
     tok = get_tokenizer(cfg.tokenizer)
-    rows = {}
-    for f in files:
-        convs = synthetic_conversations(200) if f == "synthetic" else load_conversations(f, cfg.format)
-        rows[os.path.basename(f)] = dataset_stats(convs, tok, cfg.max_len, cfg.batch_size)
+    rows = {name: dataset_stats(convs, tok, cfg.max_len, cfg.batch_size) for name, convs in datasets.items()}
     print(format_table(rows))
     print(f"tokens per example before truncation; weighted = share of target tokens with weight > 0 (IT: outputs, "
           f"IM: + instructions); truncated/dropped at max_len={cfg.max_len}; useful = real / computed tokens")
