@@ -1,7 +1,7 @@
 """Instruction datasets on disk -> conversations, each a list of messages [{"role", "content"}].
 
-One reader per format (Alpaca and its LIMA `history` variant, Dolly, prompt/completion, chat `messages`, ShareGPT,
-self-instruct seed tasks); the first record's keys pick the format unless one is given. Everything downstream
+One reader per format (Alpaca and its LIMA `history` variant, Dolly, prompt/completion, question/answer as in
+GSM8K, chat `messages`, ShareGPT, self-instruct seed tasks); the first record's keys pick the format unless one is given. Everything downstream
 (template, weights, batches) sees only messages, so a new format is one small function here. A bad file ends in
 one DataError that names the file, the line (JSONL) or record index (JSON array), and the field.
 """
@@ -100,6 +100,12 @@ def from_prompt_completion(rec: dict, where: str) -> list[list[dict]]:
              {"role": "assistant", "content": _text(rec, "completion", where)}]]
 
 
+def from_question_answer(rec: dict, where: str) -> list[list[dict]]:
+    """GSM8K-style records; the answer keeps its reasoning and its final `#### <number>` line."""
+    return [[{"role": "user", "content": _text(rec, "question", where)},
+             {"role": "assistant", "content": _text(rec, "answer", where)}]]
+
+
 def from_seed_tasks(rec: dict, where: str) -> list[list[dict]]:
     """Self-instruct seed tasks (Stanford Alpaca): one instruction, several {input, output} instances."""
     instruction, convs = _text(rec, "instruction", where), []
@@ -146,6 +152,7 @@ FORMATS = {"messages": ({"messages"}, from_messages), "sharegpt": ({"conversatio
            "seed_tasks": ({"instruction", "instances"}, from_seed_tasks),
            "dolly": ({"instruction", "response"}, from_dolly),
            "prompt_completion": ({"prompt", "completion"}, from_prompt_completion),
+           "question_answer": ({"question", "answer"}, from_question_answer),
            "alpaca": ({"instruction", "output"}, from_alpaca)}
 
 

@@ -306,6 +306,7 @@ def test_every_format_becomes_the_same_messages(tmp_path):
         "alpaca.jsonl": '{"instruction": "Add", "input": "2 3", "output": "5"}\n\n',
         "dolly.jsonl": '{"instruction": "Add", "context": "2 3", "response": "5", "category": "math"}\n',
         "pc.jsonl": '{"prompt": "Add\\n\\n2 3", "completion": "5"}\n',
+        "gsm8k.jsonl": '{"question": "Add\\n\\n2 3", "answer": "5"}\n',
         "chat.json": json.dumps([{"messages": want}]),
         "share.jsonl": json.dumps({"conversations": [{"from": "human", "value": "Add\n\n2 3"},
                                                      {"from": "gpt", "value": "5"}]}),
@@ -349,8 +350,8 @@ def test_format_override(tmp_path):
      r"record \[0\]: field 'history\[0\]'"),
     ("empty.jsonl", "\n  \n", None, r"empty.jsonl: file is empty"),
     ("none.json", "[]", None, r"none.json: no records"),
-    ("unknown.jsonl", '{"question": "a", "answer": "b"}\n', None,
-     r"unknown.jsonl:1: cannot tell the format .*'answer', 'question'"),
+    ("unknown.jsonl", '{"query": "a", "reply": "b"}\n', None,
+     r"unknown.jsonl:1: cannot tell the format .*'query', 'reply'"),
     ("fmt.jsonl", '{"instruction": "a", "output": "b"}\n', "csv", r"unknown format 'csv'"),
     ("latin1.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n', None,
      r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9\)"),
@@ -439,3 +440,9 @@ def test_shared_alpaca_sets_load_and_batch_with_little_padding(shared_data, gpt2
             assert row["useful@8"] >= 0.92, path
     lima = data.load_conversations(os.path.join(shared_data, "lima/lima.json"))
     assert sum(len(c) > 2 for c in lima) == 29  # the multi-turn rows, from `history`
+
+
+def test_gsm8k_reads_as_question_answer(shared_data):
+    convs = data.load_conversations(os.path.join(shared_data, "gsm8k", "test.jsonl"))
+    assert len(convs) == 1319
+    assert all(c[0]["role"] == "user" and "\n#### " in c[1]["content"] for c in convs)
