@@ -29,135 +29,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import SPLIT_DEFAULTS, Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
+from checkpoint import rng_state, set_rng_state
+from data import Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
 from loss import StepLoss, run_micro_batches, step_batches
 from metrics import segment_losses
-from checkpoint import rng_state, set_rng_state
 from model import GPT, GPTConfig, get_tokenizer, load_checkpoint, load_model, save_checkpoint
-from runtime import (Dist, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed, join_distributed, opt,
+from runtime import (Dist, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed, join_distributed,
                      parse_config, peak_flops, run_cli)
-
-# None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
-# CPU in minutes, and the paper's recipe (Shi et al. 2024, App. A) for fine-tuning a pretrained GPT-2.
-SCRATCH_RECIPE = dict(batch_size=8, micro_batch_size=0, epochs=0.0, max_steps=400, lr=2e-3, min_lr_ratio=0.1,
-                      schedule="cosine", warmup_ratio=0.05, weight_decay=0.1, eval_interval=100, threads=1)
-PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0, lr=2e-5, min_lr_ratio=0.0,
-                    schedule="linear", warmup_ratio=0.03, weight_decay=0.0, eval_interval=50, threads=0)
-
-
-@dataclass
-class TrainConfig:
-    # where from, where to
-    out_dir: str = opt("out", "directory for ckpt.pt (last), best.pt, log.jsonl and summary.json")
-    init_from: str = opt("scratch", "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint or HF "
-                         "directory | resume (continue out_dir/ckpt.pt with its saved config)")
-    model: str = opt("tiny", "model preset for --init_from scratch (tiny, gpt2, gpt2-medium, ...)")
-    n_layer: int = opt(0, "override the preset's number of layers (scratch only; 0 = the preset's)")
-    n_head: int = opt(0, "override the preset's attention heads (scratch only; 0 = the preset's)")
-    n_embd: int = opt(0, "override the preset's width (scratch only; 0 = the preset's)")
-    block_size: int = opt(0, "context length; for a pretrained model a shorter maximum example length (0 = model's)")
-    dropout: float = opt(0.0, "dropout probability during training")
-    tokenizer: str = opt("", "byte | gpt2 | a directory with vocab.json + merges.txt ('' = byte from scratch, "
-                         "the checkpoint's otherwise)")
-    # data
-    data: str = opt(SPLIT_DEFAULTS["data"], "'synthetic' (the built-in offline task) or an instruction file: Alpaca, Dolly, "
-                    "prompt/completion, messages or ShareGPT, JSON or JSONL")
-    format: str = opt("", "file format ('' = auto-detect)")
-    val_size: float = opt(SPLIT_DEFAULTS["val_size"], "held-out examples split off the data (a count, or a fraction if < 1)")
-    num_examples: int = opt(SPLIT_DEFAULTS["num_examples"], "train on a random subset of this many examples (0 = all)")
-    synth_examples: int = opt(SPLIT_DEFAULTS["synth_examples"], "synthetic task: examples generated (train + held-out)")
-    synth_facts: int = opt(SPLIT_DEFAULTS["synth_facts"], "synthetic task: facts stated in each instruction "
-                            "(sets the instruction length; 8 fit the tiny model's context)")
-    synth_answers: int = opt(SPLIT_DEFAULTS["synth_answers"], "synthetic task: facts asked for in each output (sets the output length)")
-    synth_seed: int = opt(SPLIT_DEFAULTS["synth_seed"], "synthetic task: seed of the generated examples")
-    # loss
-    loss: str = opt("it", "it: loss on outputs only; im: loss on instructions too (prompt weight 0 or 1)")
-    prompt_loss_weight: float | None = opt(None, "weight of instruction tokens; overrides --loss (IT=0, IM=1)")
-    template_loss_weight: float = opt(0.0, "weight of template tokens like <|user|> (paper: 0)")
-    loss_reduction: str = opt("token", "token: sum(w*loss)/sum(w) over the step; sequence: mean over examples "
-                              "of each example's weighted mean (what the paper's code did at one example per GPU)")
-    kl_coef: float = opt(0.0, "add kl_coef * KL(model || initial model) on the weighted positions (paper Table 3)")
-    neftune_alpha: float = opt(0.0, "NEFTune: uniform noise alpha/sqrt(L*d) on token embeddings (paper: 5)")
-    skip_zero: bool = opt(True, "positions with loss weight 0 skip the output head and the cross-entropy")
-    pack: bool = opt(False, "pack several examples into each row (attention kept inside each) instead of padding")
-    # optimization; None = the recipe's value (from scratch: fast CPU demo; otherwise the paper's GPT-2 recipe)
-    batch_size: int | None = opt(None, "examples per optimizer step, all ranks (scratch 8, fine-tune 128)")
-    batch_tokens: int = opt(0, "also cap each step at this many padded tokens: batch_size is then the most "
-                            "examples per step, and each step accumulates as many micro-batches as it needs")
-    micro_batch_size: int | None = opt(None, "examples per forward pass and rank (0 = batch/ranks; fine-tune 8)")
-    epochs: float | None = opt(None, "passes over the training set, if max_steps is 0 (fine-tune 2)")
-    max_steps: int | None = opt(None, "optimizer steps, overrides epochs (scratch 400; 0 = use epochs)")
-    stop_step: int = opt(0, "stop after this step with a checkpoint, schedule unchanged, e.g. for job time limits")
-    lr: float | None = opt(None, "peak learning rate (scratch 2e-3, fine-tune 2e-5)")
-    min_lr: float | None = opt(None, "learning rate at the end of the decay (scratch lr/10, fine-tune 0)")
-    schedule: str | None = opt(None, "linear | cosine | constant, after warmup (scratch cosine, fine-tune linear)")
-    warmup_ratio: float | None = opt(None, "fraction of steps of linear warmup (scratch 0.05, fine-tune 0.03)")
-    weight_decay: float | None = opt(None, "AdamW weight decay on matrices only (scratch 0.1, fine-tune 0)")
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.999, "AdamW beta2")
-    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = no clipping)")
-    # evaluation and logs
-    eval_interval: int | None = opt(None, "evaluate and save every N steps (0 = only at the end; scratch 100)")
-    eval_examples: int = opt(200, "held-out examples scored at each evaluation (0 = all)")
-    train_eval_size: int = opt(100, "training examples scored at each evaluation (the overfitting gap)")
-    log_interval: int = opt(10, "refresh the progress bar every N steps (log.jsonl gets every step)")
-    # system
-    device: str = opt("auto", "auto | cpu | cuda | mps")
-    threads: int | None = opt(None, "CPU threads (0 = torch's default, one per core; scratch 1: the tiny model "
-                              "gains little from more, and a busy machine makes 2 threads 3x slower than 1)")
-    dtype: str = opt("auto", "auto (bf16 autocast on CUDA if supported, else float32) | float32 | bfloat16 | float16")
-    compile: bool = opt(False, "torch.compile the model")
-    seed: int = opt(SPLIT_DEFAULTS["seed"], "seed of initialization, data split and order, dropout and noise")
-    save: bool = opt(True, "write checkpoints")
-
-    def validate(self) -> None:
-        """Fail before any work, with the flag's name, on settings that cannot work."""
-        c = resolve(self)
-        checks = [
-            (c.loss in ("it", "im"), f"--loss must be it or im, got {c.loss!r}"),
-            (c.prompt_loss_weight >= 0 and c.template_loss_weight >= 0, "loss weights must be >= 0"),
-            (c.loss_reduction in ("token", "sequence"), "--loss_reduction must be token or sequence"),
-            (c.schedule in ("linear", "cosine", "constant"), "--schedule must be linear, cosine or constant"),
-            (c.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype {c.dtype!r} is not one of the choices"),
-            (c.lr > 0, f"--lr must be > 0, got {c.lr}"),
-            (0 <= c.min_lr <= c.lr, f"--min_lr must be between 0 and --lr {c.lr}, got {c.min_lr}"),
-            (0 <= c.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {c.warmup_ratio}"),
-            (c.weight_decay >= 0 and c.grad_clip >= 0, "--weight_decay and --grad_clip must be >= 0"),
-            (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)"),
-            (0 <= c.dropout < 1, f"--dropout must be in [0, 1), got {c.dropout}"),
-            (c.kl_coef >= 0 and c.neftune_alpha >= 0, "--kl_coef and --neftune_alpha must be >= 0"),
-            (c.batch_size >= 1 and c.micro_batch_size >= 0 and c.batch_tokens >= 0, "batch sizes must be positive"),
-            (c.micro_batch_size == 0 or c.batch_size % c.micro_batch_size == 0,
-             f"--batch_size {c.batch_size} is not divisible by --micro_batch_size {c.micro_batch_size}"),
-            (c.max_steps > 0 or c.epochs > 0, "set --max_steps or --epochs above 0"),
-            (min(c.max_steps, c.stop_step, c.eval_interval, c.val_size, c.num_examples, c.threads) >= 0,
-             "counts must be >= 0"),
-            (c.init_from in ("scratch", "resume") or not (c.n_layer or c.n_head or c.n_embd),
-             "--n_layer/--n_head/--n_embd only apply to --init_from scratch"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-        if c.init_from == "scratch":
-            scratch_config(c, vocab_size=257)
-
-
-def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill every None with the recipe's value, and --loss into prompt_loss_weight."""
-    recipe = SCRATCH_RECIPE if cfg.init_from == "scratch" else PAPER_RECIPE
-    filled = {k: v for k, v in recipe.items() if hasattr(cfg, k) and getattr(cfg, k) is None}
-    if cfg.min_lr is None:
-        filled["min_lr"] = recipe["min_lr_ratio"] * (cfg.lr if cfg.lr is not None else recipe["lr"])
-    if cfg.prompt_loss_weight is None:
-        filled["prompt_loss_weight"] = 1.0 if cfg.loss == "im" else 0.0
-    return dataclasses.replace(cfg, **filled)
-
-
-def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    """The preset with the size flags that are set (GPTConfig itself refuses n_embd % n_head != 0)."""
-    sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(cfg, k)}
-    return GPTConfig.preset(cfg.model, vocab_size=vocab_size, dropout=cfg.dropout, **sizes)
-
+from train_config import TrainConfig, resolve, scratch_config
 
 # ----------------------------------------------------------------------------- model, data, schedule
 
