@@ -112,14 +112,15 @@ def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_wei
     return ids, loss_weights(segs, prompt_loss_weight, template_loss_weight)
 
 
-def prompt_ids(messages: list[dict], tok: tiktoken.Encoding) -> list[int]:
+def prompt_ids(messages: list[dict], tok: tiktoken.Encoding, max_len: int | None = None) -> list[int]:
     """What generation starts from: everything before the last answer, through "<|assistant|>\\n".
 
-    Same pieces, same tokenization as training, so it is byte-for-byte a prefix of the training ids.
+    Same pieces, same tokenization as training, so it is byte-for-byte a prefix of the training ids; with max_len,
+    cut the way training cuts examples (the oldest prompt tokens go first, the template stays).
     """
     context = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
     pieces = encode_pieces(context + [{"role": "assistant", "content": ""}], tok)[:-1]  # drop the closing EOT
-    return [i for p, _ in pieces for i in p]
+    return truncate_pieces(pieces, max_len or 1 << 62)[0]
 
 
 @dataclass

@@ -162,14 +162,6 @@ def text_metrics(outputs: list[str], references: list[str]) -> dict:
 
 # ----------------------------------------------------------------------------- generating
 
-def generation_prompt(conv: list[dict], tok, max_len: int) -> list[int]:
-    """data.prompt_ids (the training prefix through "<|assistant|>\\n"), cut to max_len tokens the way training
-    cuts examples: the oldest prompt tokens go first, the template stays."""
-    context = conv[:-1] if conv and conv[-1]["role"] == "assistant" else conv
-    pieces = data.encode_pieces(context + [{"role": "assistant", "content": ""}], tok)[:-1]  # no closing EOT
-    return data.truncate_pieces(pieces, max_len)[0]
-
-
 @torch.no_grad()
 def generate_batched(model, prompts: list[list[int]], cfg: EvalConfig, max_new: int, eos_id: int, device: str,
                      rank: int, show: bool = False) -> list[list[int]]:
@@ -225,7 +217,7 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
     convs = [c for c in convs if c and c[-1]["role"] == "assistant"]
     max_new = new_token_budget(cfg, [c[-1]["content"] for c in convs], tok, model.config.block_size)
     mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
-    prompts = [generation_prompt(c, tok, model.config.block_size - max_new) for c in mine]
+    prompts = [data.prompt_ids(c, tok, model.config.block_size - max_new) for c in mine]
     run_cfg = replace(cfg, temperature=0.0) if greedy else cfg
     with autocast(dist.device, cfg.dtype):
         new = generate_batched(model, prompts, run_cfg, max_new, tok.eot_token, dist.device, dist.rank, dist.is_main)

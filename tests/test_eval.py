@@ -253,10 +253,10 @@ def test_generation_batched_matches_one_prompt_at_a_time(net, tok, tmp_path):
     assert sample(1, greedy=True) == outputs  # memorization is greedy whatever --temperature says
 
 
-def test_generation_prompt_is_cut_like_training(tok):
+def test_prompt_ids_is_cut_like_training(tok):
     conv = [{"role": "user", "content": "fact " * 30 + "Question?"}, {"role": "assistant", "content": "Answer."}]
-    assert ev.generation_prompt(conv, tok, 1000) == data.prompt_ids(conv, tok)
-    cut = tok.decode(ev.generation_prompt(conv, tok, 40))
+    assert data.prompt_ids(conv, tok, 1000) == data.prompt_ids(conv, tok)
+    cut = tok.decode(data.prompt_ids(conv, tok, 40))
     assert cut == "<|user|>\nt fact Question?\n<|assistant|>\n"  # 40 byte tokens, the template kept
     assert ev.new_token_budget(config(), ["abc", "abcdefg"], tok, 256) == 7 + 16
     assert ev.new_token_budget(config(), ["x" * 500], tok, 256) == 128
