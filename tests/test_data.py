@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import data
+import synthetic
 from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example
 from model import get_tokenizer
 from runtime import UserError
@@ -104,7 +105,7 @@ def test_loss_weights_table_presets_and_padding():
 def conversations_for_properties() -> list[list[dict]]:
     return [SINGLE, MULTI, msgs(("user", "Add\n\n2 3"), ("assistant", "")),
             msgs(("system", "S"), ("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2"),
-                 ("user", "u3"), ("assistant", "a3"))] + data.synthetic_conversations(20, n_answers=2)
+                 ("user", "u3"), ("assistant", "a3"))] + synthetic.synthetic_conversations(20, n_answers=2)
 
 
 @pytest.mark.parametrize("m", conversations_for_properties())
@@ -270,12 +271,12 @@ def asked_facts(conv: list[dict]) -> list[str]:
 
 
 def test_synthetic_task_is_deterministic_sized_and_verifiable():
-    convs = data.synthetic_conversations(200, seed=3)
-    assert convs == data.synthetic_conversations(200, seed=3) != data.synthetic_conversations(200, seed=4)
+    convs = synthetic.synthetic_conversations(200, seed=3)
+    assert convs == synthetic.synthetic_conversations(200, seed=3) != synthetic.synthetic_conversations(200, seed=4)
     assert all(150 <= len(c[0]["content"].encode()) <= 300 for c in convs)
-    world = data.synthetic_world(25)  # 200 questions, one per fact: 25 entities x 8 attributes
-    assert len(world) == 200 and data.synthetic_world(10).items() <= world.items()  # a bigger world extends
-    facts = {data.fact(k, world) for k in world}
+    world = synthetic.synthetic_world(25)  # 200 questions, one per fact: 25 entities x 8 attributes
+    assert len(world) == 200 and synthetic.synthetic_world(10).items() <= world.items()  # a bigger world extends
+    facts = {synthetic.fact(k, world) for k in world}
     for c in convs:
         stated = {s + "." for s in c[0]["content"].split(". Tell me")[0].split(". ")}
         (answer,) = asked_facts(c)
@@ -284,13 +285,13 @@ def test_synthetic_task_is_deterministic_sized_and_verifiable():
 
 
 def test_synthetic_knobs_and_fact_coverage():
-    n8, n1 = data.synthetic_conversations(100, n_facts=8), data.synthetic_conversations(100, n_facts=1)
-    a3 = data.synthetic_conversations(100, n_answers=3)
+    n8, n1 = synthetic.synthetic_conversations(100, n_facts=8), synthetic.synthetic_conversations(100, n_facts=1)
+    a3 = synthetic.synthetic_conversations(100, n_answers=3)
     mean = lambda convs, i: sum(len(c[i]["content"]) for c in convs) / len(convs)
     assert mean(n8, 0) > 4 * mean(n1, 0) and mean(a3, 1) > 2.5 * mean(n8, 1)  # instruction / output length
     assert all(len(asked_facts(c)) == 3 and c[1]["content"].count(", ") == 2 for c in a3)
     # a held-out answer was never a training output, but training instructions state it about 8 times
-    train, val = data.split_and_subsample(data.synthetic_conversations(400), 40, 0, seed=0)
+    train, val = data.split_and_subsample(synthetic.synthetic_conversations(400), 40, 0, seed=0)
     stated = " ".join(c[0]["content"] for c in train)
     trained = {a for c in train for a in asked_facts(c)}
     counts = [stated.count(a) for c in val for a in asked_facts(c)]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import benchmarks as bm
 import data
+import synthetic
 import eval as ev
 from model import GPT, GPTConfig, get_tokenizer, save_checkpoint
 from runtime import Dist, UserError, make_config, run_cli
@@ -278,7 +279,7 @@ def run_dir(net, tmp_path_factory):
 
 def test_evaluate_checkpoint_scores_train_py_split(net, tok, run_dir, tmp_path):
     """A train.py checkpoint: --data '' is the held-out split train.py made, --train_data '' its training split."""
-    train_convs, val_convs = data.split_and_subsample(data.synthetic_conversations(12, 1, 1, 3), 4, 6, 5)
+    train_convs, val_convs = data.split_and_subsample(synthetic.synthetic_conversations(12, 1, 1, 3), 4, 6, 5)
     out = str(tmp_path / "res" / "r.json")
     cfg = make_config(ev.EvalConfig, dict(ckpt=run_dir, memorization=True, max_new_tokens=4, out=out))
     m = ev.evaluate(cfg)["metrics"]
