@@ -123,10 +123,12 @@ def mmlu_subject(path: str) -> str:
 
 
 def mmlu_prompt(q: Question, subject: str, style: str) -> Question:
-    """lm-eval's zero-shot prompts. letters (`mmlu`): options listed, the choices are ' A'..' D'.
-    continuation (`mmlu_continuation`): 'Question: ...\nAnswer:', the choices are the options' texts."""
+    """lm-eval's zero-shot prompts, each after its task's description line. letters (`mmlu`): options listed,
+    the choices are ' A'..' D'. continuation (`mmlu_continuation`): 'Question: ...\nAnswer:', the choices are the
+    options' texts."""
     if style == "continuation":
-        return Question(f"Question: {q.context}\nAnswer:", q.choices, q.gold)
+        intro = f"The following are questions (with answers) about {subject}.\n\n"
+        return Question(f"{intro}Question: {q.context.strip()}\nAnswer:", q.choices, q.gold)
     letters = LETTERS[:len(q.choices)]
     listed = "".join(f"\n{letter}. {choice}" for letter, choice in zip(letters, q.choices))
     intro = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
@@ -149,9 +151,25 @@ def hellaswag_preprocess(text: str) -> str:
     return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
 
+SENTENCE_END = re.compile(r"[.!?]\s+")
+
+
+def hellaswag_context(line: str) -> str:
+    """lm-eval's query from the text file's context line, `label: ctx_a ctx_b`. lm-eval builds it as
+    ctx_a + " " + ctx_b.capitalize(); the file keeps ctx_b as written ("... on a roof. he"). The file does not mark
+    where ctx_b starts, so we take the text after the last sentence end; a line that ends a sentence has no ctx_b.
+    Exact when ctx_b holds no sentence end of its own (jsonl input, which names ctx_b, is always exact)."""
+    line = line.strip()
+    ends = list(SENTENCE_END.finditer(line))
+    if not ends or line[-1] in ".!?":
+        return hellaswag_preprocess(line)
+    cut = ends[-1].end()
+    return hellaswag_preprocess(line[:cut] + line[cut:].capitalize())
+
+
 def read_hellaswag(path: str) -> list[Question]:
     """HellaSwag as 6-line text records (context, label, 4 endings; .txt or .txt.bz2), or jsonl (ctx, endings,
-    label). lm-eval's preprocessing is applied to both (the text file keeps a few [bracketed] spans)."""
+    label), preprocessed as lm-eval's hellaswag task does (see hellaswag_context for the text file's one guess)."""
     with _open_text(path) as f:
         lines = f.read().splitlines()
     if ".jsonl" in os.path.basename(path):
@@ -164,7 +182,7 @@ def read_hellaswag(path: str) -> list[Question]:
     for i in range(0, len(lines), 6):
         gold = _parse_answer(lines[i + 1], 4, f"{path}:{i + 2}", "label")
         endings = [hellaswag_preprocess(e) for e in lines[i + 2:i + 6]]
-        questions.append(Question(hellaswag_preprocess(lines[i]), endings, gold))
+        questions.append(Question(hellaswag_context(lines[i]), endings, gold))
     return questions
 
 

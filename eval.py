@@ -96,34 +96,32 @@ class EvalConfig:
 
 # ----------------------------------------------------------------------------- answers vs. references (pure)
 
-_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
+GSM8K_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")  # lm-eval gsm8k.yaml, filter "strict-match"
+GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # its exact_match regexes_to_ignore, applied to both sides
 
 
 def normalize_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
-def canonical_number(text: str) -> str:
-    """'$1,000.50' -> '1000.5', '18.00' -> '18': the forms a model may write for the same number."""
-    text = text.replace(",", "").replace("$", "")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+def gsm8k_answer(output: str) -> str:
+    """lm-eval's strict-match filter: the first `#### <number>` of the output, else "[invalid]"."""
+    found = GSM8K_ANSWER.findall(output)
+    return found[0].strip() if found else "[invalid]"
 
 
-def final_answer(text: str) -> str | None:
-    """GSM8K's answer: the number after `#### ` if there is one, else the last number in the text."""
-    marked = re.search(r"####\s*(" + _NUMBER + ")", text)
-    if marked:
-        return canonical_number(marked.group(1))
-    numbers = re.findall(_NUMBER, text)
-    return canonical_number(numbers[-1]) if numbers else None
+def gsm8k_clean(text: str) -> str:
+    """lm-eval's exact_match normalization for GSM8K: the ignored patterns removed, then lowercased."""
+    for pattern in GSM8K_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
 
 
 def exact_match(output: str, reference: str) -> bool:
-    """Whitespace-normalized equality; for GSM8K-style references (`#### <number>`) the final numbers must agree."""
-    if re.search(r"####\s*" + _NUMBER, reference):
-        return final_answer(output) == final_answer(reference)
+    """Whitespace-normalized equality. GSM8K-style references (`#### <number>`) use lm-eval's strict match:
+    '#### 18' matches, while '#### 18.00', '#### $18' and an answer without the marker do not."""
+    if GSM8K_ANSWER.search(reference):
+        return gsm8k_clean(gsm8k_answer(output)) == gsm8k_clean(reference)
     return normalize_whitespace(output) == normalize_whitespace(reference)
 
 
@@ -137,9 +135,14 @@ def lcs_length(a: list[str], b: list[str]) -> int:
     return row[-1]
 
 
+def rouge_tokens(text: str) -> list[str]:
+    """Google's rouge-score tokenizer (no stemming): lowercase, every run of non-[a-z0-9] becomes a space."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
 def rouge_l(output: str, reference: str) -> float:
-    """ROUGE-L F1 in [0, 1] over lowercased whitespace tokens (0 when either side is empty, as rouge-score does)."""
-    hyp, ref = output.lower().split(), reference.lower().split()
+    """ROUGE-L F1 in [0, 1] as rouge-score computes it: rouge_l("pen", "Pen.") == 1 (0 if either side is empty)."""
+    hyp, ref = rouge_tokens(output), rouge_tokens(reference)
     lcs = lcs_length(hyp, ref)
     if lcs == 0:
         return 0.0

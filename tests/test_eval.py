@@ -117,16 +117,19 @@ def test_chat_choices_are_the_assistant_reply(tok):
 
 # ----------------------------------------------------------------------------- exact match, BLEU, ROUGE-L
 
-def test_exact_match_and_gsm8k_final_answer_rule():
+def test_exact_match_and_gsm8k_strict_match_as_lm_eval():
     assert ev.exact_match("  The  answer\nis 4 ", "The answer is 4")
     assert not ev.exact_match("The answer is 4.", "The answer is 4")
     ref = "She has 3 + 15 = 18 apples.\n#### 18"
-    assert ev.exact_match("3 apples and 15 more: 18", ref)  # no marker: the last number
-    assert ev.exact_match("#### 18 (I think, not 20)", ref)  # the marked number wins over the last one
-    assert not ev.exact_match("18 apples, wait, 20", ref)
-    assert ev.exact_match("It costs $1,800.00", "#### 1800")
-    assert not ev.exact_match("no number here", ref)
-    assert ev.final_answer("x #### -3.50") == "-3.5" and ev.final_answer("none") is None
+    assert ev.exact_match("3 + 15 = 18\n#### 18", ref)
+    assert ev.exact_match("#### 18 (I think, not 20)\n#### 20", ref)  # take_first: the first marked number
+    assert ev.exact_match("#### 1,800.", "#### 1800")  # ',' and a final '.' are ignored on both sides
+    # lm-eval's strict match refuses what a lenient rule would accept:
+    assert not ev.exact_match("#### 18.00", ref)  # no number canonicalization
+    assert not ev.exact_match("#### $18", ref)  # '$' is not in the answer pattern: "[invalid]"
+    assert not ev.exact_match("3 apples and 15 more: 18", ref)  # no marker: "[invalid]"
+    assert ev.gsm8k_answer("x #### -3.50 y") == "-3.50" and ev.gsm8k_answer("none") == "[invalid]"
+    assert ev.gsm8k_clean("Step 1. $1,000\n#### 1,000.") == "1000"
 
 
 def test_bleu_equals_sacrebleu_and_hand_value():
@@ -143,6 +146,10 @@ def test_rouge_l_hand_cases():
     assert ev.rouge_l("the cat sat on the mat", "The cat is on the MAT") == pytest.approx(5 / 6)
     assert ev.rouge_l("a b c d", "b d e") == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))  # 4/7
     assert ev.rouge_l("", "x") == ev.rouge_l("x", "") == ev.rouge_l("x", "y") == 0.0
+    # rouge-score's tokenizer: punctuation is a separator, not part of a word
+    assert ev.rouge_l("pen", "Pen.") == 1.0 and ev.rouge_l("a-b, c!", "A b c") == 1.0
+    assert ev.rouge_tokens("It's 3.5 km/h!") == ["it", "s", "3", "5", "km", "h"]
+    assert ev.rouge_l("...", "pen") == 0.0  # nothing left to match
     m = ev.text_metrics(["a b c d", "x"], ["b d e", "x"])
     assert m["exact_match"] == 0.5 and m["rouge_l"] == pytest.approx(100 * (4 / 7 + 1) / 2)
 
@@ -187,7 +194,8 @@ def test_mmlu_prompts_follow_lm_eval(tmp_path):
                          "Why?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
     assert q.choices == ["A", "B", "C", "D"] and q.gold == 3
     (c,) = bm.read_mmlu(path, "continuation")
-    assert (c.context, c.choices) == ("Question: Why?\nAnswer:", ["a", "b", "c", "d"])
+    assert (c.context, c.choices) == ("The following are questions (with answers) about college biology.\n\n"
+                                      "Question: Why?\nAnswer:", ["a", "b", "c", "d"])  # lm-eval's description line
 
 
 def test_hellaswag_text_bz2_and_jsonl(tmp_path):
@@ -197,7 +205,8 @@ def test_hellaswag_text_bz2_and_jsonl(tmp_path):
     with bz2.open(path, "wt", encoding="utf-8") as f:
         f.write(text)
     qs = bm.read_hellaswag(path)
-    assert [(q.context, q.gold) for q in qs] == [("Act: A man sits. on a roof. he", 2), ("Cook: She stirs. she", 0)]
+    # lm-eval capitalizes ctx_b (the text after the last sentence end) with str.capitalize, before the cleanup
+    assert [(q.context, q.gold) for q in qs] == [("Act: A man sits. on a roof. He", 2), ("Cook: She stirs. She", 0)]
     assert qs[0].choices == ["falls.", "waves.", "climbs down.", "sleeps."]
     with pytest.raises(data.DataError, match=r"bad\.txt:8: field 'label'"):
         bm.read_hellaswag(write(tmp_path / "bad.txt", text.replace("\n0\n", "\n7\n").encode()))
@@ -217,7 +226,10 @@ def test_real_mmlu_redux_and_hellaswag(shared_data):
         os.path.join(mmlu, "mmlu_moral_scenarios.csv")))
     hs = bm.read_hellaswag(os.path.join(shared_data, "hellaswag", "hellaswag_val_full.txt.bz2"))
     assert len(hs) == 10042 and [sum(q.gold == k for q in hs) for k in range(4)] == [2515, 2485, 2584, 2458]
-    assert hs[0].context == "Roof shingle removal: A man is sitting on a roof. he"
+    assert hs[0].context == "Roof shingle removal: A man is sitting on a roof. He"
+    with bz2.open(os.path.join(shared_data, "hellaswag", "hellaswag_val_full.txt.bz2"), "rt") as f:
+        raw = f.read().splitlines()[0::6]
+    assert sum(bm.hellaswag_context(c) != bm.hellaswag_preprocess(c) for c in raw) == 3236  # 32% of 10042
 
 
 def test_gpt2_bpe_pairs_equal_lm_eval_split(shared_data, gpt2_bpe_dir):
