@@ -222,19 +222,28 @@ def bpe_tokenizer(directory: str) -> tiktoken.Encoding:
                              special_tokens={EOT: vocab[EOT]})
 
 
-def gpt2_tokenizer() -> tiktoken.Encoding:
-    """tiktoken's GPT-2 encoding (its cache: $TIKTOKEN_CACHE_DIR), else the files of a downloaded GPT-2 model."""
+def cached_gpt2_tokenizer() -> tiktoken.Encoding | None:
+    """GPT-2's BPE if this machine has it without a download: tiktoken's cache ($TIKTOKEN_CACHE_DIR), else the
+    files of a GPT-2 model in $IMGPT_CACHE; None otherwise."""
     try:
         return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # network errors come from requests, hash errors as ValueError
-        error = e
+    except Exception:  # network errors come from requests, hash errors as ValueError
+        pass
     for name in HUB_MODELS:
         directory = os.path.join(cache_dir(), name)
         if tokenizer_files(directory):
             return bpe_tokenizer(directory)
-    raise CheckpointError(f"cannot load the GPT-2 tokenizer ({type(error).__name__}: {error}). Offline? "
-                          "Pass a directory holding vocab.json + merges.txt (or encoder.json + vocab.bpe) instead of "
-                          "'gpt2', or fill tiktoken's cache ($TIKTOKEN_CACHE_DIR)")
+    return None
+
+
+def gpt2_tokenizer() -> tiktoken.Encoding:
+    """tiktoken's GPT-2 encoding (downloaded once into its cache), else the files of a downloaded GPT-2 model."""
+    tok = cached_gpt2_tokenizer()
+    if tok is None:
+        raise CheckpointError("cannot load the GPT-2 tokenizer (no network, nothing cached). Offline? Pass a "
+                              "directory holding vocab.json + merges.txt (or encoder.json + vocab.bpe) instead of "
+                              "'gpt2', or fill tiktoken's cache ($TIKTOKEN_CACHE_DIR)")
+    return tok
 
 
 def get_tokenizer(name_or_dir: str) -> tiktoken.Encoding:
@@ -247,6 +256,57 @@ def get_tokenizer(name_or_dir: str) -> tiktoken.Encoding:
         return bpe_tokenizer(name_or_dir)
     raise CheckpointError(f"unknown tokenizer {name_or_dir!r}: not 'byte' or 'gpt2', and no such directory "
                           "(one holding vocab.json + merges.txt)")
+
+
+def model_dir_tokenizer(directory: str) -> tiktoken.Encoding:
+    """The tokenizer of a Hugging Face model directory: its own files, else GPT-2's BPE if cached on this machine
+    (save_pretrained writes no tokenizer files unless the tokenizer is saved too)."""
+    if tokenizer_files(directory):
+        return bpe_tokenizer(directory)
+    tok = cached_gpt2_tokenizer()
+    if tok is None:
+        raise CheckpointError(f"{directory}: has no tokenizer files, and GPT-2's is not cached on this machine: add "
+                              f"the model's vocab.json and merges.txt to {directory}")
+    return tok
+
+
+def merge_of(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The two tokens BPE merged into `token`: replay the merges ranked below it on its bytes, lowest rank first."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        pair_ranks = [ranks.get(a + b, len(ranks)) for a, b in zip(parts, parts[1:])]
+        i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts[0], parts[1]
+
+
+def tokenizer_record(tok: tiktoken.Encoding) -> str | dict[str, str]:
+    """What a checkpoint stores to rebuild `tok` on any machine: 'byte' (built in), or the text of GPT-2-style
+    vocab.json and merges.txt, never a path (the directory may move, the checkpoint may be copied)."""
+    if tok.name == "byte":
+        return "byte"
+    spell = {b: c for c, b in gym_byte_decoder().items()}
+    text = {t: "".join(spell[b] for b in t) for t in tok._mergeable_ranks}
+    vocab = {text[t]: i for t, i in tok._mergeable_ranks.items()} | tok._special_tokens
+    merges = [" ".join(text[p] for p in merge_of(t, tok._mergeable_ranks))
+              for t, _ in sorted(tok._mergeable_ranks.items(), key=lambda kv: kv[1]) if len(t) > 1]
+    return {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": "#version: 0.2\n" + "\n".join(merges)}
+
+
+def tokenizer_from_record(record: str | dict, path: str = "checkpoint") -> tiktoken.Encoding:
+    """The tokenizer a checkpoint stored (tokenizer_record); older checkpoints stored a name or a directory."""
+    if isinstance(record, str):
+        if record not in ("byte", *HUB_MODELS) and not os.path.isdir(record):
+            raise CheckpointError(f"{path}: its tokenizer directory {record} is gone (the checkpoint predates "
+                                  "self-contained tokenizers): copy vocab.json and merges.txt back there")
+        return get_tokenizer(record)
+    try:
+        vocab = json.loads(record["vocab.json"])
+        merges = [line for line in record["merges.txt"].split("\n") if line and not line.startswith("#version")]
+        return tiktoken.Encoding(name=path, pat_str=GPT2_PATTERN, mergeable_ranks=bpe_ranks(vocab, merges),
+                                 special_tokens={EOT: vocab[EOT]})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unusable stored tokenizer ({type(e).__name__}: {e})") from None
 
 
 # ----------------------------------------------------------------------------- our own checkpoints

@@ -358,8 +358,7 @@ def load_model(name_or_path: str, device: str = "cpu") -> tuple[GPT, tiktoken.En
         model, tok = model_from_checkpoint(path)
     elif os.path.isdir(path) or path in ckpt.HUB_MODELS:
         model = GPT.from_pretrained(path)
-        directory = path if os.path.isdir(path) else os.path.join(ckpt.cache_dir(), path)
-        tok = get_tokenizer(directory if ckpt.tokenizer_files(directory) else "gpt2")
+        tok = ckpt.model_dir_tokenizer(path if os.path.isdir(path) else ckpt.hub_dir(path))
     else:
         raise CheckpointError(f"{path!r}: no such file or directory, and not a known model id "
                               f"({', '.join(ckpt.HUB_MODELS)})")
@@ -379,7 +378,7 @@ def model_from_checkpoint(path: str) -> tuple[GPT, tiktoken.Encoding]:
     state.pop("lm_head.weight", None)  # tied to wte
     ckpt.check_state(state, {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}, path)
     model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
-    return model, get_tokenizer(payload.get("tokenizer", "gpt2"))
+    return model, ckpt.tokenizer_from_record(payload.get("tokenizer", "gpt2"), path)
 
 
 def unwrap(key: str) -> str:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import rng_state, set_rng_state
+from checkpoint import rng_state, set_rng_state, tokenizer_from_record, tokenizer_record
 from data import Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
 from loss import StepLoss, run_micro_batches, step_batches
 from metrics import segment_losses
@@ -40,13 +40,12 @@ from train_config import TrainConfig, resolve, scratch_config
 
 # ----------------------------------------------------------------------------- model, data, schedule
 
-def build_model(cfg: TrainConfig) -> tuple[GPT, object, str]:
-    """The initial model, its tokenizer and the tokenizer's name (saved with checkpoints); same for every rank."""
+def build_model(cfg: TrainConfig) -> tuple[GPT, object]:
+    """The initial model and its tokenizer; the same on every rank."""
     if cfg.init_from == "scratch":
-        tok_name = cfg.tokenizer or "byte"
-        tok = get_tokenizer(tok_name)
+        tok = get_tokenizer(cfg.tokenizer or "byte")
         torch.manual_seed(cfg.seed)
-        return GPT(scratch_config(cfg, tok.n_vocab)), tok, tok_name
+        return GPT(scratch_config(cfg, tok.n_vocab)), tok
     model, tok = load_model(cfg.init_from)
     if cfg.tokenizer:
         tok = get_tokenizer(cfg.tokenizer)
@@ -56,7 +55,7 @@ def build_model(cfg: TrainConfig) -> tuple[GPT, object, str]:
         elif isinstance(getattr(m, "dropout", None), float):  # attention's dropout probability
             m.dropout = cfg.dropout
     model.config.dropout = cfg.dropout
-    return model, tok, tok.name
+    return model, tok
 
 
 def build_data(cfg: TrainConfig, tok, max_len: int | None = None) -> tuple[list[Example], list[Example], dict]:
@@ -145,7 +144,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
-    tok_name: str
+    tok_record: str | dict  # the tokenizer itself (checkpoint.tokenizer_record), so checkpoints travel
     train: list[Example]
     val: list[Example]
     train_sample: list[Example]
@@ -215,7 +214,7 @@ def save(s: Session, name: str, gather: bool = True) -> None:
     if not (s.d.is_main and s.cfg.save):
         return
     save_checkpoint(s.path(name), {
-        "model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_name,
+        "model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_record,
         "config": asdict(s.cfg), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
         "step": s.prog.step, "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs,
         "best_val_loss": s.prog.best_val_loss, "history": s.prog.history})
@@ -267,12 +266,12 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
             torch.set_num_threads(cfg.threads)
         torch.set_flush_denormal(True)  # Adam state of unseen embedding rows decays into slow denormal floats
     if ckpt is None:
-        model, tok, tok_name = build_model(cfg)
+        model, tok = build_model(cfg)
         ref = copy.deepcopy(model) if cfg.kl_coef else None
     else:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
-        tok_name, tok = ckpt["tokenizer"], get_tokenizer(ckpt["tokenizer"])
+        tok = tokenizer_from_record(ckpt["tokenizer"], os.path.join(cfg.out_dir, "ckpt.pt"))
         ref = build_model(cfg)[0] if cfg.kl_coef else None
     if cfg.block_size > model.config.block_size:
         raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
@@ -305,7 +304,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
             set_rng_state(ckpt["rng"][d.rank])
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
-    s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok_name, train_ex, val_eval,
+    s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tokenizer_record(tok), train_ex, val_eval,
                 [train_ex[i] for i in sample], accum, total, prog)
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)

@@ -385,8 +385,10 @@ def test_checkpoint_round_trip_brings_model_and_tokenizer_back(tmp_path):
     tok_dir = tmp_path / "tok"
     write_tiny_bpe(tok_dir)
     path = str(tmp_path / "run" / "ckpt.pt")
-    save_checkpoint(path, {"model": tiny.state_dict(), "model_config": vars(tiny.config), "tokenizer": str(tok_dir),
+    record = checkpoint.tokenizer_record(get_tokenizer(str(tok_dir)))
+    save_checkpoint(path, {"model": tiny.state_dict(), "model_config": vars(tiny.config), "tokenizer": record,
                            "step": 3})
+    shutil.rmtree(tok_dir)  # the checkpoint carries its tokenizer: the files it came from may go
     assert not os.path.exists(path + ".tmp") and load_checkpoint(path)["step"] == 3
     for where in (path, str(tmp_path / "run")):  # the file, or the out_dir holding it
         model, tok = load_model(where)
@@ -407,6 +409,40 @@ def test_load_model_from_huggingface_directory(tmp_path):
     small.save_pretrained(tmp_path)  # a vocabulary smaller than the tokenizer's is refused
     with pytest.raises(CheckpointError, match="tokenizer has 260 tokens, the model only 100"):
         load_model(str(tmp_path))
+
+
+def test_huggingface_directory_without_tokenizer_files(tmp_path, monkeypatch):
+    hf_model(1, 2, 16, 20, 260).save_pretrained(tmp_path)  # save_pretrained writes no tokenizer files
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: (_ for _ in ()).throw(ConnectionError("offline")))
+    monkeypatch.setenv("IMGPT_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(tmp_path))
+    assert str(e.value) == (f"{tmp_path}: has no tokenizer files, and GPT-2's is not cached on this machine: add the "
+                            f"model's vocab.json and merges.txt to {tmp_path}")
+    write_tiny_bpe(tmp_path / "empty" / "gpt2")  # GPT-2's files cached by an earlier download: used offline
+    assert load_model(str(tmp_path))[1].eot_token == 259
+
+
+def test_tokenizer_record_rebuilds_the_same_tokenizer(tmp_path):
+    write_tiny_bpe(tmp_path)
+    tok = get_tokenizer(str(tmp_path))
+    record = checkpoint.tokenizer_record(tok)
+    assert record["merges.txt"] == "#version: 0.2\nh e\nl l\nĠ w"  # the merges, recovered from the ranks
+    again = checkpoint.tokenizer_from_record(record)
+    assert again._mergeable_ranks == tok._mergeable_ranks and again.eot_token == 259
+    assert checkpoint.tokenizer_record(get_tokenizer("byte")) == "byte"
+    assert checkpoint.merge_of(b"abcd", {b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"cd": 4, b"ab": 5, b"abcd": 6}) == \
+        (b"ab", b"cd")
+    with pytest.raises(CheckpointError, match=r"c.pt: its tokenizer directory /gone is gone .*vocab.json and merges"):
+        checkpoint.tokenizer_from_record("/gone", "c.pt")
+
+
+def test_gpt2_record_reproduces_gpt2_merges_file(gpt2_bpe_dir):
+    record = checkpoint.tokenizer_record(get_tokenizer(gpt2_bpe_dir))
+    with open(os.path.join(gpt2_bpe_dir, "vocab.bpe"), encoding="utf-8") as f:
+        assert record["merges.txt"].split("\n") == f.read().rstrip("\n").split("\n")  # all 50000 merges, in order
+    with open(os.path.join(gpt2_bpe_dir, "encoder.json"), encoding="utf-8") as f:
+        assert json.loads(record["vocab.json"]) == json.load(f)
 
 
 def test_compiled_and_ddp_prefixes_are_accepted(tmp_path):

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch.multiprocessing as mp
 import loss as L
 import train as T
 from data import collate
-from model import load_checkpoint
+from model import load_checkpoint, load_model
 from runtime import UserError, destroy_distributed, init_distributed, make_config, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +137,7 @@ def test_loss_reductions_equal_hand_computation(data_file, tmp_path):
     """A full step's logged loss (2 x 4 micro-batches): token = sum(w*ce)/sum(w) over the batch; sequence = mean
     of per-example means. Not the first step: at initialization every token's loss is about ln(vocab)."""
     cfg = T.resolve(tiny(data_file, "", micro_batch_size=2))
-    model, tok, _ = T.build_model(cfg)
+    model, tok = T.build_model(cfg)
     train_ex, _, _ = T.build_data(cfg, tok)
     plan = T.plan_epoch(cfg, train_ex, 0)
     k = next(i for i in range(1, len(plan)) if len(plan[i]) == 8)  # the step checked: 8 examples, after a first
@@ -188,6 +189,22 @@ def test_fine_tuning_starts_from_the_given_checkpoint_with_the_paper_recipe(data
     assert (c["lr"], c["schedule"], c["warmup_ratio"], c["batch_size"], c["micro_batch_size"], c["block_size"]) == \
         (2e-5, "linear", 0.03, 128, 8, 64)  # the paper's recipe; the context of the checkpoint's model
     assert load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))["tokenizer"] == "byte"
+
+
+def test_checkpoints_survive_deleting_the_base_model_directory(data_file, tmp_path):
+    """The checkpoint carries the base model's tokenizer, not the path of its directory."""
+    from test_model import hf_model, write_tiny_bpe
+    base = tmp_path / "base"
+    hf_model(1, 2, 16, 80, 260).save_pretrained(base)
+    vocab = write_tiny_bpe(base)
+    cfg = T.TrainConfig(init_from=str(base), out_dir=str(tmp_path / "run"), data=data_file, val_size=4, max_steps=2,
+                        stop_step=1, batch_size=8, eval_examples=4, train_eval_size=4, seed=0)
+    T.train(cfg)
+    shutil.rmtree(base)
+    model, tok = load_model(str(tmp_path / "run"))
+    assert tok.encode("hello") == [vocab["he"], vocab["ll"], ord("o") - 33] and tok.eot_token == 259
+    resumed = T.train(dataclasses.replace(cfg, init_from="resume", stop_step=0))
+    assert resumed["steps"] == 2
 
 
 # ----------------------------------------------------------------------------- resume, Ctrl-C, NaN
