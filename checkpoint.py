@@ -186,7 +186,7 @@ def bpe_ranks(vocab: dict[str, int], merges: list[str]) -> dict[bytes, int]:
     which we do not call because it copies local files into its download cache, keyed by path, and serves the
     stale copy after the file changes). tiktoken merges in rank order, so ids must follow merges.txt."""
     decode = gym_byte_decoder()
-    ranks = {bytes([b]): i for i, b in enumerate(decode[c] for c in decode)}
+    ranks = {bytes([decode[c]]): vocab[c] for c in decode}  # GPT-2 numbers bytes in printable order, ours 0..255
     for line in merges:
         first, second = line.split()
         ranks[bytes(decode[c] for c in first + second)] = len(ranks)
@@ -214,7 +214,7 @@ def bpe_tokenizer(directory: str) -> tiktoken.Encoding:
         with open(files[1], encoding="utf-8") as f:
             merges = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
         ranks = bpe_ranks(vocab, merges)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:  # KeyError: a byte missing from the vocabulary
         raise CheckpointError(f"{directory}: unusable tokenizer files ({type(e).__name__}: {e})") from None
     if EOT not in vocab:
         raise CheckpointError(f"{files[0]}: has no {EOT} token")
@@ -280,17 +280,21 @@ def merge_of(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
     return parts[0], parts[1]
 
 
-def tokenizer_record(tok: tiktoken.Encoding) -> str | dict[str, str]:
-    """What a checkpoint stores to rebuild `tok` on any machine: 'byte' (built in), or the text of GPT-2-style
-    vocab.json and merges.txt, never a path (the directory may move, the checkpoint may be copied)."""
-    if tok.name == "byte":
-        return "byte"
+def bpe_files(tok: tiktoken.Encoding) -> dict[str, str]:
+    """The text of GPT-2-style vocab.json and merges.txt for any tiktoken BPE (bpe_ranks' inverse), e.g. to
+    store in a checkpoint or to export for Hugging Face; for the byte tokenizer, 257 tokens and no merges."""
     spell = {b: c for c, b in gym_byte_decoder().items()}
     text = {t: "".join(spell[b] for b in t) for t in tok._mergeable_ranks}
     vocab = {text[t]: i for t, i in tok._mergeable_ranks.items()} | tok._special_tokens
     merges = [" ".join(text[p] for p in merge_of(t, tok._mergeable_ranks))
               for t, _ in sorted(tok._mergeable_ranks.items(), key=lambda kv: kv[1]) if len(t) > 1]
-    return {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": "#version: 0.2\n" + "\n".join(merges)}
+    return {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": "\n".join(["#version: 0.2", *merges])}
+
+
+def tokenizer_record(tok: tiktoken.Encoding) -> str | dict[str, str]:
+    """What a checkpoint stores to rebuild `tok` on any machine: 'byte' (built in), or the text of its vocab.json
+    and merges.txt, never a path (the directory may move, the checkpoint may be copied)."""
+    return "byte" if tok.name == "byte" else bpe_files(tok)
 
 
 def tokenizer_from_record(record: str | dict, path: str = "checkpoint") -> tiktoken.Encoding:
