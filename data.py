@@ -13,6 +13,7 @@ weights[t] is the weight of the loss for predicting ids[t] from ids[:t]. Then: t
 little padding (length grouping or packing), and a deterministic order per (seed, epoch). The built-in
 synthetic task lives in synthetic.py.
 Usage: python data.py stats FILE [FILE ...] [--max_len N] [--format F] [--tokenizer gpt2|byte|DIR]
+       python data.py show FILE|synthetic [--loss it|im|WEIGHT] [--n N] [--tokenizer T] [--color auto|always|never]
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from formats import DATASETS, FORMATS, DataError, load_conversations  # noqa: F4
 from model import get_tokenizer
 from runtime import UserError, opt, parse_config, run_cli
 from synthetic import synthetic_conversations
+from tokenviz import ShowConfig, legend, render
 
 TEMPLATE, SYSTEM, USER, ASSISTANT, EOT = 0, 1, 2, 3, 4  # the segment of each token
 PAD = -1
@@ -343,13 +345,30 @@ def format_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines + [f"| {name} | " + " | ".join(cell(r[c]) for c in cols) + " |" for name, r in rows.items()])
 
 
+# ----------------------------------------------------------------------------- python data.py show FILE
+
+def show(source: str, flags: list[str]) -> None:
+    """The first examples of a file, or of train.py's default synthetic training split, marked by loss weight."""
+    cfg = parse_config(ShowConfig, flags, description="Examples with each token marked by its loss weight")
+    weight, color = cfg.prompt_loss_weight(), cfg.use_color(sys.stdout.isatty())
+    convs = load_split({})[0] if source == "synthetic" else load_conversations(source, cfg.format)
+    tok = get_tokenizer(cfg.tokenizer or ("byte" if source == "synthetic" else "gpt2"))
+    print(legend(color))
+    for i, conv in enumerate(convs[:cfg.n], 1):
+        ids, weights = encode_example(conv, tok, weight, max_len=cfg.max_len)
+        text = [tok.decode_single_token_bytes(t).decode("utf-8", errors="replace") for t in ids]
+        print(f"example {i}, " + render(list(zip(text, weights)), color))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return
+    if argv[:1] == ["show"] and len(argv) > 1 and not argv[1].startswith("-"):
+        return show(argv[1], argv[2:])
     if not argv or argv[0] != "stats":
-        raise UserError("usage: python data.py stats FILE [FILE ...] [--max_len N] [--format F] [--tokenizer T]")
+        raise UserError("usage: " + " | ".join(u.strip() for u in __doc__.split("Usage: ")[1].strip().splitlines()))
     rest = argv[1:]
     k = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))  # FILE ... then --flags
     files, flags = rest[:k], rest[k:]

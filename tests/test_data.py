@@ -9,6 +9,7 @@ import torch
 
 import data
 import synthetic
+import tokenviz
 from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example
 from model import get_tokenizer
 from runtime import UserError
@@ -403,6 +404,30 @@ def test_cli_stats_prints_a_table(tmp_path):
     # 2 examples of 31 tokens (30 targets): 3 instruction and 4 output tokens (content + EOT) on average;
     # weighted under IT: 3 + 5 of 60 targets, under IM: 7 + 7
     assert cells[1:9] == ["2", "3.000", "4.000", "0.750", "0.133", "0.233", "0", "0"]
+
+
+def test_show_marks_each_token_by_its_loss_weight(tmp_path, capsys):
+    path = write(tmp_path, "d.jsonl", '{"instruction": "Name a color.", "output": "Teal."}\n')
+    lines = {}
+    for loss in ("it", "im", "0.3"):
+        data.main(["show", path, "--loss", loss, "--tokenizer", "byte", "--color", "never"])
+        lines[loss] = capsys.readouterr().out.splitlines()[1]
+    assert lines["it"] == "example 1, 6 of 43 tokens trained on: <|user|>\\nName a color.\\n<|assistant|>\\n" \
+                          "[Teal.<|endoftext|>]"  # IT: exactly the answer and end-of-text
+    assert lines["im"] == "example 1, 19 of 43 tokens trained on: <|user|>\\n[Name a color.]\\n<|assistant|>\\n" \
+                          "[Teal.<|endoftext|>]"
+    assert "[Name a color.]x0.3" in lines["0.3"]
+    with pytest.raises(UserError, match="--loss: expected it, im or a number, got 'all'"):
+        data.main(["show", path, "--loss", "all", "--tokenizer", "byte"])
+
+
+def test_token_marks_plain_and_colored():
+    tokens = [("<", 0.0), ("a", 1.0), ("b", 1.0), ("\n", 0.3), ("c", 0.3), ("d", 0.0)]
+    assert tokenviz.bracketed(tokens) == "<[ab][\\nc]x0.3d"
+    shades = tokenviz.SHADES
+    assert tokenviz.colored(tokens) == (f"{shades['zero'][0]}<{shades['full'][1]}a{shades['full'][0]}b"
+                                        f"{shades['part'][1]}\\n{shades['part'][0]}c{shades['zero'][1]}d\033[0m")
+    assert tokenviz.render(tokens, color=False) == "4 of 6 tokens trained on: <[ab][\\nc]x0.3d"
 
 
 @pytest.mark.parametrize("args,message", [
