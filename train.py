@@ -19,7 +19,7 @@ import json
 import math
 import os
 import random
-import textwrap
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -37,6 +37,7 @@ from model import GPT, GPTConfig, get_tokenizer, load_checkpoint, load_model, sa
 from runtime import (Dist, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed, join_distributed,
                      parse_config, peak_flops, run_cli)
 from train_config import TrainConfig, resolve, scratch_config
+from train_report import startup_lines, summary_lines
 
 # ----------------------------------------------------------------------------- model, data, schedule
 
@@ -310,19 +311,16 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:
             open(s.path("log.jsonl"), "w").close()
-        print(textwrap.fill(" ".join(f"{k}={v}" for k, v in asdict(cfg).items()), 118, initial_indent="config: ",
-                            subsequent_indent="  "))
         if ignored:
             print(f"resuming with the checkpoint's settings; ignored: {' '.join(ignored)}")
-        print(f"{len(train_ex)} train / {len(val_ex)} held-out examples {stats}; {model.num_params():,} parameters; "
-              f"batch {cfg.batch_size} = {micro} per micro-batch x {accum} accumulation x {d.world_size} processes; "
-              f"{total} steps ({steps_per_epoch} per epoch) on {d.device}" + (f", resuming at step {prog.step}"
-                                                                               if ckpt else ""))
+        print("\n".join(startup_lines(cfg, model.config, model.num_params(), len(train_ex), len(val_ex), stats, accum,
+                                      d.world_size, total, d.device, prog.step if ckpt else None)))
     return s
 
 
-def run(s: Session) -> dict:
-    """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary."""
+def run(s: Session, argv: list[str] | None = None) -> dict:
+    """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. `argv`, the
+    command line's flags if any, lets the closing lines spell out the comparison run."""
     cfg, prog, t0 = s.cfg, s.prog, time.perf_counter()
     stop = min(s.total, cfg.stop_step) if cfg.stop_step else s.total
     planned, plan, speeds = -1, [], []
@@ -361,22 +359,23 @@ def run(s: Session) -> dict:
     if s.d.is_main:
         with open(s.path("summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
+        print("\n".join(summary_lines(summary, cfg, argv)))
     return summary
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
     cfg.validate()
     d, owned = join_distributed(cfg.device)
     try:
-        return run(setup(cfg, d))
+        return run(setup(cfg, d), argv)
     finally:
         if owned:
             destroy_distributed()
 
 
 def main() -> None:
-    train(parse_config(TrainConfig, description=__doc__))
+    train(parse_config(TrainConfig, description=__doc__), sys.argv[1:])
 
 
 if __name__ == "__main__":
