@@ -70,7 +70,8 @@ class EvalConfig:
     top_k: int | None = opt(None, "sample only from the k most likely tokens")
     top_p: float | None = opt(None, "sample only from the smallest set of tokens with this total probability")
     seed: int = opt(0, "sampling seed (each rank adds its rank)")
-    out: str = opt("eval_results.json", "results JSON; generations go to <out stem>.<split>.jsonl next to it")
+    out: str = opt("", "results JSON ('' = next to the checkpoint: out/eval.json for out or out/ckpt.pt, "
+                       "out/eval_best.json for out/best.pt); generations go to <out stem>.<split>.jsonl")
     device: str = opt("auto", "cpu, cuda, mps or auto")
     dtype: str = opt("float32", "float32, bfloat16 or float16 (autocast for the forward passes)")
 
@@ -258,6 +259,17 @@ def write_atomic(path: str, text: str) -> None:
 
 # ----------------------------------------------------------------------------- which data, and the program
 
+def results_path(ckpt: str) -> str:
+    """Where --out defaults to: beside the checkpoint scored, so runs never overwrite each other's results; for
+    a model id (gpt2), eval_gpt2.json in the current directory."""
+    if os.path.isdir(ckpt):
+        return os.path.join(ckpt, "eval.json")
+    stem = os.path.splitext(os.path.basename(ckpt))[0]
+    if os.path.isfile(ckpt):
+        return os.path.join(os.path.dirname(ckpt), "eval.json" if stem == "ckpt" else f"eval_{stem}.json")
+    return f"eval_{stem}.json"
+
+
 def saved_train_config(ckpt: str) -> dict | None:
     """The TrainConfig saved in a train.py checkpoint; None for pretrained weights (a name or an HF dir)."""
     path = os.path.join(ckpt, "ckpt.pt") if os.path.isdir(ckpt) else ckpt
@@ -298,8 +310,10 @@ def conversation_sets(cfg: EvalConfig, saved: dict | None) -> tuple[list, list]:
 
 
 def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
-    """Run the selected evaluations; rank 0 writes cfg.out. Returns {"ckpt", "config", "metrics": {task: {...}}}."""
+    """Run the selected evaluations; rank 0 writes the results (cfg.out, by default beside the checkpoint).
+    Returns {"ckpt", "config", "metrics": {task: {...}}, "file"}."""
     dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
+    cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt))
     net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
     net.eval()
     saved = saved_train_config(cfg.ckpt)
@@ -326,7 +340,7 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
         metrics["hellaswag"] = choice_metrics(net, tok, read_hellaswag(cfg.hellaswag)[:cfg.limit], cfg, dist)
     if not metrics:
         raise UserError("nothing to evaluate: pass --data (or a train.py checkpoint), --mmlu or --hellaswag")
-    report = {"ckpt": cfg.ckpt, "config": asdict(cfg), "metrics": metrics}
+    report = {"ckpt": cfg.ckpt, "config": asdict(cfg), "metrics": metrics, "file": cfg.out}
     if dist.is_main:
         write_atomic(cfg.out, json.dumps(report, indent=2) + "\n")
     return report
@@ -348,7 +362,7 @@ def main() -> None:
         report = evaluate(cfg, dist)
         if dist.is_main:
             print(format_table(report["metrics"]))
-            print(f"wrote {cfg.out}")
+            print(f"wrote {report['file']}")
     finally:
         if owned:
             destroy_distributed()

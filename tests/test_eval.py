@@ -305,6 +305,18 @@ def test_evaluate_checkpoint_scores_train_py_split(net, tok, run_dir, tmp_path):
     assert "gap_vs_train" in ev.format_table(m)
 
 
+def test_results_go_next_to_the_checkpoint(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the current directory
+    r = ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=run_dir, generate=True, max_new_tokens=2, limit=2)))
+    assert r["file"] == os.path.join(run_dir, "eval.json") and json.load(open(r["file"]))["metrics"] == \
+        json.loads(json.dumps(r["metrics"]))
+    assert os.path.isfile(os.path.join(run_dir, "eval.heldout.jsonl")) and os.listdir(tmp_path) == []
+    assert ev.results_path(os.path.join(run_dir, "ckpt.pt")) == os.path.join(run_dir, "eval.json")
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert ev.results_path(str(tmp_path / "best.pt")) == str(tmp_path / "eval_best.json")
+    assert ev.results_path("gpt2") == "eval_gpt2.json"  # a model id has no directory of its own here
+
+
 def test_pretrained_weights_without_data(net, tmp_path):
     """No saved training config: multiple choice runs alone; generation asks for --data."""
     save_checkpoint(str(tmp_path / "w.pt"), {"model": net.state_dict(), "tokenizer": "byte",
