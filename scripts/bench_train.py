@@ -1,6 +1,7 @@
 """Benchmark train.py's optimizer step for IT and IM, with and without skipping the zero-weight positions.
 
     python scripts/bench_train.py                          # tiny (byte vocab), tiny-bpe, 124M on this machine
+    python scripts/bench_train.py --sizes tiny-bpe         # one size, its default batch and rounds
     python scripts/bench_train.py --sizes tiny --rounds 20 --no-memory
 
 Data: the built-in synthetic task with long instructions (--facts stated facts per instruction; the printed
@@ -44,14 +45,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT2_BPE = os.path.join(os.path.dirname(ROOT), "shared", "data", "gpt2")
 SIZES = {"tiny": ("tiny", "byte"), "tiny-bpe": ("tiny", "gpt2"), "124M": ("gpt2", "gpt2")}
 SETTINGS = [(loss, skip) for loss in ("it", "im") for skip in (True, False)]
+DEFAULT_BATCH = {"tiny": 8, "tiny-bpe": 8, "124M": 8}
+DEFAULT_ROUNDS = {"tiny": 12, "tiny-bpe": 12, "124M": 3}  # the 124M step takes seconds on a CPU
 
 
 @dataclass
 class BenchConfig:
     sizes: list[str] = opt(["tiny", "tiny-bpe", "124M"], "model sizes: tiny, tiny-bpe, 124M")
     facts: int = opt(6, "facts stated per instruction (the instruction/output length ratio)")
-    batch: list[int] = opt([8, 8, 8], "examples per step, one per size")
-    rounds: list[int] = opt([12, 12, 3], "timed steps per setting, one per size (after one warm-up step)")
+    batch: list[int] = opt([], "examples per step: one value for all sizes, or one per size "
+                               "(empty = 8 for each)")
+    rounds: list[int] = opt([], "timed steps per setting after one warm-up step: one value, or one per size "
+                                "(empty = 12, and 3 for 124M)")
     device: str = opt("auto", "auto | cpu | cuda")
     threads: int = opt(0, "CPU threads (0 = torch's default)")
     dtype: str = opt("auto", "auto (bf16 on CUDA) | float32 | bfloat16")
@@ -59,9 +64,19 @@ class BenchConfig:
     probe: str = opt("", "internal: 'size,loss,skip' runs one memory probe and prints its result")
 
     def validate(self) -> None:
-        unknown = [s for s in self.sizes if s not in SIZES]
-        if unknown or not (len(self.batch) == len(self.rounds) == len(self.sizes)):
-            raise UserError(f"--sizes from {', '.join(SIZES)}, with one --batch and --rounds value each")
+        if unknown := [s for s in self.sizes if s not in SIZES]:
+            raise UserError(f"--sizes: unknown {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+        for name in ("batch", "rounds"):
+            if len(getattr(self, name)) not in (0, 1, len(self.sizes)):
+                raise UserError(f"--{name}: give one value, or one per size ({len(self.sizes)} sizes), "
+                                f"got {len(getattr(self, name))}")
+
+    def for_size(self, name: str, size: str) -> int:
+        """--batch or --rounds of one size: its own value, the one value given for all, or its default."""
+        given = getattr(self, name)
+        if not given:
+            return (DEFAULT_BATCH if name == "batch" else DEFAULT_ROUNDS)[size]
+        return given[0] if len(given) == 1 else given[self.sizes.index(size)]
 
 
 def tokenizer_for(kind: str) -> str | None:
@@ -83,10 +98,10 @@ def session(cfg: BenchConfig, size: str) -> T.Session | None:
     tok = tokenizer_for(kind)
     if tok is None:
         return None
-    i = cfg.sizes.index(size)
+    batch = cfg.for_size("batch", size)
     tcfg = T.TrainConfig(out_dir=tempfile.mkdtemp(prefix="bench_train"), model=preset, tokenizer=tok,
-                         synth_examples=200, val_size=8, synth_facts=cfg.facts, batch_size=cfg.batch[i],
-                         micro_batch_size=cfg.batch[i], max_steps=10_000, eval_interval=0, save=False,
+                         synth_examples=200, val_size=8, synth_facts=cfg.facts, batch_size=batch,
+                         micro_batch_size=batch, max_steps=10_000, eval_interval=0, save=False,
                          block_size=256, device=autodetect_device() if cfg.device == "auto" else cfg.device,
                          dtype=cfg.dtype, threads=cfg.threads)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -149,7 +164,7 @@ def probe(cfg: BenchConfig) -> None:
 
 
 def cpu_peaks(cfg: BenchConfig, size: str) -> dict:
-    args = [f"--facts={cfg.facts}", f"--sizes={size}", f"--batch={cfg.batch[cfg.sizes.index(size)]}", "--rounds=1",
+    args = [f"--facts={cfg.facts}", f"--sizes={size}", f"--batch={cfg.for_size('batch', size)}", "--rounds=1",
             f"--device={cfg.device}", f"--dtype={cfg.dtype}", f"--threads={cfg.threads}"]
     return {(loss, skip): float(subprocess.run([sys.executable, __file__, *args, f"--probe={size},{loss},{skip}"],
                                                capture_output=True, text=True, check=True).stdout.split()[-1])
@@ -163,7 +178,7 @@ def bench(cfg: BenchConfig, size: str) -> None:
         return
     plan = T.plan_epoch(s.cfg, s.train, 0)
     d = data_stats(s, plan)
-    r = timings(s, plan, cfg.rounds[cfg.sizes.index(size)])
+    r = timings(s, plan, cfg.for_size("rounds", size))
     if cfg.memory and not s.d.device.startswith("cuda") and os.path.exists("/proc/self/clear_refs"):
         for k, mb in cpu_peaks(cfg, size).items():
             r[k]["peak_mb"] = mb
