@@ -13,7 +13,8 @@ What it measures, under the training template (data.chat_pieces):
   --temperature); exact match (GSM8K-style `#### <number>` references: the final numbers), BLEU, ROUGE-L F1.
 - memorization: greedy answers to the TRAINING instructions, scored against the training answers (paper Table 2).
 - mmlu / hellaswag: multiple-choice accuracy by log-likelihood, as lm-evaluation-harness defines acc and acc_norm.
-Scales: losses in nats; exact match and accuracies in [0, 1]; BLEU and ROUGE-L in [0, 100].
+Scales: losses in nats; exact match and accuracies in [0, 1]; BLEU and ROUGE-L in [0, 100]. Results go next to
+the checkpoint scored (out/eval.json), unless --out says otherwise.
 
 With --data left empty, the data is read from the checkpoint's saved training config: the same file or synthetic
 task, split as train.py split it, so `eval.py --ckpt out` scores exactly the held-out examples train.py held out.

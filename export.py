@@ -22,10 +22,11 @@ from checkpoint import CONV1D_WEIGHTS, EOT, bpe_files
 from model import GPTConfig, load_model
 from runtime import UserError, opt, parse_config, run_cli
 
-# data.chat_pieces in Jinja, for tokenizer.apply_chat_template and lm-eval's --apply_chat_template
+# data.chat_pieces in Jinja, for tokenizer.apply_chat_template and lm-eval's --apply_chat_template. Newlines are
+# written {{ '\n' }}: HF's Jinja drops a raw newline after a block tag.
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ '\\n' }}{{ m['content'] }}"
                  "{% if m['role'] == 'assistant' %}<|endoftext|>{% else %}{{ '\\n' }}{% endif %}{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{{ '\\n' }}{% endif %}")  # HF's Jinja drops a raw newline after a block
+                 "{% if add_generation_prompt %}<|assistant|>{{ '\\n' }}{% endif %}")
 
 
 @dataclass

@@ -305,8 +305,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
             set_rng_state(ckpt["rng"][d.rank])
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
-    s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tokenizer_record(tok), train_ex, val_eval,
-                [train_ex[i] for i in sample], accum, total, prog)
+    s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tokenizer_record(tok), train_ex,
+                val_eval, [train_ex[i] for i in sample], accum, total, prog)
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:

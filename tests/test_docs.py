@@ -123,7 +123,7 @@ def test_fast_readme_commands_run_as_written(tmp_path, helps):
 
 
 def test_bench_train_takes_one_size_with_its_defaults():
-    """`scripts/bench_train.py --sizes tiny-bpe` (course assignment 4) failed: three default batch sizes for one size."""
+    """`scripts/bench_train.py --sizes tiny-bpe` (course assignment 4) failed: three default batches, one size."""
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import bench_train
     from runtime import UserError, parse_config
@@ -131,6 +131,7 @@ def test_bench_train_takes_one_size_with_its_defaults():
     assert (one.for_size("batch", "tiny-bpe"), one.for_size("rounds", "tiny-bpe")) == (8, 12)
     two = parse_config(bench_train.BenchConfig, ["--sizes", "tiny,124M", "--rounds", "5"])
     assert [two.for_size("rounds", s) for s in two.sizes] == [5, 5]
-    assert parse_config(bench_train.BenchConfig, ["--sizes", "tiny,124M", "--batch", "4,2"]).for_size("batch", "124M") == 2
+    per_size = parse_config(bench_train.BenchConfig, ["--sizes", "tiny,124M", "--batch", "4,2"])
+    assert per_size.for_size("batch", "124M") == 2
     with pytest.raises(UserError, match=r"--batch: give one value, or one per size \(2 sizes\), got 3"):
         parse_config(bench_train.BenchConfig, ["--sizes", "tiny,124M", "--batch", "1,2,3"])
