@@ -98,15 +98,15 @@ FAST = [  # README commands run for real, as written, in a directory holding a t
     "python data.py show synthetic --loss im --n 1",
     "python eval.py --ckpt out",
     "python export.py --ckpt out --out_dir hf-out",
-    "python sample.py --ckpt out --prompt \"Tell me Kane's tool.\"",
+    "python sample.py --ckpt out --prompt \"S8=lodi, K2=\"",
     "python data.py stats synthetic --tokenizer byte",
 ]
 
 
 def test_fast_readme_commands_run_as_written(tmp_path, helps):
     commands = [c for _, c in documented(helps)]
-    small = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--synth_examples=30", "--val_size=6", "--max_steps=2",
-             "--eval_examples=6", "--train_eval_size=6", "--out_dir=out"]
+    small = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--synth_examples=40", "--synth_heldout=4",
+             "--synth_mentions=2", "--synth_facts=2", "--max_steps=2", "--train_eval_size=6", "--out_dir=out"]
     subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *small], cwd=tmp_path, env=ENV, check=True,
                    capture_output=True, timeout=300)
     runs = {}

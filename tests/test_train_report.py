@@ -14,7 +14,7 @@ def summary(finished=True, **final):
 
 
 def test_startup_is_a_few_readable_lines():
-    cfg = resolve(TrainConfig(block_size=256, micro_batch_size=8))
+    cfg = resolve(TrainConfig(block_size=256, batch_size=8, micro_batch_size=8, lr=2e-3))
     lines = startup_lines(cfg, GPTConfig.preset("tiny"), 859008, 200, 100, STATS, 1, 1, 400, "cpu", None)
     assert lines[:4] == [
         "IT: loss on the outputs only",
