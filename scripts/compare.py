@@ -58,7 +58,7 @@ class CompareConfig:
     out_dir: str = opt("out/compare", "where results.json, summary.md, curves.png and runs/<mode>-s<seed>/ go")
     modes: list[str] = opt(["it", "im"], "modes to train, e.g. it,im,it+neft,im+neft,it+kl,plw0.3 (see the top)")
     prompt_loss_weights: list[float] = opt([], "add one mode per prompt-loss weight, e.g. 0,0.1,0.3,1")
-    seeds: int = opt(3, "runs per mode, with seeds first_seed, first_seed + 1, ...")
+    seeds: int = opt(3, "runs per mode, with seeds first_seed, first_seed + 1, ...", low=1)
     first_seed: int = opt(0, "seed of the first run of each mode (init, data split, example order, noise)")
     neftune_alpha: float = opt(5.0, "NEFTune alpha of the +neft modes (paper: 5)")
     kl_coef: float = opt(0.1, "KL coefficient of the +kl modes")
@@ -66,13 +66,15 @@ class CompareConfig:
     loss_examples: int = opt(1000, "held-out and training examples scored for the output losses (0 = all)")
     gen_examples: int = opt(100, "held-out and training instructions answered per run (exact match, BLEU, "
                                  "memorization; 0 = all)")
-    max_new_tokens: int = opt(64, "generation length limit (raise it for long free-text answers)")
-    eval_batch_size: int = opt(16, "rows per forward pass in the evaluation")
+    max_new_tokens: int = opt(64, "generation length limit (raise it for long free-text answers)", low=1)
+    eval_batch_size: int = opt(16, "rows per forward pass in the evaluation", low=1)
     train_config: str = opt("", "TOML or JSON file of train.py settings (flags given here win)")
     resume: bool = opt(False, "reuse the runs already in out_dir/results.json with the same settings")
     keep_checkpoints: bool = opt(False, "keep each run's ckpt.pt/best.pt (large for GPT-2)")
 
     def validate(self) -> None:
+        if not all_modes(self):
+            raise UserError("--modes: no mode given (e.g. --modes it,im, or --prompt_loss_weights 0,1)")
         for mode in all_modes(self):
             mode_settings(mode, self.neftune_alpha, self.kl_coef)  # raises on a bad mode name
         counts = (self.seeds, self.max_new_tokens, self.eval_batch_size, self.gen_examples + 1, self.loss_examples + 1)
@@ -193,7 +195,7 @@ def run_one(cfg: CompareConfig, base, mode: str, seed: int) -> dict:
     tcfg, train_settings, eval_settings = run_settings(cfg, base, mode, seed)
     seed_everything(seed)
     t0 = time.perf_counter()
-    summary = training.train(tcfg)
+    summary = training.train(dataclasses.replace(tcfg, overwrite=True))  # a rerun replaces its own run folders
     t1 = time.perf_counter()
     metrics = evaluate_run(cfg, tcfg, tcfg.out_dir)
     t2 = time.perf_counter()
@@ -381,14 +383,23 @@ def write_text(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+RECORD_FIELDS = ("mode", "seed", "metrics", "steps", "time_s", "history", "train_settings", "eval_settings")
+
+
 def load_records(path: str) -> list[dict]:
+    """The runs of an earlier results.json (--resume), each checked to hold every field run_one writes."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)["runs"]
+            runs = json.load(f)["runs"]
     except FileNotFoundError:
         return []
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a results.json written by compare.py ({e})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
+        raise UserError(f"{path}: not a results.json written by compare.py ({type(e).__name__}: {e})") from None
+    for i, r in enumerate(runs if isinstance(runs, list) else [runs]):
+        if missing := [k for k in RECORD_FIELDS if not isinstance(r, dict) or k not in r]:
+            raise UserError(f"{path}: runs[{i}] lacks {', '.join(missing)}: not written by this compare.py; "
+                            "move it away or run without --resume")
+    return runs
 
 
 def write_results(out_dir: str, records: list[dict], info: dict) -> None:

@@ -44,9 +44,9 @@ GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_matc
 class SweepConfig(CompareConfig):
     out_dir: str = opt("out/sweep", "where sweep.json, sweep.md, sweep.png and one folder per point go")
     factor: str = opt("examples", "examples (training set size) or ratio (instruction/output length)")
-    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,6 facts)")
-    bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio")
-    seeds: int = opt(2, "runs per mode and point")
+    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,6 facts)", low=1)
+    bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio", low=2)
+    seeds: int = opt(2, "runs per mode and point", low=1)
 
     def validate(self) -> None:
         super().validate()
