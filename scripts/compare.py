@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import eval as evaluation  # noqa: E402
 import train as training  # noqa: E402
 from model import get_tokenizer, load_checkpoint  # noqa: E402
-from runtime import UserError, opt, parse_config, run_cli  # noqa: E402
+from runtime import UserError, opt, parse_config, run_cli, write_text_atomic  # noqa: E402
 
 RESERVED = ("seed", "out_dir", "loss", "prompt_loss_weight")  # train settings that the modes and seeds decide
 # (key in a record's "metrics", column title, True if lower is better); the summary table's columns in order
@@ -377,10 +377,7 @@ def save_figure(fig, path: str) -> None:
 
 def write_text(path: str, text: str) -> None:
     """Atomic: a reader never sees half a file, even if the run is killed while writing."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text_atomic(path, text)
 
 
 RECORD_FIELDS = ("mode", "seed", "metrics", "steps", "time_s", "history", "train_settings", "eval_settings")

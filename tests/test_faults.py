@@ -213,6 +213,14 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(
     assert (tmp_path / "x.json").read_text() == "{}" and os.listdir(tmp_path) == ["x.json"]
 
 
+def test_any_file_the_system_refuses_is_one_line(monkeypatch, capsys):
+    """E.g. log.jsonl on a disk that filled up during training: the path and the system's reason."""
+    def main():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out/log.jsonl")
+
+    assert cli_error(main, ["train.py"], monkeypatch, capsys) == "error: out/log.jsonl: No space left on device\n"
+
+
 def test_eval_out_that_is_a_directory(tmp_path):
     with pytest.raises(UserError, match=f"--out {tmp_path}: is a directory"):
         make_config(ev.EvalConfig, {"ckpt": "gpt2", "out": str(tmp_path)})
