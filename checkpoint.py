@@ -304,8 +304,9 @@ def load_checkpoint(path: str) -> dict:
     except Exception as e:  # pickle, zip and weights_only errors have no common base class
         refuse_code(path, e)
         raise CheckpointError(f"{path}: not a readable imgpt checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or not {"model", "model_config"} <= payload.keys():
-        raise CheckpointError(f"{path}: not an imgpt checkpoint (needs the keys 'model' and 'model_config')")
+    if not isinstance(payload, dict) or not all(isinstance(payload.get(k), dict) for k in ("model", "model_config")):
+        raise CheckpointError(f"{path}: not an imgpt checkpoint (needs the keys 'model' and 'model_config', "
+                              "each a dictionary)")
     return payload
 
 

@@ -41,8 +41,7 @@ class GPTConfig:
     attention: str = "sdpa"  # "sdpa" (fused kernel) or "math" (the explicit formula, for reading)
 
     def __post_init__(self) -> None:
-        sizes = dict(block_size=self.block_size, vocab_size=self.vocab_size, n_layer=self.n_layer,
-                     n_head=self.n_head, n_embd=self.n_embd)
+        sizes = {k: getattr(self, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")}
         if bad := [f"{k}={v!r}" for k, v in sizes.items() if not isinstance(v, int) or v < 1]:
             raise UserError(f"model config: {', '.join(bad)}: must be a positive whole number")
         if self.n_embd % self.n_head:
@@ -389,8 +388,6 @@ def model_from_checkpoint(path: str) -> tuple[GPT, tiktoken.Encoding]:
 
 def model_from_payload(payload: dict, path: str) -> GPT:
     """The model of a loaded checkpoint, its weights checked against its model_config (errors name `path`)."""
-    if not isinstance(payload["model_config"], dict) or not isinstance(payload["model"], dict):
-        raise CheckpointError(f"{path}: 'model_config' and 'model' must be dictionaries")
     model = GPT(GPTConfig.from_file(payload["model_config"], path))
     state = {unwrap(k): v for k, v in payload["model"].items()}
     state.pop("lm_head.weight", None)  # tied to wte

@@ -189,7 +189,7 @@ def train_step(s: Session, ids: list[int]) -> dict:
 def save(s: Session, name: str) -> None:
     """Write out_dir/name atomically: everything needed to continue exactly. A model that is not finite is never
     written: it would replace the last good checkpoint."""
-    if not all(torch.isfinite(p).all() for p in s.model.parameters()):
+    if not torch.stack([torch.isfinite(p).all() for p in s.model.parameters()]).all():  # one host sync
         raise TrainingDiverged(f"the weights hold NaN or inf at step {s.prog.step}: {name} not written; the last good "
                                f"checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or float32")
     rngs = all_rng_states(s.d)  # a collective: every rank calls it
