@@ -248,16 +248,18 @@ def write_atomic(path: str, write: Callable[[Any], None]) -> None:
 
 
 def check_output_dir(path: str, flag: str) -> None:
-    """`path` is a directory (made if missing) that this process can write in: checked before any work. The test
-    is a real write, since permission bits do not tell for root or a read-only file system."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"{flag} {path}: is a file, not a directory")
+    """`path` is a directory this process can write in, or one it can make: checked before any work, creating
+    nothing. The test is a real write, since permission bits do not tell for root or a read-only file system."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # the directory, or the nearest one above it that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{flag} {path}: {existing} is a file, not a directory")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise UserError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 def write_text_atomic(path: str, text: str) -> None:

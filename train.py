@@ -297,6 +297,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok_name, train_ex, val_eval,
                 [train_ex[i] for i in sample], accum, total, prog)
     if d.is_main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
             for name in RUN_FILES:
                 with contextlib.suppress(FileNotFoundError):

@@ -149,7 +149,12 @@ def test_resume_checks_the_checkpoint_and_names_it_and_the_key(finished_run, tmp
 def test_out_dir_that_is_a_file_or_not_writable(tmp_path, monkeypatch, capsys):
     (tmp_path / "f").write_text("x")
     err = cli_error(T.main, ["train.py", f"--out_dir={tmp_path / 'f'}"], monkeypatch, capsys)
-    assert err == f"error: --out_dir {tmp_path / 'f'}: is a file, not a directory\n"
+    assert err == f"error: --out_dir {tmp_path / 'f'}: {tmp_path / 'f'} is a file, not a directory\n"
+    err = cli_error(T.main, ["train.py", f"--out_dir={tmp_path / 'f' / 'run'}"], monkeypatch, capsys)
+    assert err == f"error: --out_dir {tmp_path / 'f' / 'run'}: {tmp_path / 'f'} is a file, not a directory\n"
+    err = cli_error(T.main, ["train.py", f"--data={tmp_path / 'nope.jsonl'}", f"--out_dir={tmp_path / 'run'}"],
+                    monkeypatch, capsys)
+    assert "nope.jsonl: no such file" in err and not (tmp_path / "run").exists()  # a failed start makes nothing
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -159,9 +164,9 @@ def test_out_dir_that_is_a_file_or_not_writable(tmp_path, monkeypatch, capsys):
 
     if os.geteuid() == 0:
         monkeypatch.setattr(runtime.tempfile, "TemporaryFile", refused)
-    err = cli_error(T.main, ["train.py", f"--out_dir={ro}"], monkeypatch, capsys)
-    assert err == f"error: --out_dir {ro}: cannot write there (Permission denied)\n"
-    assert os.listdir(ro) == []
+    err = cli_error(T.main, ["train.py", f"--out_dir={ro / 'run'}"], monkeypatch, capsys)
+    assert err == f"error: --out_dir {ro / 'run'}: cannot write in {ro} (Permission denied)\n"
+    assert os.listdir(ro) == []  # nothing made, not even the run's directory
 
 
 def test_disk_full_keeps_the_old_checkpoint_and_leaves_no_temp_file(data_file, tmp_path, monkeypatch, capsys):
