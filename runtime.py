@@ -1,4 +1,5 @@
-"""What every imgpt program needs around the model: clear errors, config flags, device and processes.
+"""What every imgpt program needs around the model: clear errors, config flags (each number checked), output
+files written atomically, device and processes, and a Ctrl-C that waits for the step to end.
 
 The bottom floor: imports nothing from the project, so model.py, data.py, train.py and eval.py can all use it.
 """
@@ -49,13 +50,13 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
-# ----------------------------------------------------------------------------- config dataclass -> flags
-
 def os_error(e: OSError) -> str:
     """'path: No space left on device': where, and the system's reason, in one line."""
-    where = e.filename if e.filename is not None else "write"
-    return f"{where}: {e.strerror or os.strerror(e.errno or errno.EIO)}"
+    reason = e.strerror or os.strerror(e.errno or errno.EIO)
+    return f"{e.filename}: {reason}" if e.filename is not None else reason
 
+
+# ----------------------------------------------------------------------------- config dataclass -> flags
 
 def opt(default: Any, help: str, low: float | None = 0) -> Any:
     """A dataclass field with a default and a one-line help text, which becomes an argparse flag. A number (or
@@ -247,6 +248,20 @@ def write_atomic(path: str, write: Callable[[Any], None]) -> None:
             os.remove(tmp)
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable (not possible, nor needed, on Windows)."""
+    if os.name != "nt":
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def check_output_dir(path: str, flag: str) -> None:
     """`path` is a directory this process can write in, or one it can make: checked before any work, creating
     nothing. The test is a real write, since permission bits do not tell for root or a read-only file system."""
@@ -260,20 +275,6 @@ def check_output_dir(path: str, flag: str) -> None:
             pass
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def fsync_dir(directory: str) -> None:
-    """Make a rename in `directory` durable (not possible, nor needed, on Windows)."""
-    if os.name != "nt":
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ----------------------------------------------------------------------------- device and processes
