@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from checkpoint import CheckpointError, set_rng_state
+from checkpoint import CheckpointError, get_tokenizer, set_rng_state
 from runtime import Dist, UserError, check_output_dir, validate
 from train_config import TrainConfig
 
@@ -76,3 +76,14 @@ def restore(ckpt: dict, path: str, optimizer: torch.optim.Optimizer, scaler: tor
             raise CheckpointError(f"{path}: key 'rng' is not a saved random state ({type(e).__name__})") from None
     return Progress(ckpt["step"], ckpt["data_state"]["epoch"], ckpt["data_state"]["index"], ckpt["best_val_loss"],
                     ckpt["history"])
+
+
+def resume_tokenizer(ckpt: dict, path: str, vocab_size: int):
+    """The tokenizer a checkpoint names, checked to fit its model, as eval.py checks it."""
+    try:
+        tok = get_tokenizer(ckpt["tokenizer"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: key 'tokenizer': {e}") from None
+    if tok.n_vocab > vocab_size:
+        raise CheckpointError(f"{path}: key 'tokenizer': {tok.n_vocab} tokens, the model only {vocab_size}")
+    return tok

@@ -34,7 +34,7 @@ from data import Example, collate, encode_dataset, epoch_batches, load_split, mi
 from loss import StepLoss, run_micro_batches, step_batches
 from metrics import segment_losses
 from model import GPT, get_tokenizer, load_checkpoint, load_model, model_from_payload, save_checkpoint
-from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config
+from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
 from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
                      join_distributed, parse_config, peak_flops, run_cli, validate, write_text_atomic)
 from train_config import TrainConfig, resolve, scratch_config
@@ -267,7 +267,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
         ref = copy.deepcopy(model) if cfg.kl_coef else None
     else:
         model = model_from_payload(ckpt, ckpt_path)
-        tok_name, tok = ckpt["tokenizer"], get_tokenizer(ckpt["tokenizer"])
+        tok_name, tok = ckpt["tokenizer"], resume_tokenizer(ckpt, ckpt_path, model.config.vocab_size)
         ref = build_model(cfg)[0] if cfg.kl_coef else None
     if cfg.block_size > model.config.block_size:
         raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")

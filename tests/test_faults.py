@@ -121,6 +121,8 @@ def corrupt(ckpt: dict, how: str) -> None:
         ckpt["config"]["lr"] = -1.0
     elif how == "optimizer of another model":
         ckpt["optimizer"]["param_groups"] = ckpt["optimizer"]["param_groups"][:1]
+    elif how == "unknown tokenizer":
+        ckpt["tokenizer"] = "no-such-tokenizer"
     elif how == "step not a number":
         ckpt["step"] = "2"
 
@@ -134,6 +136,7 @@ def corrupt(ckpt: dict, how: str) -> None:
     ("bad config value", "key 'config': --lr must be >= 0, got -1"),
     ("optimizer of another model", "key 'optimizer' does not fit this model"),
     ("step not a number", "key 'step' holds a str"),
+    ("unknown tokenizer", "key 'tokenizer': unknown tokenizer 'no-such-tokenizer'"),
 ])
 def test_resume_checks_the_checkpoint_and_names_it_and_the_key(finished_run, tmp_path, how, message):
     ckpt = load_checkpoint(os.path.join(finished_run, "ckpt.pt"))
@@ -142,6 +145,14 @@ def test_resume_checks_the_checkpoint_and_names_it_and_the_key(finished_run, tmp
     with pytest.raises(CheckpointError) as e:
         T.train(tiny("", str(tmp_path), init_from="resume"))
     assert str(e.value).startswith(f"{tmp_path / 'ckpt.pt'}: ") and message in str(e.value)
+
+
+def test_resume_refuses_a_tokenizer_larger_than_the_model(finished_run, tmp_path, gpt2_bpe_dir):
+    ckpt = load_checkpoint(os.path.join(finished_run, "ckpt.pt"))
+    ckpt["tokenizer"] = gpt2_bpe_dir
+    save_checkpoint(str(tmp_path / "ckpt.pt"), ckpt)
+    with pytest.raises(CheckpointError, match="ckpt.pt: key 'tokenizer': 50257 tokens, the model only 257"):
+        T.train(tiny("", str(tmp_path), init_from="resume"))
 
 
 # ----------------------------------------------------------------------------- output places
