@@ -29,13 +29,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import rng_state, set_rng_state, tokenizer_from_record, tokenizer_record
+from checkpoint import check_training_checkpoint, rng_state, tokenizer_record
 from data import Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
 from loss import StepLoss, run_micro_batches, step_batches
 from metrics import exact_match_rate, segment_losses
-from model import GPT, GPTConfig, get_tokenizer, load_checkpoint, load_model, save_checkpoint
-from runtime import (Dist, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed, join_distributed,
-                     parse_config, peak_flops, run_cli)
+from model import GPT, get_tokenizer, load_checkpoint, load_model, model_from_payload, save_checkpoint
+from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
+from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
+                     join_distributed, parse_config, peak_flops, run_cli, validate, write_text_atomic)
 from train_config import TrainConfig, resolve, scratch_config
 from train_report import startup_lines, summary_lines
 
@@ -109,35 +110,11 @@ def evaluate(model: GPT, val: list[Example], train_sample: list[Example], bs: in
     return r
 
 
-def resume_config(saved: dict, given: TrainConfig) -> tuple[TrainConfig, list[str]]:
-    """The checkpoint's config (the run's definition) with the run-control flags given now; and the names of
-    other settings given now that differ from the checkpoint's, which are ignored."""
-    cfg, default = TrainConfig(**saved), TrainConfig(init_from="resume")
-    keep = {k: getattr(given, k) for k in ("out_dir", "stop_step", "log_interval", "device", "compile", "save")}
-    if given.threads is not None:
-        keep["threads"] = given.threads
-    if given.eval_interval is not None:
-        keep["eval_interval"] = given.eval_interval
-    ignored = [f"--{k}" for k, v in asdict(given).items() if k not in keep and k != "init_from"
-               and v != getattr(default, k) and v != saved.get(k)]
-    return dataclasses.replace(cfg, **keep), ignored
-
-
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the run stops; the last good checkpoint stays in place."""
 
 
 # ----------------------------------------------------------------------------- the run
-
-@dataclass
-class Progress:
-    """Where the run stands: saved in checkpoints, so a resumed run continues with the same next batch."""
-    step: int = 0
-    epoch: int = 0
-    index: int = 0  # next optimizer step within the epoch's plan
-    best_val_loss: float = math.inf
-    history: list = dataclasses.field(default_factory=list)
-
 
 @dataclass
 class Session:
@@ -215,9 +192,13 @@ def train_step(s: Session, ids: list[int]) -> dict:
     return rec
 
 
-def save(s: Session, name: str, gather: bool = True) -> None:
-    """Write out_dir/name atomically: everything needed to continue exactly."""
-    rngs = all_rng_states(s.d) if gather else [rng_state()]  # a collective: every rank calls it
+def save(s: Session, name: str) -> None:
+    """Write out_dir/name atomically: everything needed to continue exactly. A model that is not finite is never
+    written: it would replace the last good checkpoint."""
+    if not torch.stack([torch.isfinite(p).all() for p in s.model.parameters()]).all():  # one host sync
+        raise TrainingDiverged(f"the weights hold NaN or inf at step {s.prog.step}: {name} not written; the last good "
+                               f"checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or float32")
+    rngs = all_rng_states(s.d)  # a collective: every rank calls it
     if not (s.d.is_main and s.cfg.save):
         return
     save_checkpoint(s.path(name), {
@@ -234,15 +215,26 @@ def eval_and_save(s: Session) -> dict:
     r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype, eos)}
     if not s.val:
         r["val_output_loss"] = r["val_prompt_loss"] = None
-    s.prog.history.append(r)
     s.log({"eval": r})
     if s.d.is_main:
         tqdm.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    if bad := [k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)]:
+        raise TrainingDiverged(f"evaluation at step {s.prog.step} gave {', '.join(bad)} = NaN or inf: stopped "
+                               f"without saving; the last good checkpoint (if any) is in {s.cfg.out_dir}")
+    s.prog.history.append(r)
     if r["val_output_loss"] is not None and r["val_output_loss"] < s.prog.best_val_loss:
         s.prog.best_val_loss = r["val_output_loss"]
         save(s, "best.pt")
     save(s, "ckpt.pt")
     return r
+
+
+def stop_requested(signals: StopAtStepBoundary, d: Dist) -> bool:
+    """Whether any rank got the signal: all ranks then stop at the same step (a rank that stopped alone would
+    leave the others waiting in a collective)."""
+    if not d.enabled:
+        return signals.requested
+    return reduce(torch.tensor([float(signals.requested)]), d).item() > 0
 
 
 def split_sizes(batch: int, micro: int, world: int) -> tuple[int, int]:
@@ -261,10 +253,14 @@ def plan_epoch(cfg: TrainConfig, train_ex: list[Example], epoch: int) -> list[li
 
 def setup(cfg: TrainConfig, d: Dist) -> Session:
     """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint."""
-    ckpt, ignored = None, []
+    ckpt, ignored, ckpt_path = None, [], os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-        cfg, ignored = resume_config(ckpt["config"], cfg)
+        ckpt = load_checkpoint(ckpt_path)
+        check_training_checkpoint(ckpt, ckpt_path)
+    if d.is_main:
+        prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
+    if ckpt is not None:
+        cfg, ignored = resume_config(ckpt["config"], cfg, ckpt_path)
     cfg = resolve(cfg)
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
@@ -277,9 +273,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
         model, tok = build_model(cfg)
         ref = copy.deepcopy(model) if cfg.kl_coef else None
     else:
-        model = GPT(GPTConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-        tok = tokenizer_from_record(ckpt["tokenizer"], os.path.join(cfg.out_dir, "ckpt.pt"))
+        model = model_from_payload(ckpt, ckpt_path)
+        tok = resume_tokenizer(ckpt, ckpt_path, model.config.vocab_size)
         ref = build_model(cfg)[0] if cfg.kl_coef else None
     if cfg.block_size > model.config.block_size:
         raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
@@ -303,20 +298,17 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout masks and NEFTune noise
     random.seed(cfg.seed + d.rank)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        prog = Progress(ckpt["step"], ckpt["data_state"]["epoch"], ckpt["data_state"]["index"],
-                        ckpt["best_val_loss"], ckpt["history"])
-        if len(ckpt["rng"]) == d.world_size:  # else the streams restart from the seed: not bit-exact
-            set_rng_state(ckpt["rng"][d.rank])
+        prog = restore(ckpt, ckpt_path, optimizer, scaler, d)
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
                 train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog)
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        if ckpt is None:
+        if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
+            for name in RUN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(s.path(name))
             open(s.path("log.jsonl"), "w").close()
         if ignored:
             print(f"resuming with the checkpoint's settings; ignored: {' '.join(ignored)}")
@@ -325,9 +317,10 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     return s
 
 
-def run(s: Session, argv: list[str] | None = None) -> dict:
-    """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. `argv`, the
-    command line's flags if any, lets the closing lines spell out the comparison run."""
+def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
+    """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. When `signals`
+    caught Ctrl-C (or SIGTERM), the loop saves ckpt.pt between two steps and raises KeyboardInterrupt. `argv`,
+    the command line's flags if any, lets the closing lines spell out the comparison run."""
     cfg, prog, t0 = s.cfg, s.prog, time.perf_counter()
     stop = min(s.total, cfg.stop_step) if cfg.stop_step else s.total
     planned, plan, speeds = -1, [], []
@@ -337,6 +330,12 @@ def run(s: Session, argv: list[str] | None = None) -> dict:
         eval_and_save(s)  # the starting point of the loss curves
     try:
         while prog.step < stop:
+            if signals is not None and stop_requested(signals, s.d):  # a signal came during the last step: stop here
+                save(s, "ckpt.pt")
+                if s.d.is_main:
+                    tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; "
+                               "--init_from resume continues")
+                raise KeyboardInterrupt
             if planned != prog.epoch:  # the same plan for any rank count and after a resume
                 plan, planned = plan_epoch(cfg, s.train, prog.epoch), prog.epoch
             if prog.index >= len(plan):
@@ -350,11 +349,6 @@ def run(s: Session, argv: list[str] | None = None) -> dict:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
             if cfg.eval_interval and prog.step % cfg.eval_interval == 0 and prog.step < stop:
                 eval_and_save(s)
-    except KeyboardInterrupt:
-        save(s, "ckpt.pt", gather=False)  # other ranks may be gone: no collective here
-        if s.d.is_main:
-            tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; --init_from resume continues")
-        raise
     finally:
         bar.close()
     last = eval_and_save(s)
@@ -364,18 +358,19 @@ def run(s: Session, argv: list[str] | None = None) -> dict:
                "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
                "history": prog.history, "config": asdict(cfg)}
     if s.d.is_main:
-        with open(s.path("summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        write_text_atomic(s.path("summary.json"), json.dumps(summary, indent=1))
         print("\n".join(summary_lines(summary, cfg, argv)))
     return summary
 
 
 def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
-    cfg.validate()
+    validate(cfg)
     d, owned = join_distributed(cfg.device)
     try:
-        return run(setup(cfg, d), argv)
+        s = setup(cfg, d)
+        with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
+            return run(s, signals, argv)
     finally:
         if owned:
             destroy_distributed()
