@@ -20,14 +20,15 @@ def allowed(doc: torch.Tensor, row: int, q: int, start: int) -> list[int]:
 def test_mask_equals_its_definition_key_by_key(start):
     mask = attention_mask(DOC[:, start:], DOC, start)
     Tq, Tk = DOC.size(1) - start, DOC.size(1)
-    assert tuple(mask.shape) == (2, 1, Tq, Tk), f"mask shape {tuple(mask.shape)}, expected (B, 1, Tq, Tk) = (2, 1, {Tq}, {Tk})"
+    want = (2, 1, Tq, Tk)
+    assert tuple(mask.shape) == want, f"mask shape {tuple(mask.shape)}, expected (B, 1, Tq, Tk) = {want}"
     for row in range(2):
         for q in range(Tq):
             got, want = mask[row, 0, q].nonzero().flatten().tolist(), allowed(DOC, row, q, start)
             assert got == want, (
                 f"start={start}: query {q} of row {row} (position {start + q}, document {DOC[row, start + q].item()}) "
                 f"attends to {len(got)} keys {got}, expected {len(want)} {want}: query i sits at position start + i, "
-                f"and sees only earlier keys of its own document")
+                f"and sees only earlier keys of its own document (padding, -1: earlier padding)")
 
 
 @pytest.mark.ex5

@@ -49,7 +49,7 @@ def test_each_cached_step_runs_only_the_new_token(varied):
     expected = [max(map(len, PROMPTS))] + [1] * len(NEW[0])
     for step, (got, want) in enumerate(zip(widths, expected)):
         assert got == want, (f"step {step} ran {got} tokens per row through the model, expected {want}: the cache "
-                             f"already holds the others (does cache.len advance, and do you run only tokens[:, start:]?)")
+                             f"holds the others (does cache.len advance? do you run only tokens[:, start:]?)")
 
 
 @pytest.mark.ex3

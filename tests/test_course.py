@@ -1,0 +1,101 @@
+"""scripts/course.py: the handout holds no solution, reset and grade work on a tree, check catches a grader that
+lets a wrong solution through. The full `course.py check` (every exercise, ~3-5 min) is its own CI step."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import course  # noqa: E402
+from runtime import UserError  # noqa: E402
+
+
+def solution_lines() -> set[str]:
+    """Code lines that exist only inside solution regions or answer-giving docstrings: what must not leak."""
+    inside, outside = set(), set()
+    for rel in course.source_files(ROOT):
+        lines = course.read(os.path.join(ROOT, rel))
+        secret = {i for r in course.find_regions(lines, rel) for i in range(r.begin + 1, r.end)}
+        for i, line in enumerate(lines):
+            if course.DOCSTRING.match(line):
+                secret |= set(range(i + 1, course.docstring_end(lines, i + 1) + 1))
+        for i, line in enumerate(lines):
+            (inside if i in secret else outside).add(line.strip())
+    return {line for line in inside - outside if len(line) >= 12 and not line.startswith(("#", '"""'))}
+
+
+def run(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/course.py", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_handout_has_no_solution_text_no_history_and_no_instructor_files(tmp_path):
+    course.handout(str(tmp_path / "handout"))
+    secrets = solution_lines()
+    assert len(secrets) > 20  # the regions of 7 exercises, and two docstrings of exercise 2
+    assert "loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients" \
+        in secrets
+    files = course.tree_files(str(tmp_path / "handout"))
+    for rel in files:
+        with open(tmp_path / "handout" / rel, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{rel} gives solutions away: {leaked[:3]}"
+    assert not any(p.startswith((".git" + os.sep, course.WRONG_DIR)) or "__pycache__" in p for p in files)
+    assert "tests/test_course.py" not in files and "docs/assignments.md" in files
+    for n, e in course.EXERCISES.items():  # every autograded exercise is blanked, and says where to read on
+        blanks = [line for rel in course.source_files(str(tmp_path / "handout"))
+                  for line in course.read(str(tmp_path / "handout" / rel)) if f'"Exercise {n}: ' in line]
+        assert bool(blanks) == bool(e.tests), (n, blanks)
+
+
+def test_reset_blanks_one_exercise_and_grade_scores_it(tmp_path):
+    course.copy_tree(ROOT, str(tmp_path), instructor=True)
+    r = run(["reset", "6"], cwd=str(tmp_path))
+    assert r.returncode == 0 and "exercise 6: 1 region(s) blanked" in r.stdout
+    assert 'raise NotImplementedError("Exercise 6: ' in (tmp_path / "benchmarks.py").read_text()
+    assert (tmp_path / "model.py").read_text() == open(os.path.join(ROOT, "model.py")).read()  # only exercise 6
+    r = run(["grade", "6"], cwd=str(tmp_path))
+    assert r.returncode == 1 and "exercise 6, acc vs acc_norm: 0/10 (3 failing: " in r.stdout, r.stdout[-2000:]
+    assert "NotImplementedError: Exercise 6" in r.stdout  # grade N shows pytest's report: the hint and the line
+
+
+def test_check_fails_when_a_grader_passes_a_recorded_wrong_solution(tmp_path):
+    """Exercise 6 with one 'wrong' solution that is in fact right: 3 grader runs, the blank, it, the solution."""
+    course.copy_tree(ROOT, str(tmp_path), instructor=True)
+    for name in os.listdir(tmp_path / course.WRONG_DIR):
+        if name.startswith("ex6_"):
+            os.remove(tmp_path / course.WRONG_DIR / name)
+    (tmp_path / course.WRONG_DIR / "ex6_right_after_all.py").write_text(
+        'REPLACE = {("benchmarks.py", 1): "return max(range(len(logprobs)), '
+        'key=lambda i: logprobs[i] / max(len(choices[i]), 1))"}\n')
+    r = run(["check", "6"], cwd=str(tmp_path))
+    assert "ex6 blank: FAILS" in r.stdout and "ex6 solution: PASSES" in r.stdout, r.stdout
+    assert "NotImplementedError: Exercise 6: like pick_acc" in r.stdout  # the failure as a student reads it
+    assert "ex6 ex6_right_after_all: PASSES" in r.stdout
+    assert r.returncode == 2 and "exercise 6: the grader passes on ex6_right_after_all" in r.stderr, r.stderr
+
+
+def test_regions_wrong_solutions_and_bad_input():
+    found = [r.exercise for r in course.find_regions(course.read(os.path.join(ROOT, "model.py")), "model.py")]
+    assert sorted(found) == [3, 3, 3, 4, 4, 5], found
+    for n in course.EXERCISES:  # every recorded wrong solution names a region that exists
+        for name, replace in course.wrong_solutions(ROOT, n):
+            for rel, k in replace:
+                count = sum(r.exercise == n for r in course.find_regions(course.read(os.path.join(ROOT, rel)), rel))
+                assert 1 <= k <= count, (name, rel, k)
+    with pytest.raises(UserError, match=r"x.py:3: BEGIN SOLUTION without an END SOLUTION"):
+        course.find_regions(["a\n", "b\n", "    # BEGIN SOLUTION ex1: hint\n", "c\n"], "x.py")
+    with pytest.raises(UserError, match=r"x.py:1: END SOLUTION without a BEGIN"):
+        course.find_regions(["# END SOLUTION\n"], "x.py")
+    r = run(["reset", "9"])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no exercise '9'" in r.stderr
+
+
+def test_handout_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    r = run(["handout", str(tmp_path)])
+    assert r.returncode == 2 and "exists and is not empty" in r.stderr and os.listdir(tmp_path) == ["keep.txt"]
