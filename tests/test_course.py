@@ -82,6 +82,12 @@ def test_check_fails_when_a_grader_passes_a_recorded_wrong_solution(tmp_path):
 def test_regions_wrong_solutions_and_bad_input():
     found = [r.exercise for r in course.find_regions(course.read(os.path.join(ROOT, "model.py")), "model.py")]
     assert sorted(found) == [3, 3, 3, 4, 4, 5], found
+    recorded = {name for n in course.EXERCISES for name, _ in course.wrong_solutions(ROOT, n)}
+    issue_12_table = {"ex3_positions_ignore_padding", "ex3_mask_offset_plus_one", "ex3_mask_offset_minus_one",
+                      "ex3_cache_never_advances", "ex4_head_then_index", "ex4_select_by_target", "ex5_ignores_start",
+                      "ex5_padding_sees_nothing", "ex6_bytes", "ex6_last_on_ties"}
+    assert issue_12_table <= recorded, issue_12_table - recorded  # `check` proves each one caught
+    assert course.EXERCISES[7].tests == ()  # written: graded by the rubric, never "passes with no work"
     for n in course.EXERCISES:  # every recorded wrong solution names a region that exists
         for name, replace in course.wrong_solutions(ROOT, n):
             for rel, k in replace:

@@ -42,6 +42,22 @@ def write(tmp_path, name: str, content) -> str:
 
 # ----------------------------------------------------------------------------- exact ids and weights
 
+SEGMENT_NAMES = {TEMPLATE: "TEMPLATE", SYSTEM: "SYSTEM", USER: "USER", ASSISTANT: "ASSISTANT", EOT: "EOT", PAD: "PAD"}
+
+
+@pytest.mark.ex1
+@pytest.mark.parametrize("prompt_loss_weight, template_loss_weight", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.25)])
+def test_loss_weights_one_segment_at_a_time(prompt_loss_weight, template_loss_weight):
+    expected = {TEMPLATE: template_loss_weight, SYSTEM: prompt_loss_weight, USER: prompt_loss_weight,
+                ASSISTANT: 1.0, EOT: 1.0, PAD: 0.0}
+    for seg, want in expected.items():
+        got = data.loss_weights([ASSISTANT, seg], prompt_loss_weight, template_loss_weight)
+        assert len(got) == 2, f"loss_weights of 2 tokens returned {len(got)} weights: one per token, weights[0] too"
+        assert got[1] == want, (f"a {SEGMENT_NAMES[seg]} token got weight {got[1]}, expected {want} (prompt_loss_weight"
+                                f"={prompt_loss_weight}, template_loss_weight={template_loss_weight})")
+        assert got[0] == 0.0, f"weights[0] is {got[0]}: token 0 has no context to be predicted from, so it is 0"
+
+
 @pytest.mark.ex1
 def test_single_turn_exact_ids_and_weights_in_each_mode():
     ids, w_it = data.encode_example(SINGLE, BYTE, 0.0)
@@ -103,22 +119,6 @@ def test_loss_weights_table_presets_and_padding():
     assert data.loss_weights(segs, 0.5, 0.25) == [0.0, 0.5, 0.5, 0.25, 1.0, 1.0, 0.0]
     assert data.loss_weights([USER, USER], 1.0) == [0.0, 1.0]  # the first token is never a target
     assert data.LOSS_PRESETS == {"it": 0.0, "im": 1.0}
-
-
-SEGMENT_NAMES = {TEMPLATE: "TEMPLATE", SYSTEM: "SYSTEM", USER: "USER", ASSISTANT: "ASSISTANT", EOT: "EOT", PAD: "PAD"}
-
-
-@pytest.mark.ex1
-@pytest.mark.parametrize("prompt_loss_weight, template_loss_weight", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.25)])
-def test_loss_weights_one_segment_at_a_time(prompt_loss_weight, template_loss_weight):
-    expected = {TEMPLATE: template_loss_weight, SYSTEM: prompt_loss_weight, USER: prompt_loss_weight,
-                ASSISTANT: 1.0, EOT: 1.0, PAD: 0.0}
-    for seg, want in expected.items():
-        got = data.loss_weights([ASSISTANT, seg], prompt_loss_weight, template_loss_weight)
-        assert len(got) == 2, f"loss_weights of 2 tokens returned {len(got)} weights: one per token, weights[0] too"
-        assert got[1] == want, (f"a {SEGMENT_NAMES[seg]} token got weight {got[1]}, expected {want} (prompt_loss_weight"
-                                f"={prompt_loss_weight}, template_loss_weight={template_loss_weight})")
-        assert got[0] == 0.0, f"weights[0] is {got[0]}: token 0 has no context to be predicted from, so it is 0"
 
 
 def conversations_for_properties() -> list[list[dict]]:
