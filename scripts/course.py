@@ -4,7 +4,7 @@
     python scripts/course.py grade [N]         # run exercise N's grading tests (no N: all), print the points
     python scripts/course.py reset N           # blank exercise N again, here
     python scripts/course.py check [N]         # instructors and CI: each grader fails on the blank and on every
-                                               # recorded wrong solution, and passes on the solution
+                                               # recorded wrong solution, and passes on the solution (--jobs 2)
 
 A solution region is the few lines a student writes, between a line `# BEGIN SOLUTION exN: hint` and a line
 `# END SOLUTION`. The handout keeps both markers (so `reset` finds the region again) and puts in between
@@ -16,7 +16,9 @@ wrong solutions are data, one module per mistake in scripts/wrong_solutions/ (se
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
+import queue
 import re
 import runpy
 import shutil
@@ -254,7 +256,8 @@ def grade(root: str, numbers: list[int]) -> bool:
         if len(numbers) == 1:
             print(out)
         auto, earned = auto + e.points, earned + (e.points if ok else 0)
-        status = "all tests pass" if ok else f"{len(failed)} failing: " + "; ".join(failed)
+        names = [line.split(" - ")[0].split("::")[-1] for line in failed]  # the test's name, no path or message
+        status = "all tests pass" if ok else f"{len(failed)} failing: " + ", ".join(names)
         print(f"exercise {n}, {e.title}: {e.points if ok else 0}/{e.points} ({status})")
     print(f"total: {earned}/{auto} autograded points")
     return earned == auto
@@ -288,41 +291,47 @@ def apply_variant(work: str, originals: dict[str, list[str]], exercise: int,
         write(path, replace_regions(read(path), rel, exercise, {k: indented(code, regions[k - 1].indent)}))
 
 
-def check_exercise(work: str, originals: dict[str, list[str]], exercise: Exercise) -> list[str]:
-    """Grade the blank, each wrong solution and the solution; the list of what went unexpectedly."""
-    variants = [("blank", None)] + wrong_solutions(ROOT, exercise.number) + [("solution", {})]
-    problems = []
-    for name, replace in variants:
-        t0 = time.perf_counter()
+def grade_variant(works: queue.Queue, originals: dict[str, list[str]], exercise: Exercise, name: str,
+                  replace: dict | None) -> tuple[str, str | None]:
+    """Grade one variant of one exercise in a free copy of the solution: (its report line, a problem or None)."""
+    work, t0 = works.get(), time.perf_counter()
+    try:
         apply_variant(work, originals, exercise.number, replace)
         ok, failed, out = run_grader(work, exercise, stop_first=True)
-        expected = name == "solution"
-        why = [line.split(": ", 1)[1] for line in out.splitlines() if TRACEBACK_LINE.match(line)]
-        verdict = "PASSES" if ok else f"FAILS {failed[0] if failed else ''}\n      {(why or ['?'])[0][:300]}"
-        print(f"  ex{exercise.number} {name}: {verdict} ({time.perf_counter() - t0:.1f} s)", flush=True)
-        if ok != expected:
-            problems.append(f"exercise {exercise.number}: the grader {'fails' if expected else 'passes'} on {name}")
-    apply_variant(work, originals, exercise.number, {})
-    return problems
+    finally:
+        works.put(work)
+    expected = name == "solution"
+    why = [line.split(": ", 1)[1] for line in out.splitlines() if TRACEBACK_LINE.match(line)]
+    verdict = "PASSES" if ok else f"FAILS {failed[0] if failed else ''}\n      {(why or ['?'])[0][:300]}"
+    line = f"  ex{exercise.number} {name}: {verdict} ({time.perf_counter() - t0:.1f} s)"
+    problem = f"exercise {exercise.number}: the grader {'fails' if expected else 'passes'} on {name}"
+    return line, None if ok == expected else problem
 
 
-def check(numbers: list[int]) -> None:
-    """Build the handout, then prove each grader right: it runs in a copy of the solution where only its own
-    exercise is blanked or wrong, so that a failure comes from that exercise alone."""
+def check(numbers: list[int], jobs: int = 1) -> None:
+    """Build the handout, then prove each grader right on its blank, on each recorded wrong solution and on the
+    solution. Each runs in a copy of the solution where only its own exercise is blanked or wrong, so that a
+    failure comes from that exercise alone; `jobs` copies grade side by side."""
     if not os.path.isdir(os.path.join(ROOT, WRONG_DIR)):
         raise UserError(f"check needs the instructor's repository: {WRONG_DIR} is not here")
     t0, problems = time.perf_counter(), []
     with tempfile.TemporaryDirectory() as tmp:
         handout(os.path.join(tmp, "handout"))
-        work = os.path.join(tmp, "solution")
-        copy_tree(ROOT, work, instructor=True)
-        originals = {rel: read(os.path.join(work, rel)) for rel in source_files(work)}
-        for n in numbers:
-            if EXERCISES[n].tests:
-                problems += check_exercise(work, originals, EXERCISES[n])
+        works: queue.Queue = queue.Queue()
+        for i in range(jobs):
+            copy_tree(ROOT, os.path.join(tmp, f"solution{i}"), instructor=True)
+            works.put(os.path.join(tmp, f"solution{i}"))
+        originals = {rel: read(os.path.join(ROOT, rel)) for rel in source_files(ROOT)}
+        tasks = [(EXERCISES[n], name, replace) for n in numbers if EXERCISES[n].tests
+                 for name, replace in [("blank", None)] + wrong_solutions(ROOT, n) + [("solution", {})]]
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for line, problem in pool.map(lambda task: grade_variant(works, originals, *task), tasks):
+                print(line, flush=True)
+                problems += [problem] if problem else []
     if problems:
         raise UserError("course check failed:\n  " + "\n  ".join(problems))
-    print(f"course check passed: exercises {', '.join(map(str, numbers))} in {time.perf_counter() - t0:.0f} s")
+    print(f"course check passed: exercises {', '.join(map(str, numbers))}, {len(tasks)} variants, "
+          f"in {time.perf_counter() - t0:.0f} s")
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -333,7 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("handout", help="write a blanked, history-free copy").add_argument("out_dir")
     sub.add_parser("grade", help="run the grading tests, print points").add_argument("exercise", nargs="?")
     sub.add_parser("reset", help="blank one exercise again").add_argument("exercise")
-    sub.add_parser("check", help="prove every grader right (CI)").add_argument("exercise", nargs="?")
+    checking = sub.add_parser("check", help="prove every grader right (CI)")
+    checking.add_argument("exercise", nargs="?")
+    checking.add_argument("--jobs", type=int, default=1, help="grader runs side by side (default 1)")
     args = parser.parse_args(argv)
     chosen = [exercise_number(args.exercise)] if getattr(args, "exercise", None) else list(EXERCISES)
     if args.command == "handout":
@@ -343,8 +354,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
     elif args.command == "reset":
         print(f"exercise {chosen[0]}: {reset(ROOT, chosen[0])} region(s) blanked")
+    elif args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give 1 or more")
     else:
-        check(chosen)
+        check(chosen, args.jobs)
 
 
 if __name__ == "__main__":

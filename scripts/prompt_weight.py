@@ -1,7 +1,7 @@
 """Where between IT (prompt-loss weight 0) and IM (weight 1) is the held-out output loss lowest? (exercise 8)
 
     python scripts/compare.py --modes it,im --prompt_loss_weights 0.1,0.3 --seeds 1 --max_steps 200 \
-        --gen_examples 1 --out_dir out/weight                   # 4 weights x 1 seed, a few minutes on a CPU
+        --gen_examples 1 --out_dir out/weight                   # 4 weights x 1 seed, ~3 CPU-minutes
     python scripts/prompt_weight.py out/weight/results.json
 
 Prints the mean held-out output loss of each weight (over seeds) and the weight where a parabola through the
