@@ -104,7 +104,7 @@ def blank_body(region: Region) -> list[str]:
 
 def indented(code: str, indent: str) -> list[str]:
     """A dedented snippet of code, indented to a region's level."""
-    return [indent + line if line.strip() else "\n" for line in textwrap.dedent(code).strip("\n").splitlines(True)]
+    return [indent + line + "\n" if line.strip() else "\n" for line in textwrap.dedent(code).strip("\n").splitlines()]
 
 
 def replace_regions(lines: list[str], where: str, exercise: int, bodies: dict[int, list[str]] | None) -> list[str]:

@@ -88,11 +88,16 @@ def test_regions_wrong_solutions_and_bad_input():
                       "ex5_padding_sees_nothing", "ex6_bytes", "ex6_last_on_ties"}
     assert issue_12_table <= recorded, issue_12_table - recorded  # `check` proves each one caught
     assert course.EXERCISES[7].tests == ()  # written: graded by the rubric, never "passes with no work"
-    for n in course.EXERCISES:  # every recorded wrong solution names a region that exists
+    for n in course.EXERCISES:  # every wrong solution names a region that exists, compiles, keeps the markers
         for name, replace in course.wrong_solutions(ROOT, n):
-            for rel, k in replace:
-                count = sum(r.exercise == n for r in course.find_regions(course.read(os.path.join(ROOT, rel)), rel))
-                assert 1 <= k <= count, (name, rel, k)
+            for (rel, k), code in replace.items():
+                lines = course.read(os.path.join(ROOT, rel))
+                mine = [r for r in course.find_regions(lines, rel) if r.exercise == n]
+                assert 1 <= k <= len(mine), (name, rel, k)
+                text = "".join(course.replace_regions(lines, rel, n, {k: course.indented(code, mine[k - 1].indent)}))
+                compile(text, f"{name}: {rel}", "exec")
+                wrong = text.splitlines(True)  # as the file reads back
+                assert len(course.find_regions(wrong, rel)) == len(course.find_regions(lines, rel)), name
     with pytest.raises(UserError, match=r"x.py:3: BEGIN SOLUTION without an END SOLUTION"):
         course.find_regions(["a\n", "b\n", "    # BEGIN SOLUTION ex1: hint\n", "c\n"], "x.py")
     with pytest.raises(UserError, match=r"x.py:1: END SOLUTION without a BEGIN"):
