@@ -1,5 +1,5 @@
 """scripts/course.py: the handout holds no solution, reset and grade work on a tree, check catches a grader that
-lets a wrong solution through. The full `course.py check` (every exercise, ~3-5 min) is its own CI step."""
+lets a wrong solution through. The full `course.py check` (36 grader runs, ~2.5 CPU-min) is its own CI step."""
 import os
 import subprocess
 import sys
@@ -63,20 +63,25 @@ def test_reset_blanks_one_exercise_and_grade_scores_it(tmp_path):
     assert "NotImplementedError: Exercise 6" in r.stdout  # grade N shows pytest's report: the hint and the line
 
 
-def test_check_fails_when_a_grader_passes_a_recorded_wrong_solution(tmp_path):
-    """Exercise 6 with one 'wrong' solution that is in fact right: 3 grader runs, the blank, it, the solution."""
-    course.copy_tree(ROOT, str(tmp_path), instructor=True)
-    for name in os.listdir(tmp_path / course.WRONG_DIR):
-        if name.startswith("ex6_"):
-            os.remove(tmp_path / course.WRONG_DIR / name)
-    (tmp_path / course.WRONG_DIR / "ex6_right_after_all.py").write_text(
-        'REPLACE = {("benchmarks.py", 1): "return max(range(len(logprobs)), '
-        'key=lambda i: logprobs[i] / max(len(choices[i]), 1))"}\n')
-    r = run(["check", "6"], cwd=str(tmp_path))
-    assert "ex6 blank: FAILS" in r.stdout and "ex6 solution: PASSES" in r.stdout, r.stdout
-    assert "NotImplementedError: Exercise 6: like pick_acc" in r.stdout  # the failure as a student reads it
-    assert "ex6 ex6_right_after_all: PASSES" in r.stdout
-    assert r.returncode == 2 and "exercise 6: the grader passes on ex6_right_after_all" in r.stderr, r.stderr
+def test_check_flags_every_variant_its_grader_gets_wrong(monkeypatch, capsys):
+    """check's bookkeeping, fast: a stand-in grader that passes everything, and reports what it was given. The
+    blank and each wrong solution must then be problems, the solution not. (The real graders run in CI's
+    `course.py check --jobs 2`, and in the grade test above.)"""
+    seen = []
+
+    def passes_everything(root, exercise, stop_first):
+        code = "".join(r for r in course.read(os.path.join(root, "benchmarks.py")) if "return" in r or "raise" in r)
+        seen.append(code)
+        return True, [], ""
+
+    monkeypatch.setattr(course, "run_grader", passes_everything)
+    with pytest.raises(UserError) as e:
+        course.check([6], jobs=2)
+    wrong = [name for name, _ in course.wrong_solutions(ROOT, 6)]
+    assert str(e.value).splitlines()[1:] == [f"  exercise 6: the grader passes on {v}" for v in ["blank"] + wrong]
+    assert len(seen) == len(wrong) + 2 and sum('NotImplementedError("Exercise 6' in c for c in seen) == 1
+    assert sum(".encode()" in c for c in seen) == 1  # ex6_bytes was in place when its grader ran
+    assert "ex6 solution: PASSES" in capsys.readouterr().out
 
 
 def test_regions_wrong_solutions_and_bad_input():
