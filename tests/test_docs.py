@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "export.py", "scripts/compare.py", "scripts/sweep.py",
-            "scripts/bench_model.py", "scripts/bench_train.py"]
+            "scripts/bench_model.py", "scripts/bench_train.py", "scripts/course.py"]
 PASS_THROUGH = {"scripts/compare.py", "scripts/sweep.py"}  # they hand train.py's flags on (their --help says so)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
@@ -22,6 +22,7 @@ README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 def help_text(program: str, monkeypatch) -> str:
     """`python program --help`, run in this process (torch is imported once, not nine times)."""
     monkeypatch.setattr(sys, "argv", [program, "--help"])
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.join(ROOT, program)))  # as `python program` does
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
         runpy.run_path(os.path.join(ROOT, program), run_name="__main__")
