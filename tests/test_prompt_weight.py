@@ -38,7 +38,8 @@ def test_best_weight_at_an_end_is_that_end():
 
 @pytest.mark.ex8
 def test_mean_loss_by_weight_and_the_report_command(tmp_path, capsys):
-    runs = [{"mode": m, "seed": s, "metrics": {"heldout_loss": loss}} for m, s, loss in [
+    runs = [{"mode": m, "seed": s, "metrics": {"heldout_loss": loss}, "steps": 1, "time_s": {}, "history": [],
+             "train_settings": {}, "eval_settings": []} for m, s, loss in [
         ("it", 0, 2.2), ("it", 1, 2.0), ("plw0.3", 0, 1.8), ("plw0.3", 1, 1.9), ("im", 0, 2.0), ("im", 1, 2.1),
         ("im+neft", 0, 0.1)]]
     assert pw.mean_loss_by_weight(runs) == pytest.approx({0.0: 2.1, 0.3: 1.85, 1.0: 2.05})
