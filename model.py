@@ -65,6 +65,17 @@ def attention_mask(doc_q: torch.Tensor, doc_k: torch.Tensor, start: int = 0) -> 
     return (same_doc & causal).unsqueeze(1)
 
 
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_len: int) -> torch.Tensor:
+    """Causal attention inside each document of a packed batch, (N, nh, hs) in and out, on CUDA's flash kernel.
+
+    cu_seqlens (D+1,) int32 are the documents' start offsets in the N flattened tokens: no mask is built and no
+    block across two documents is computed. max_len bounds the longest document (block_size: a constant, so a
+    compiled graph does not depend on the batch)."""
+    from torch.nn.attention.varlen import varlen_attn  # CUDA only (flash kernel), torch >= 2.10
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, window_size=(-1, 0))  # (-1, 0): causal
+
+
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    dropout: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v, written out. mask None = causal, the last query aligned with the last key."""
@@ -103,19 +114,26 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.config, self.layer = config, layer  # the model's one config: dropout and attention are read live
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         nh = self.config.n_head
+        dropout = self.config.dropout if self.training else 0.0
+        if cu_seqlens is not None:  # packed documents on CUDA: flatten the rows, one varlen call, no mask
+            q, k, v = (t.reshape(B * T, nh, C // nh) for t in (q, k, v))  # (N, nh, hs)
+            y = varlen_attention(q, k, v, cu_seqlens, self.config.block_size)  # (N, nh, hs)
+            return F.dropout(self.c_proj(y.reshape(B, T, C)), dropout, self.training)
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # is_causal aligns the first query with the first key: right unless cached keys come before the queries.
+        # A Python bool (not `T > 1`, a symbolic bool under dynamic shapes that breaks torch.compile's graph).
+        causal = mask is None and (cache is None or cache.len == 0)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        dropout = self.config.dropout if self.training else 0.0
         if self.config.attention == "math":
             y = math_attention(q, k, v, mask, dropout)
-        else:  # is_causal aligns the first query with the first key: right for a prefill, not for one new token
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=mask is None and T > 1)
+        else:  # no mask + is_causal: CUDA may pick its flash kernel, which skips the blocks above the diagonal
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return F.dropout(self.c_proj(y), dropout, self.training)
 
@@ -140,8 +158,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, cu_seqlens)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -199,34 +218,55 @@ class GPT(nn.Module):
         return F.dropout(tok + self.transformer.wpe(pos), self.config.dropout, self.training)
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor | None = None, doc: torch.Tensor | None = None,
-                select: torch.Tensor | None = None, neftune_alpha: float = 0.0) -> torch.Tensor:
-        """Logits (B, T, V), or (N, V) for the N positions where `select` (B, T) is True, in row-major order.
+                select: torch.Tensor | None = None, neftune_alpha: float = 0.0,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V), or (N, V) for the N positions `select` names, in row-major order: a (B, T) bool
+        mask, or the (N,) indices of those positions in the flattened (B * T) tokens (no host sync).
 
-        pos: position ids (default 0..T-1). doc: document id of each token for packed rows (attention stays
-        inside a document, -1 = padding); None = one causal sequence per row.
+        pos: position ids (default 0..T-1). doc: example id of each token (-1 = padding), for NEFTune's lengths.
+        cu_seqlens: only for packed rows (several examples per row): (D+1,) int32 start offsets of each run of
+        one document id in the flattened tokens (data.collate computes them); attention then stays inside each
+        document. Unpacked, right-padded rows need no mask: causal attention is exact for every real token.
         """
         B, T = idx.shape
-        if T > self.config.block_size:
+        if cu_seqlens is None and T > self.config.block_size:
             raise UserError(f"sequence of {T} tokens is longer than the model's block_size {self.config.block_size}")
         if pos is None:
             pos = torch.arange(T, device=idx.device).expand(B, T)
-        mask = None if doc is None else attention_mask(doc, doc)
+        mask, varlen = None, None
+        if cu_seqlens is not None and self.uses_varlen(idx.device):
+            varlen = cu_seqlens
+        elif cu_seqlens is not None:
+            mask = attention_mask(doc, doc)  # the readable fallback: a dense (B, 1, T, T) block-diagonal mask
         x = self.embed(idx, pos, doc, neftune_alpha)
         for block in self.transformer.h:
-            x = block(x, mask)
-        if select is not None:
+            x = block(x, mask, None, varlen)
+        if select is not None and select.dtype == torch.bool:
             x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
+        elif select is not None:
+            x = x.flatten(0, 1).index_select(0, select)  # (N, C), the same without a device-to-host sync
         return self.lm_head(self.transformer.ln_f(x))
 
+    def uses_varlen(self, device: torch.device) -> bool:
+        """Packed rows take CUDA's varlen flash kernel when it can run: half precision, no attention dropout."""
+        if device.type != "cuda" or self.config.attention != "sdpa" or self.config.dropout > 0:
+            return False
+        return torch.is_autocast_enabled("cuda") or self.transformer.wte.weight.dtype in (torch.float16,
+                                                                                          torch.bfloat16)
+
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, pos: torch.Tensor | None = None,
-             doc: torch.Tensor | None = None, neftune_alpha: float = 0.0,
-             skip_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches."""
-        select = weights != 0 if skip_zero else None
-        logits = self(idx, pos, doc, select, neftune_alpha)
-        if select is None:
+             doc: torch.Tensor | None = None, neftune_alpha: float = 0.0, skip_zero: bool = True,
+             select: torch.Tensor | None = None,
+             cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches.
+        select: the flat indices of the nonzero weights (data.collate's Batch.select); computed here if None."""
+        if not skip_zero:
+            logits = self(idx, pos, doc, None, neftune_alpha, cu_seqlens)
             return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
-        return weighted_cross_entropy(logits, targets[select], weights[select])
+        if select is None:
+            select = weights.flatten().nonzero().squeeze(1)  # (N,)
+        logits = self(idx, pos, doc, select, neftune_alpha, cu_seqlens)
+        return weighted_cross_entropy(logits, targets.flatten()[select], weights.flatten()[select])
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
                              fused: bool | None = None) -> torch.optim.AdamW:
@@ -304,11 +344,26 @@ class GPT(nn.Module):
         directory = name_or_dir if os.path.isdir(name_or_dir) else ckpt.hub_dir(name_or_dir)
         config_path = os.path.join(directory, "config.json")
         config = GPTConfig(**{**ckpt.config_from_hf(ckpt.read_json(config_path), config_path), **overrides})
-        model = cls(config)
-        expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        state = ckpt.state_from_hf(ckpt.read_weights(directory), expected, directory)
-        model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
+        state = ckpt.state_from_hf(ckpt.read_weights(directory), expected_shapes(config), directory)
+        return cls.from_state(config, state)
+
+    @classmethod
+    def from_state(cls, config: GPTConfig, state: dict[str, torch.Tensor]) -> "GPT":
+        """The model with these weights (lm_head tied to wte), built without a random init to overwrite: the
+        modules are made on the meta device (no memory) and take the loaded tensors themselves (assign=True)."""
+        with torch.device("meta"):
+            model = cls(config)
+        state = {k: v.float() for k, v in state.items()}  # assign keeps a tensor's dtype: a fp16 file stays fp32
+        model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]}, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the head its own Parameter
         return model
+
+
+def expected_shapes(config: GPTConfig) -> dict[str, torch.Size]:
+    """Every weight's shape (lm_head is tied to wte, so it is not listed), without allocating the model."""
+    with torch.device("meta"):
+        state = GPT(config).state_dict()
+    return {k: v.shape for k, v in state.items() if k != "lm_head.weight"}
 
 
 def left_pad(prompts: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,14 +427,13 @@ def model_from_checkpoint(path: str) -> tuple[GPT, tiktoken.Encoding]:
     """Rebuild the model and its tokenizer from what an imgpt checkpoint recorded."""
     payload = load_checkpoint(path)
     try:
-        model = GPT(GPTConfig(**payload["model_config"]))
+        config = GPTConfig(**payload["model_config"])
     except TypeError as e:
         raise CheckpointError(f"{path}: bad model_config ({e})") from None
     state = {unwrap(k): v for k, v in payload["model"].items()}
     state.pop("lm_head.weight", None)  # tied to wte
-    ckpt.check_state(state, {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}, path)
-    model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
-    return model, get_tokenizer(payload.get("tokenizer", "gpt2"))
+    ckpt.check_state(state, expected_shapes(config), path)
+    return GPT.from_state(config, state), get_tokenizer(payload.get("tokenizer", "gpt2"))
 
 
 def unwrap(key: str) -> str:

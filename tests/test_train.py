@@ -217,10 +217,10 @@ def test_resume_is_bit_exact(data_file, tmp_path, uninterrupted):
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(data_file, tmp_path, monkeypatch, uninterrupted):
     step = T.train_step
 
-    def interrupted_at_3(s, ids):
+    def interrupted_at_3(s, *args):
         if s.prog.step == 3:
             raise KeyboardInterrupt
-        return step(s, ids)
+        return step(s, *args)
 
     monkeypatch.setattr(T, "train_step", interrupted_at_3)
     with pytest.raises(KeyboardInterrupt):
