@@ -5,6 +5,7 @@ import os
 import random
 import threading
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ import loss as L
 import mfu
 import runtime
 import train as T
-from data import ASSISTANT, USER, Example, collate
+from data import ASSISTANT, USER, Example, collate, doc_starts
 from metrics import segment_loss_sums
 from model import GPT, GPTConfig, load_checkpoint
 from train_config import resolve
@@ -99,10 +100,16 @@ def test_packed_flat_row_gives_the_logits_and_gradients_of_padded_rows(tiny):
     assert (grads[0] - grads[1]).abs().max() < 1e-5 and grads[0].abs().max() > 1e-3
 
 
+def test_cu_seqlens_start_a_run_at_every_row_and_every_document():
+    doc = np.array([[0, 0, 0], [0, 0, 1], [0, 1, -1]])  # rows 0 and 1 both hold a document 0: two runs
+    assert doc_starts(doc).tolist() == [0, 3, 5, 6, 7, 8, 9]
+
+
 # ----------------------------------------------------------------------------- 7, 9: no syncs, no graph breaks
 
 class SyncSpy(TorchDispatchMode):
-    """Counts the operators that make the host wait for the device: nonzero (boolean indexing) and item()."""
+    """Counts the operators that make the host wait for the device: nonzero, item(), and indexing with a
+    boolean mask (aten::index with a bool index: its output size is known only after a nonzero)."""
     SYNCS = ("aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero")
 
     def __init__(self):
@@ -110,7 +117,9 @@ class SyncSpy(TorchDispatchMode):
         self.seen: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name in self.SYNCS:
+        bool_index = func._schema.name == "aten::index" and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func._schema.name in self.SYNCS or bool_index:
             self.seen.append(func._schema.name)
         return func(*args, **(kwargs or {}))
 
