@@ -3,6 +3,7 @@ syncs and no graph breaks in a training step, the FLOPs behind MFU, dtype choice
 import json
 import os
 import random
+import sys
 import threading
 
 import numpy as np
@@ -309,3 +310,37 @@ def test_the_next_step_is_collated_in_a_background_thread(tmp_path, monkeypatch)
     monkeypatch.setattr(T, "prepare", spy)
     T.train(tiny_run(tmp_path, max_steps=3))
     assert threads[0] and not any(threads[1:]) and len(threads) == 3  # only the first step waits for collate
+
+
+# ----------------------------------------------------------------------------- the GPU benchmark, on the CPU
+
+def bench_gpu():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import bench_gpu
+    return bench_gpu
+
+
+def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+    """scripts/bench_gpu.py --device cpu --smoke: every mix and variant (compiled ones traced on the eager
+    backend), the reference if transformers is installed, the JSON file; so the script cannot rot unrun."""
+    B = bench_gpu()
+    result = B.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(tmp_path / "bench.json")])
+    rows = {(r["mix"], r["variant"]): r for r in result["rows"]}
+    ours = ("unpacked", "packed", "unpacked compiled", "packed compiled")
+    assert {(m, v) for m in B.MIXES for v in ours} <= rows.keys()
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] is None and r["peak_gib"] is None for r in rows.values())
+    assert rows[("t1024", "packed")]["useful_fraction"] == 1.0 and rows[("lima", "packed")]["useful_fraction"] < 1.0
+    assert rows[("t1024", "packed")]["tokens"] == 4 * 128  # 2 micro-batches of 2 examples of block_size tokens
+    assert json.load(open(tmp_path / "bench.json"))["rows"] == result["rows"]
+    assert any(line.startswith("lima, packed vs unpacked") for line in result["targets"])
+
+
+def test_gpu_benchmark_targets_read_the_best_variant():
+    B = bench_gpu()
+    row = lambda mix, variant, tps, mfu=None: dict(mix=mix, variant=variant, tokens_per_s=tps, mfu=mfu)
+    rows = [row("t1024", "packed", 100, 0.38), row("t1024", "packed compiled", 120, 0.456),
+            row("alpaca", "unpacked", 130, None), row("alpaca", "packed compiled", 140), row("alpaca", "hf-sdpa", 100),
+            row("lima", "unpacked", 100), row("lima", "unpacked compiled", 110), row("lima", "packed", 150)]
+    assert B.targets(rows) == ["MFU on t1024 packed: 45.6% (target 40%): met",
+                               "alpaca, ours (packed compiled) vs hf-sdpa: 1.40x (target 1.3x): met",
+                               "lima, packed vs unpacked: 1.36x (target 1.5x): missed"]
