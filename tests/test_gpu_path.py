@@ -344,3 +344,26 @@ def test_gpu_benchmark_targets_read_the_best_variant():
     assert B.targets(rows) == ["MFU on t1024 packed: 45.6% (target 40%): met",
                                "alpaca, ours (packed compiled) vs hf-sdpa: 1.40x (target 1.3x): met",
                                "lima, packed vs unpacked: 1.36x (target 1.5x): missed"]
+
+
+def test_cuda_setup_turns_on_tf32_and_finds_the_peak_of_the_precision(monkeypatch, capsys):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    cuda = runtime.Dist(device="cuda:0")
+    assert T.set_up_device(T.TrainConfig(), cuda, None) == 495e12  # float32 runs: TF32 matmuls, TF32 peak
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert T.set_up_device(T.TrainConfig(), cuda, torch.bfloat16) == 989e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert T.set_up_device(T.TrainConfig(), cuda, torch.float16) is None
+    assert capsys.readouterr().out.count("MFU not logged") == 1
+
+
+def test_pytorch_bin_checkpoints_are_memory_mapped(tmp_path, monkeypatch):
+    import checkpoint
+    torch.save({"w": torch.ones(3)}, tmp_path / "pytorch_model.bin")
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    assert checkpoint.read_weight_file(str(tmp_path / "pytorch_model.bin"))["w"].sum() == 3
+    assert seen == [dict(map_location="cpu", weights_only=True, mmap=True)]
