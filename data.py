@@ -27,7 +27,7 @@ import torch
 from formats import DATASETS, FORMATS, DataError, load_conversations  # noqa: F401 (data.X for users)
 from model import get_tokenizer
 from runtime import UserError, opt, parse_config, run_cli
-from synthetic import synthetic_conversations
+from synthetic import synthetic_split
 
 TEMPLATE, SYSTEM, USER, ASSISTANT, EOT = 0, 1, 2, 3, 4  # the segment of each token
 PAD = -1
@@ -112,14 +112,25 @@ def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_wei
     return ids, loss_weights(segs, prompt_loss_weight, template_loss_weight)
 
 
+def answer_start(segs: list[int]) -> int:
+    """Where the last answer begins: the first token of the final run of ASSISTANT/EOT segments."""
+    i = len(segs)
+    while i > 0 and segs[i - 1] in (ASSISTANT, EOT):
+        i -= 1
+    return i
+
+
 def prompt_ids(messages: list[dict], tok: tiktoken.Encoding, max_len: int | None = None) -> list[int]:
     """What generation starts from: everything before the last answer, through "<|assistant|>\\n".
 
-    Same pieces, same tokenization as training, so it is byte-for-byte a prefix of the training ids; with max_len,
-    cut the way training cuts examples (the oldest prompt tokens go first, the template stays).
+    For a conversation that ends with its answer this is exactly the training example's prefix, cut with the
+    same max_len the way training cut it (the answer counts for the cut): evaluation never sees a prompt cut that
+    training did not cut, nor a longer one. An open conversation (no answer yet) is cut on its own.
     """
-    context = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
-    pieces = encode_pieces(context + [{"role": "assistant", "content": ""}], tok)[:-1]  # drop the closing EOT
+    if messages and messages[-1]["role"] == "assistant":
+        ids, segs = encode_segments(messages, tok, max_len)
+        return ids[:answer_start(segs)]
+    pieces = encode_pieces(messages + [{"role": "assistant", "content": ""}], tok)[:-1]  # drop the closing EOT
     return truncate_pieces(pieces, max_len or 1 << 62)[0]
 
 
@@ -314,17 +325,20 @@ def split_and_subsample(convs: list, val_size: float, num_examples: int, seed: i
 
 # train.py's data settings and their defaults: the one place both train.py and eval.py turn them into a split
 SPLIT_DEFAULTS = dict(data="synthetic", format="", val_size=100, num_examples=0, seed=1337,
-                      synth_examples=300, synth_facts=8, synth_answers=1, synth_seed=0)
+                      synth_examples=200, synth_heldout=40, synth_facts=8, synth_mentions=10, synth_keys=120,
+                      synth_seed=0)
 
 
 def load_split(settings: dict) -> tuple[list, list]:
     """(train, held-out) conversations from data settings (any others are ignored; missing ones take
     SPLIT_DEFAULTS). eval.py calls it with a checkpoint's saved config, so it scores exactly what training held out."""
     s = {**SPLIT_DEFAULTS, **{k: v for k, v in settings.items() if k in SPLIT_DEFAULTS}}
-    if s["data"] == "synthetic":
-        convs = synthetic_conversations(s["synth_examples"], s["synth_facts"], s["synth_answers"], s["synth_seed"])
-    else:
-        convs = load_conversations(s["data"], s["format"] or None)
+    if s["data"] == "synthetic":  # its split is part of the task: held-out questions ask about held-out keys
+        if s["num_examples"]:
+            raise UserError("--num_examples subsamples a data file; the synthetic task's is --synth_examples")
+        return synthetic_split(s["synth_examples"], s["synth_heldout"], s["synth_facts"], s["synth_mentions"],
+                               s["synth_seed"], n_keys=s["synth_keys"])
+    convs = load_conversations(s["data"], s["format"] or None)
     return split_and_subsample(convs, s["val_size"], s["num_examples"], s["seed"])
 
 
@@ -377,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(StatsConfig, flags, description="Token statistics of instruction datasets")
     if not files:
         raise UserError("stats: give at least one data file, a dataset name, or 'synthetic'")
-    datasets = {os.path.basename(f): synthetic_conversations(200) if f == "synthetic"
+    datasets = {os.path.basename(f): synthetic_split()[0] if f == "synthetic"
                 else load_conversations(f, cfg.format) for f in files}  # a bad file fails before any download
     tok = get_tokenizer(cfg.tokenizer)
     rows = {name: dataset_stats(convs, tok, cfg.max_len, cfg.batch_size) for name, convs in datasets.items()}

@@ -64,8 +64,8 @@ class EvalConfig:
     batch_size: int = opt(16, "rows per forward pass")
     max_len: int | None = opt(None, "truncate examples to this many tokens (default: the training max_len, "
                                     "else the model's block size)")
-    max_new_tokens: int = opt(0, "generation length limit (0 = the longest reference answer + 16 tokens, at most "
-                                 "half the context); prompts are cut to fit the rest, as training cuts them")
+    max_new_tokens: int = opt(0, "generation length limit (0 = the longest reference answer + 16 tokens); each "
+                                 "prompt gets at most the room left in the context: prompts are never cut for it")
     temperature: float = opt(0.0, "0 = greedy; > 0 samples")
     top_k: int | None = opt(None, "sample only from the k most likely tokens")
     top_p: float | None = opt(None, "sample only from the smallest set of tokens with this total probability")
@@ -165,14 +165,21 @@ def text_metrics(outputs: list[str], references: list[str]) -> dict:
 @torch.no_grad()
 def generate_batched(model, prompts: list[list[int]], cfg: EvalConfig, max_new: int, eos_id: int, device: str,
                      rank: int, show: bool = False) -> list[list[int]]:
-    """New tokens for each prompt (stopped at end-of-text), in batches of similar length, with the KV cache."""
+    """New tokens for each prompt (stopped at end-of-text), in batches of similar length, with the KV cache.
+
+    A prompt is never cut here: each batch gets at most the room its longest prompt leaves in the context
+    (block_size + 1 - length: the last new token needs no position of its own)."""
     generator = torch.Generator(device=device).manual_seed(cfg.seed + rank) if cfg.temperature > 0 else None
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     for start in tqdm(range(0, len(order), cfg.batch_size), desc="generating", disable=not show, leave=False):
         chunk = order[start:start + cfg.batch_size]
-        new = model.generate([prompts[i] for i in chunk], max_new, temperature=cfg.temperature, top_k=cfg.top_k,
-                             top_p=cfg.top_p, eos_id=eos_id, generator=generator)
+        room = model.config.block_size + 1 - len(prompts[chunk[0]])  # the longest prompt of the chunk comes first
+        if room < 1:
+            raise UserError(f"a prompt of {len(prompts[chunk[0]])} tokens leaves no room in the model's context "
+                            f"of {model.config.block_size}")
+        new = model.generate([prompts[i] for i in chunk], min(max_new, room), temperature=cfg.temperature,
+                             top_k=cfg.top_k, top_p=cfg.top_p, eos_id=eos_id, generator=generator)
         for i, tokens in zip(chunk, new):
             out[i] = tokens
     return out
@@ -205,19 +212,22 @@ def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: 
             "prompt_loss": r["prompt_loss"], "output_tokens": r["output_tokens"], "truncated": stats["truncated"]}
 
 
-def new_token_budget(cfg: EvalConfig, references: list[str], tok, block_size: int) -> int:
-    """--max_new_tokens, or (0) the longest reference answer plus 16 tokens, at most half the context."""
+def new_token_budget(cfg: EvalConfig, references: list[str], tok) -> int:
+    """--max_new_tokens, or (0) the longest reference answer plus 16 tokens. Each prompt then gets at most
+    what is left of the context: generation never cuts a prompt to make room."""
     if cfg.max_new_tokens:
-        return min(cfg.max_new_tokens, block_size - 1)
-    return min(max((len(tok.encode_ordinary(r)) for r in references), default=0) + 16, block_size // 2)
+        return cfg.max_new_tokens
+    return max((len(tok.encode_ordinary(r)) for r in references), default=0) + 16
 
 
-def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jsonl: str, greedy: bool) -> dict:
-    """Answer each conversation's last instruction from the training prefix; score against its last answer."""
+def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jsonl: str, greedy: bool,
+                       max_len: int | None = None) -> dict:
+    """Answer each conversation's last instruction from its training prefix (cut at max_len exactly as training
+    cut the example, if at all); score against its last answer."""
     convs = [c for c in convs if c and c[-1]["role"] == "assistant"]
-    max_new = new_token_budget(cfg, [c[-1]["content"] for c in convs], tok, model.config.block_size)
+    max_new = new_token_budget(cfg, [c[-1]["content"] for c in convs], tok)
     mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
-    prompts = [data.prompt_ids(c, tok, model.config.block_size - max_new) for c in mine]
+    prompts = [data.prompt_ids(c, tok, max_len or model.config.block_size + 1) for c in mine]
     run_cfg = replace(cfg, temperature=0.0) if greedy else cfg
     with autocast(dist.device, cfg.dtype):
         new = generate_batched(model, prompts, run_cfg, max_new, tok.eot_token, dist.device, dist.rank, dist.is_main)
@@ -312,11 +322,13 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
             metrics["train"] = loss_metrics(net, tok, train, cfg, dist, max_len)
             metrics["heldout"]["gap_vs_train"] = metrics["heldout"]["output_loss"] - metrics["train"]["output_loss"]
     if cfg.generate:
-        metrics["generate"] = generation_metrics(net, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False)
+        metrics["generate"] = generation_metrics(net, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False,
+                                                 max_len=max_len)
     if cfg.memorization:
         if not train:
             raise UserError("--memorization needs training data: pass --train_data FILE or a train.py checkpoint")
-        metrics["memorization"] = generation_metrics(net, tok, train, cfg, dist, stem + ".train.jsonl", greedy=True)
+        metrics["memorization"] = generation_metrics(net, tok, train, cfg, dist, stem + ".train.jsonl", greedy=True,
+                                                     max_len=max_len)
     if cfg.mmlu:
         metrics["mmlu"] = choice_metrics(net, tok, read_mmlu(cfg.mmlu, cfg.mmlu_style)[:cfg.limit], cfg, dist)
     if cfg.hellaswag:

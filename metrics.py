@@ -11,7 +11,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from data import ASSISTANT, EOT, SYSTEM, USER, Batch, Example, collate
+from data import ASSISTANT, EOT, SYSTEM, USER, Batch, Example, answer_start, collate
 from runtime import Dist, all_reduce_sum
 
 OUTPUT_SEGMENTS = (ASSISTANT, EOT)
@@ -54,3 +54,33 @@ def segment_losses(model: torch.nn.Module, examples: list[Example], batch_size: 
         "output_tokens": int(out_n),
         "prompt_tokens": int(prompt_n),
     }
+
+
+def is_exact(new: list[int], answer: list[int], answer_segs: list[int]) -> bool:
+    """The generated tokens are the answer; an answer that ends with end-of-text must have stopped there."""
+    if answer_segs[-1] == EOT:  # generation stops at end-of-text and leaves it out
+        return new == answer[:-1]
+    return new[:len(answer)] == answer  # training cut the answer's end: its start is all we know
+
+
+@torch.no_grad()
+def exact_match_rate(model: torch.nn.Module, examples: list[Example], batch_size: int, eos_id: int,
+                     dist: Dist | None = None) -> float:
+    """Fraction of examples whose greedy answer, from the example's own training prefix, is its answer token for
+    token. For short answers (the synthetic task); long ones are for eval.py's BLEU and ROUGE."""
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    mine = sorted(examples[rank::world], key=lambda e: len(e.ids))
+    was_training = model.training
+    model.eval()
+    hits = torch.zeros(2, dtype=torch.float64)  # [exact answers, examples]
+    for i in range(0, len(mine), batch_size):
+        chunk = mine[i:i + batch_size]
+        starts = [answer_start(e.segs) for e in chunk]
+        new = model.generate([e.ids[:s] for e, s in zip(chunk, starts)],
+                             max(len(e.ids) - s for e, s in zip(chunk, starts)), eos_id=eos_id)
+        hits += torch.tensor([sum(is_exact(n, e.ids[s:], e.segs[s:]) for n, e, s in zip(new, chunk, starts)),
+                              len(chunk)], dtype=torch.float64)
+    model.train(was_training)
+    if dist is not None and dist.enabled:
+        hits = all_reduce_sum(hits.to(dist.device)).cpu()
+    return hits[0].item() / max(hits[1].item(), 1.0)

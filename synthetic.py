@@ -1,77 +1,132 @@
-"""The built-in synthetic task: instructions about a small made-up world, where loss over instructions matters."""
+"""The built-in task: recall facts of a small made-up world, where loss over instructions decides the outcome.
+
+A world maps 260 keys (a letter and a digit) to made-up four-letter words. Every instruction states a few facts
+and then asks for one more, written as a statement cut just before its value:
+
+    user:      S9=tami, Y2=bosi, K0=mure, D4=vela, A7=poku, R1=lodi, F3=nema, T8=kisu, Y3=
+    assistant: lomo
+
+The keys are split once. Training examples ask about training keys; held-out examples ask about the other keys,
+so no training *answer* ever gives a held-out value. Training *instructions* state each held-out fact a fixed
+number of times (`mentions`), in exactly the form the question takes ("Y3=lomo"). IT puts no loss on
+instructions and cannot learn those values: its held-out exact match is 0 by construction, and what it can
+show is how well it learned the format and how much it memorized. IM trains on every statement, so it can
+recall them when asked. That is one of the two ways IM helps, extra supervision from facts the instructions
+state; the other, the paper's, is less overfitting of the few answers (see README).
+
+The question has the statements' surface form on purpose: a question phrased differently from the statements
+("Tell me Y3's value.") asks a tiny model to carry knowledge across phrasings, which small models learn poorly
+(Allen-Zhu & Li, "Physics of Language Models 3.1"), and such a task shows little of either mechanism.
+
+The knobs hold what they do not name fixed: more training examples add questions about training keys and
+statements of training facts only (every held-out fact is still stated `mentions` times); more facts per
+instruction lengthen the instructions without changing what is asked.
+"""
 from __future__ import annotations
 
-import math
 import random
+import string
+from typing import Iterator
 
 from runtime import UserError
 
-
-ATTRIBUTES = {  # a small fixed world: every entity has one value of each attribute
-    "color": "red blue green teal gold pink gray black white brown",
-    "pet": "cat dog owl fox frog crab goat hawk mole newt",
-    "city": "Rome Oslo Lima Cairo Paris Tokyo Delhi Quito Bern Kyiv",
-    "food": "rice soup figs bread plums beans cake nuts corn kale",
-    "tool": "saw axe drill rope pen hammer lamp key file vise",
-    "sport": "golf chess polo judo rugby darts tennis rowing yoga squash",
-    "drink": "tea milk cola juice cocoa water wine soda kefir mead",
-    "gem": "ruby jade opal onyx pearl topaz amber beryl agate zircon",
-}
+N_KEYS = 260  # a letter and a digit: A0 ... Z9
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
 
 
-def synthetic_world(n_entities: int, world_seed: int = 0) -> dict[tuple[str, str], str]:
-    """(entity, attribute) -> value. Entity i is the same for any n_entities (a bigger world extends a smaller)."""
-    if n_entities > 20000:  # the name space holds 24500 names
-        raise UserError(f"a synthetic world of {n_entities} entities is too big (at most 20000)")
-    rng, world = random.Random(world_seed), {}
-    names: set[str] = set()
-    while len(names) < n_entities:  # Kavo, Dorem, ...: two syllables and maybe a final consonant
-        syllables = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(2))
-        name = (syllables + rng.choice(["", "", "n", "r", "s", "l"])).capitalize()
-        if name not in names:
-            names.add(name)
-            world.update({(name, a): rng.choice(values.split()) for a, values in ATTRIBUTES.items()})
-    return world
+def synthetic_world(n_keys: int = N_KEYS, world_seed: int = 0) -> dict[str, str]:
+    """key -> value for n_keys keys, values distinct made-up words (consonant-vowel-consonant-vowel)."""
+    if not 2 <= n_keys <= N_KEYS:
+        raise UserError(f"--synth_keys must be between 2 and {N_KEYS}, got {n_keys}")
+    rng = random.Random(world_seed)
+    keys = rng.sample([letter + digit for letter in string.ascii_uppercase for digit in string.digits], n_keys)
+    words = [a + b + c + d for a in CONSONANTS for b in VOWELS for c in CONSONANTS for d in VOWELS]
+    return dict(zip(keys, rng.sample(words, n_keys)))
 
 
-def fact(key: tuple[str, str], world: dict) -> str:
-    return f"{key[0]}'s {key[1]} is {world[key]}."
+def split_keys(world: dict[str, str], n_heldout: int, world_seed: int = 0) -> tuple[list[str], list[str]]:
+    """(training keys, held-out keys): a fixed split of the world, the same for any number of examples."""
+    if not 1 <= n_heldout < len(world):
+        raise UserError(f"--synth_heldout must be between 1 and {len(world) - 1}, got {n_heldout}")
+    keys = random.Random(world_seed + 1).sample(sorted(world), len(world))
+    return keys[n_heldout:], keys[:n_heldout]
 
 
-def draw(stream: list, keys: list, k: int, rng: random.Random, avoid: list | tuple = ()) -> list:
-    """k distinct keys from a stream of shuffled rounds through all keys (so all are drawn equally often)."""
-    out: list = []
-    while len(out) < k:
-        stream += [] if stream else rng.sample(keys, len(keys))
-        if (key := stream.pop()) not in out and key not in avoid:
-            out.append(key)
-    return out
+def cycle(keys: list[str], n: int, rng: random.Random) -> list[str]:
+    """n keys from shuffled rounds through all of them, so that each is drawn equally often (within one)."""
+    out: list[str] = []
+    while len(out) < n:
+        out += rng.sample(keys, len(keys))
+    return out[:n]
 
 
-def synthetic_conversations(n: int, n_facts: int = 8, n_answers: int = 1, seed: int = 0, world_seed: int = 0,
-                            n_entities: int | None = None) -> list[list[dict]]:
-    """Instructions that state n_facts facts of a fixed world and ask for n_answers facts they do NOT state.
+def instruction(stated: list[str], asked: str, world: dict[str, str]) -> str:
+    """'S9=tami, Y2=bosi, Y3=': the stated facts, then the asked key as a statement without its value."""
+    return ", ".join([f"{k}={world[k]}" for k in stated] + [f"{asked}="])
 
-    user:      Kavo's pet is owl. Dorem's city is Oslo. ... Tell me Zade's color.
-    assistant: teal.
-    The world (world_seed) is shared by training and held-out examples. By default it has n * n_answers
-    facts, so each fact is asked about once and a held-out answer was never an output in training: only the
-    instructions of other examples state it (about n_facts / n_answers times per fact). Loss on instructions
-    (IM) turns those statements into supervision; IT never trains on them. So instruction length (n_facts)
-    sets how much IM can gain. Answers are checked by exact match. Deterministic for (seed, world_seed).
-    The answer is the values alone ("teal, dog." for two): an answer that repeats "Zade's color is" must be
-    copied from the prompt, which a tiny model learns slowly (measured: after 500 steps, 0/20 exact answers
-    while it completed 7/20 held-out statements; with values alone, 2/20 under IM and 0/20 under IT).
+
+def conversation(stated: list[str], asked: str, world: dict[str, str]) -> list[dict]:
+    return [{"role": "user", "content": instruction(stated, asked, world)},
+            {"role": "assistant", "content": world[asked]}]
+
+
+def deal_mentions(heldout: list[str], mentions: int, n_train: int, n_facts: int,
+                  rng: random.Random) -> list[list[str]]:
+    """Each held-out key `mentions` times over the n_train instructions: dealt round-robin in shuffled rounds,
+    never twice into one instruction, at most n_facts into one."""
+    if len(heldout) * mentions > n_train * n_facts or mentions > n_train:
+        raise UserError(f"--synth_mentions {mentions}: {len(heldout)} held-out facts x {mentions} mentions do not "
+                        f"fit in {n_train} training instructions of {n_facts} facts")
+    dealt: list[list[str]] = [[] for _ in range(n_train)]
+    order, at = rng.sample(range(n_train), n_train), 0
+    for key in (k for _ in range(mentions) for k in rng.sample(heldout, len(heldout))):
+        for _ in range(n_train):  # the next instruction in the round that lacks this key and has room
+            if key not in dealt[order[at % n_train]] and len(dealt[order[at % n_train]]) < n_facts:
+                break
+            at += 1
+        else:
+            raise UserError(f"--synth_mentions {mentions}: no room left to state {key} again; lower it")
+        dealt[order[at % n_train]].append(key)
+        at += 1
+    return dealt
+
+
+def stated_keys(dealt: list[str], stream: Iterator[str], n_facts: int, asked: str, rng: random.Random) -> list[str]:
+    """One instruction's stated keys: its dealt held-out keys, then distinct training keys from the stream."""
+    stated = list(dealt)
+    while len(stated) < n_facts:
+        key = next(stream)
+        if key != asked and key not in stated:
+            stated.append(key)
+    rng.shuffle(stated)
+    return stated
+
+
+def endless(keys: list[str], rng: random.Random) -> Iterator[str]:
+    while True:
+        yield from rng.sample(keys, len(keys))
+
+
+def synthetic_split(n_train: int = 200, n_heldout: int = 40, n_facts: int = 8, mentions: int = 10, seed: int = 0,
+                    world_seed: int = 0, n_keys: int = 120) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(training, held-out) conversations. Deterministic for (seed, world_seed).
+
+    Training example i asks about a training key (each asked equally often) and states n_facts facts: its share
+    of the held-out mentions, the rest training facts. Held-out example j asks about held-out key j and states
+    n_facts other facts of the world (any split).
     """
-    if n_entities is None:
-        n_entities = math.ceil(max(n * n_answers, n_facts + n_answers + 1) / len(ATTRIBUTES))
-    world = synthetic_world(n_entities, world_seed)
-    keys, rng, asked_stream, stated_stream, convs = list(world), random.Random(seed), [], [], []
-    for _ in range(n):
-        asked = draw(asked_stream, keys, n_answers, rng)
-        stated = draw(stated_stream, keys, n_facts, rng, avoid=asked)
-        question = " and ".join(f"{e}'s {a}" for e, a in asked)
-        user = " ".join(fact(k, world) for k in stated) + f" Tell me {question}."
-        convs.append([{"role": "user", "content": user},
-                      {"role": "assistant", "content": ", ".join(world[k] for k in asked) + "."}])
-    return convs
+    if n_train < 1 or n_facts < 1:
+        raise UserError(f"--synth_examples and --synth_facts must be >= 1, got {n_train} and {n_facts}")
+    world = synthetic_world(n_keys, world_seed)
+    train_keys, heldout = split_keys(world, n_heldout, world_seed)
+    # one random stream per part, so a knob changes only its own part: the questions asked in training do not
+    # depend on n_facts or mentions, and the held-out examples depend on n_facts alone
+    asked = cycle(train_keys, n_train, random.Random(f"asked-{seed}"))  # n_train=50 asks the first 50 of 200
+    rng = random.Random(f"stated-{seed}")
+    dealt = deal_mentions(heldout, mentions, n_train, n_facts, rng)
+    stream = endless(train_keys, rng)
+    train = [conversation(stated_keys(d, stream, n_facts, a, rng), a, world) for d, a in zip(dealt, asked)]
+    val_rng = random.Random(f"heldout-{seed}")
+    everything = endless(sorted(world), val_rng)
+    val = [conversation(stated_keys([], everything, n_facts, k, val_rng), k, world) for k in heldout]
+    return train, val

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from checkpoint import rng_state, set_rng_state
 from data import Batch, Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
 from loss import StepLoss, mark_dynamic, run_micro_batches, step_batches, step_totals
-from metrics import segment_losses
+from metrics import exact_match_rate, segment_losses
 from mfu import peak_flops, training_flops
 from model import GPT, GPTConfig, get_tokenizer, load_checkpoint, load_model, save_checkpoint
 from runtime import (Dist, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed, join_distributed,
@@ -97,13 +97,18 @@ def all_rng_states(d: Dist) -> list[dict]:
 
 
 def evaluate(model: GPT, val: list[Example], train_sample: list[Example], bs: int, device: str, d: Dist,
-             amp_dtype) -> dict:
-    """Held-out output and prompt loss, and the output loss on a fixed sample of the training set."""
+             amp_dtype, eos_id: int | None = None) -> dict:
+    """Held-out output and prompt loss, and the output loss on a fixed sample of the training set. With eos_id
+    (short answers: the synthetic task), also greedy exact match on both: held-out, and memorization."""
     with torch.random.fork_rng(devices=[]):  # scoring must not shift training's random streams (exact resume)
         v = segment_losses(model, val, bs, device, d, amp_dtype)
         t = segment_losses(model, train_sample, bs, device, d, amp_dtype)
-    return {"val_output_loss": v["output_loss"], "val_prompt_loss": v["prompt_loss"],
-            "train_output_loss": t["output_loss"], "train_prompt_loss": t["prompt_loss"]}
+        r = {"val_output_loss": v["output_loss"], "val_prompt_loss": v["prompt_loss"],
+             "train_output_loss": t["output_loss"], "train_prompt_loss": t["prompt_loss"]}
+        if eos_id is not None:
+            r["val_exact_match"] = exact_match_rate(model, val, bs, eos_id, d)
+            r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, d)
+    return r
 
 
 def resume_config(saved: dict, given: TrainConfig) -> tuple[TrainConfig, list[str]]:
@@ -270,7 +275,8 @@ def eval_and_save(s: Session) -> dict:
     """Score the model, log it, keep best.pt by held-out output loss, and save ckpt.pt."""
     flush(s)  # a diverged step stops the run here, before it could reach a checkpoint
     bs = max(1, s.cfg.micro_batch_size or s.cfg.batch_size // s.d.world_size)
-    r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype)}
+    eos = get_tokenizer(s.tok_name).eot_token if s.cfg.data == "synthetic" else None  # one-word answers
+    r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype, eos)}
     if not s.val:
         r["val_output_loss"] = r["val_prompt_loss"] = None
     s.prog.history.append(r)

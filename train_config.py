@@ -16,7 +16,7 @@ from runtime import UserError, opt
 
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
 # CPU in minutes, and the paper's recipe (Shi et al. 2024, App. A) for fine-tuning a pretrained GPT-2.
-SCRATCH_RECIPE = dict(batch_size=8, micro_batch_size=0, epochs=0.0, max_steps=400, lr=2e-3, min_lr_ratio=0.1,
+SCRATCH_RECIPE = dict(batch_size=32, micro_batch_size=0, epochs=0.0, max_steps=400, lr=3e-3, min_lr_ratio=0.1,
                       schedule="cosine", warmup_ratio=0.05, weight_decay=0.1, eval_interval=100, threads=1)
 PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0, lr=2e-5, min_lr_ratio=0.0,
                     schedule="linear", warmup_ratio=0.03, weight_decay=0.0, eval_interval=50, threads=0)
@@ -44,12 +44,17 @@ class TrainConfig:
     data: str = opt(SPLIT_DEFAULTS["data"], "'synthetic' (the built-in offline task) or an instruction file: Alpaca, Dolly, "
                     "prompt/completion, messages or ShareGPT, JSON or JSONL")
     format: str = opt("", "file format ('' = auto-detect)")
-    val_size: float = opt(SPLIT_DEFAULTS["val_size"], "held-out examples split off the data (a count, or a fraction if < 1)")
+    val_size: float = opt(SPLIT_DEFAULTS["val_size"], "held-out examples split off a data file (a count, or a fraction "
+                          "if < 1); the synthetic task's held-out set is --synth_heldout")
     num_examples: int = opt(SPLIT_DEFAULTS["num_examples"], "train on a random subset of this many examples (0 = all)")
-    synth_examples: int = opt(SPLIT_DEFAULTS["synth_examples"], "synthetic task: examples generated (train + held-out)")
+    synth_examples: int = opt(SPLIT_DEFAULTS["synth_examples"], "synthetic task: training examples (more of them "
+                              "ask about training facts only; the held-out set stays the same)")
+    synth_heldout: int = opt(SPLIT_DEFAULTS["synth_heldout"], "synthetic task: held-out facts, one question each")
     synth_facts: int = opt(SPLIT_DEFAULTS["synth_facts"], "synthetic task: facts stated in each instruction "
-                            "(sets the instruction length; 8 fit the tiny model's context)")
-    synth_answers: int = opt(SPLIT_DEFAULTS["synth_answers"], "synthetic task: facts asked for in each output (sets the output length)")
+                           "(sets the instruction length)")
+    synth_mentions: int = opt(SPLIT_DEFAULTS["synth_mentions"], "synthetic task: how often training instructions "
+                              "state each held-out fact")
+    synth_keys: int = opt(SPLIT_DEFAULTS["synth_keys"], "synthetic task: facts in the world (at most 260)")
     synth_seed: int = opt(SPLIT_DEFAULTS["synth_seed"], "synthetic task: seed of the generated examples")
     # loss
     loss: str = opt("it", "it: loss on outputs only; im: loss on instructions too (prompt weight 0 or 1)")

@@ -15,14 +15,19 @@ the number of steps and the learning rate; runs differ only in their mode. A mod
 Any other flag (--lr, --max_steps, --data, --init_from, --device, ...) goes to train.py unchanged
 (`python train.py --help` lists them); the modes and seeds set --prompt_loss_weight and --seed.
 
-Writes out_dir/results.json (one record per run), out_dir/summary.md (mean ± std per mode and the verdict) and
-out_dir/curves.png (train and held-out output loss against steps). Runs happen one at a time, in this process.
+Writes out_dir/results.json (one record per run, the paired per-seed gains and the verdict), out_dir/summary.md
+(mean ± std per mode and the verdict) and out_dir/curves.png (train and held-out output loss against steps).
+--jobs runs that many trainings at once, each in its own process with one thread (the default, 2, fills a 2-core
+machine); every run's numbers are the same whatever --jobs is. Each run's output goes to runs/<mode>-s<seed>/run.log.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import random
 import sys
@@ -48,9 +53,12 @@ from runtime import UserError, opt, parse_config, run_cli  # noqa: E402
 RESERVED = ("seed", "out_dir", "loss", "prompt_loss_weight")  # train settings that the modes and seeds decide
 # (key in a record's "metrics", column title, True if lower is better); the summary table's columns in order
 METRICS = [("heldout_loss", "held-out output loss ↓", True), ("train_loss", "train output loss", True),
-           ("gap", "gap (held-out − train)", True), ("exact_match", "exact match ↑", False),
+           ("gap", "gap (held-out − train)", True), ("exact_match", "held-out exact match ↑", False),
+           ("memorization_exact_match", "memorization exact match", False),
            ("bleu", "BLEU ↑", False), ("rouge_l", "ROUGE-L ↑", False),
            ("memorization_bleu", "memorization BLEU", False)]
+LONG_ONLY = ("bleu", "rouge_l", "memorization_bleu")  # n-gram overlap says nothing about one-word answers
+SHORT_ANSWER_TOKENS = 16  # answers up to this long (on average, end-of-text included) are scored by exact match
 
 
 @dataclass
@@ -66,18 +74,21 @@ class CompareConfig:
     loss_examples: int = opt(1000, "held-out and training examples scored for the output losses (0 = all)")
     gen_examples: int = opt(100, "held-out and training instructions answered per run (exact match, BLEU, "
                                  "memorization; 0 = all)")
-    max_new_tokens: int = opt(64, "generation length limit (raise it for long free-text answers)")
+    max_new_tokens: int = opt(0, "generation length limit (0 = eval.py's: the longest reference answer + 16 "
+                                 "tokens); a prompt is never cut for it")
     eval_batch_size: int = opt(16, "rows per forward pass in the evaluation")
     train_config: str = opt("", "TOML or JSON file of train.py settings (flags given here win)")
     resume: bool = opt(False, "reuse the runs already in out_dir/results.json with the same settings")
     keep_checkpoints: bool = opt(False, "keep each run's ckpt.pt/best.pt (large for GPT-2)")
+    jobs: int = opt(2, "runs trained at once, each in its own process (1 = one after another, in this process)")
 
     def validate(self) -> None:
         for mode in all_modes(self):
             mode_settings(mode, self.neftune_alpha, self.kl_coef)  # raises on a bad mode name
-        counts = (self.seeds, self.max_new_tokens, self.eval_batch_size, self.gen_examples + 1, self.loss_examples + 1)
+        counts = (self.seeds, self.max_new_tokens + 1, self.eval_batch_size, self.gen_examples + 1,
+                  self.loss_examples + 1, self.jobs)
         if min(counts) < 1:
-            raise UserError("--seeds, --max_new_tokens, --eval_batch_size must be >= 1; --*_examples >= 0")
+            raise UserError("--seeds, --eval_batch_size, --jobs must be >= 1; --max_new_tokens, --*_examples >= 0")
         if self.checkpoint not in ("last", "best"):
             raise UserError(f"--checkpoint must be last or best, got {self.checkpoint!r}")
 
@@ -206,21 +217,57 @@ def run_one(cfg: CompareConfig, base, mode: str, seed: int) -> dict:
             "train_settings": train_settings, "eval_settings": eval_settings}
 
 
+def run_logged(cfg: CompareConfig, base, mode: str, seed: int) -> dict:
+    """run_one in a worker process: one thread, its output to the run's run.log (runs side by side stay legible)."""
+    torch.set_num_threads(1)
+    run_dir = os.path.join(cfg.out_dir, "runs", f"{mode}-s{seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "run.log"), "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        return run_one(cfg, base, mode, seed)
+
+
+def one_line(r: dict) -> str:
+    m = r["metrics"]
+    shown = [f"{k} {m[k]:.3f}" for k in ("heldout_loss", "exact_match", "memorization_exact_match") if k in m]
+    return f"=== {r['mode']}-s{r['seed']} done in {r['time_s']['train'] + r['time_s']['eval']:.0f} s: " + ", ".join(shown)
+
+
 def run_all(cfg: CompareConfig, base, modes: list[str], done: list[dict] | None = None,
             on_record=None) -> list[dict]:
-    """Every (mode, seed), one at a time; records in `done` with identical settings are reused."""
+    """Every (mode, seed), --jobs at a time; records in `done` with identical settings are reused. Records come
+    back in (mode, seed) order whatever order the runs finish in."""
     reuse = {(r["mode"], r["seed"]): r for r in (done or [])}
-    records = []
-    for mode in modes:
-        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-            old = reuse.get((mode, seed))
-            _, train_settings, eval_settings = run_settings(cfg, base, mode, seed)
-            same = old is not None and [old["train_settings"], old["eval_settings"]] == [train_settings, eval_settings]
-            print(f"=== {mode}-s{seed} ({'reused' if same else 'training'})", flush=True)
-            records.append(old if same else run_one(cfg, base, mode, seed))
-            if on_record is not None:
-                on_record(records)
-    return records
+    plan = [(mode, seed) for mode in modes for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)]
+    results: dict[tuple[str, int], dict] = {}
+    todo = []
+    for mode, seed in plan:
+        old = reuse.get((mode, seed))
+        _, train_settings, eval_settings = run_settings(cfg, base, mode, seed)
+        if old is not None and [old["train_settings"], old["eval_settings"]] == [train_settings, eval_settings]:
+            results[(mode, seed)] = old
+            print(f"=== {mode}-s{seed} reused", flush=True)
+        else:
+            todo.append((mode, seed))
+
+    def finished(key: tuple[str, int], record: dict) -> None:
+        results[key] = record
+        print(one_line(record), flush=True)
+        if on_record is not None:
+            on_record([results[k] for k in plan if k in results])
+
+    if cfg.jobs == 1:
+        for mode, seed in todo:
+            print(f"=== {mode}-s{seed} training", flush=True)
+            finished((mode, seed), run_one(cfg, base, mode, seed))
+    else:
+        print(f"=== training {len(todo)} runs, {cfg.jobs} at a time (logs in {cfg.out_dir}/runs/*/run.log)", flush=True)
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or state
+        with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context) as pool:
+            futures = {pool.submit(run_logged, cfg, base, mode, seed): (mode, seed) for mode, seed in todo}
+            for future in concurrent.futures.as_completed(futures):
+                finished(futures[future], future.result())
+    return [results[k] for k in plan]
 
 
 # ----------------------------------------------------------------------------- the summary (pure)
@@ -245,6 +292,13 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
+def paired_gains(records: list[dict], metric: str, lower_is_better: bool, a: str = "it", b: str = "im") -> dict:
+    """{seed: how much better b did than a} for the seeds both ran (same seed: same init and example order)."""
+    values = by_mode(records, metric)
+    va, vb = values.get(a, {}), values.get(b, {})
+    return {s: (va[s] - vb[s]) if lower_is_better else (vb[s] - va[s]) for s in va if s in vb}
+
+
 def verdict(records: list[dict], metric: str, label: str, lower_is_better: bool, a: str = "it", b: str = "im") -> str:
     """One honest sentence: did mode b beat mode a on this metric, by how much, and is that beyond the seed spread?"""
     values = by_mode(records, metric)
@@ -253,18 +307,19 @@ def verdict(records: list[dict], metric: str, label: str, lower_is_better: bool,
         return f"{label}: no {A}/{B} pair to compare."
     (ma, sa), (mb, sb) = mean_std(list(values[a].values())), mean_std(list(values[b].values()))
     diff = mb - ma
-    paired = [values[b][s] - values[a][s] for s in values[a] if s in values[b]]  # same seed: same init and order
-    wins = sum((d < 0) if lower_is_better else (d > 0) for d in paired)
+    gains = paired_gains(records, metric, lower_is_better, a, b)
+    wins = sum(g > 0 for g in gains.values())
     if diff == 0:
-        return f"{label}: {B} and {A} tie at {ma:.4g} (over {plural(len(paired), 'seed')})."
+        return f"{label}: {B} and {A} tie at {ma:.4g} (over {plural(len(gains), 'seed')})."
     spread = sa + sb  # the two modes' seed standard deviations added: a difference beyond this is not seed luck
     if min(len(values[a]), len(values[b])) < 2:
         beyond = "one seed only, so no seed spread to compare with"
     else:
         beyond = f"{'beyond' if abs(diff) > spread else 'within'} the seed spread (std {A} + std {B} = {spread:.3g})"
     won = "beat" if (diff < 0) == lower_is_better else "did NOT beat"
+    per_seed = ", ".join(f"{g:+.3g}" for g in gains.values())
     return (f"{label}: {B} {won} {A}: {ma:.4g} → {mb:.4g} (difference {diff:+.4g}, {beyond}; "
-            f"{B} better on {wins} of {plural(len(paired), 'seed')}).")
+            f"{B} better on {wins} of {plural(len(gains), 'seed')}; {B}'s gain per seed {per_seed}).")
 
 
 def cell(values: list[float]) -> str:
@@ -274,10 +329,12 @@ def cell(values: list[float]) -> str:
     return f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
 
 
-def summary_table(records: list[dict]) -> str:
-    """Markdown: one row per mode, mean ± std over seeds of each metric, plus training time."""
+def summary_table(records: list[dict], short_answers: bool = False) -> str:
+    """Markdown: one row per mode, mean ± std over seeds of each metric, plus training time. With short answers
+    the n-gram scores (BLEU, ROUGE-L) are left out: exact match says it all."""
     modes = list(dict.fromkeys(r["mode"] for r in records))
-    metrics = [(k, title) for k, title, _ in METRICS if any(k in r["metrics"] for r in records)]
+    metrics = [(k, title) for k, title, _ in METRICS if any(k in r["metrics"] for r in records)
+               and not (short_answers and k in LONG_ONLY)]
     head = ["mode", "seeds"] + [title for _, title in metrics] + ["train time (s)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode in modes:
@@ -292,7 +349,8 @@ def describe_setup(records: list[dict], d: dict) -> str:
     """The data (dataset_info's facts) and the training settings that all runs shared, in two lines."""
     r = records[0]
     t = r["train_settings"]
-    data = (f"synthetic ({t['synth_facts']} stated facts per instruction, {t['synth_answers']} asked)"
+    data = (f"synthetic ({t['synth_facts']} stated facts per instruction; each held-out fact stated "
+            f"{t['synth_mentions']} times in training instructions, never asked in training)"
             if t["data"] == "synthetic" else t["data"])
     sizes = ", ".join(f"{k} {t[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size") if t[k])
     model = t["init_from"] if t["init_from"] != "scratch" else f"{t['model']} from scratch ({sizes or 'preset'})"
@@ -303,17 +361,25 @@ def describe_setup(records: list[dict], d: dict) -> str:
             f"its {which} checkpoint.")
 
 
-def summary_markdown(records: list[dict], info: dict) -> str:
-    lines = ["# IM vs IT", "", describe_setup(records, info), "", summary_table(records), "",
-             "Mean ± sample std over seeds. Losses are the output-token cross-entropy (nats) whatever the training "
-             "loss; exact match in [0, 1]; BLEU, ROUGE-L in [0, 100]; memorization BLEU is on training instructions.",
-             "", "## Verdict", ""]
+VERDICT_METRICS = (("heldout_loss", "held-out output loss", True), ("exact_match", "held-out exact match", False),
+                   ("memorization_exact_match", "memorization exact match (lower: less copying)", True))
+
+
+def verdict_lines(records: list[dict]) -> list[str]:
+    """Every other mode against IT (IM first: the paper's question), one line per metric that both have."""
     others = [m for m in dict.fromkeys(r["mode"] for r in records) if m != "it"]
-    for mode in sorted(others, key=lambda m: m != "im"):  # IM first: the paper's question
-        for metric, label, lower in (("heldout_loss", "held-out output loss", True),
-                                     ("exact_match", "exact match", False)):
-            lines.append("- " + verdict(records, metric, f"{mode.upper()} vs IT, {label}", lower, "it", mode))
-    return "\n".join(lines) + "\n"
+    return [verdict(records, metric, f"{mode.upper()} vs IT, {label}", lower, "it", mode)
+            for mode in sorted(others, key=lambda m: m != "im") for metric, label, lower in VERDICT_METRICS
+            if mode in by_mode(records, metric)]
+
+
+def summary_markdown(records: list[dict], info: dict) -> str:
+    short = info.get("output_tokens", 0) <= SHORT_ANSWER_TOKENS
+    lines = ["# IM vs IT", "", describe_setup(records, info), "", summary_table(records, short), "",
+             "Mean ± sample std over seeds. Losses are the output-token cross-entropy (nats) whatever the training "
+             "loss; exact match in [0, 1] (memorization: on training instructions, greedy)"
+             + ("." if short else "; BLEU, ROUGE-L in [0, 100]."), "", "## Verdict", ""]
+    return "\n".join(lines + ["- " + v for v in verdict_lines(records)]) + "\n"
 
 
 # ----------------------------------------------------------------------------- data facts, plots, files
@@ -391,9 +457,23 @@ def load_records(path: str) -> list[dict]:
         raise UserError(f"{path}: not a results.json written by compare.py ({e})") from None
 
 
-def write_results(out_dir: str, records: list[dict], info: dict) -> None:
+def paired_summary(records: list[dict]) -> dict:
+    """{mode: {metric: {"per_seed": {seed: gain over IT}, "min", "mean"}}}: what a reader checks first."""
+    out: dict = {}
+    for mode in dict.fromkeys(r["mode"] for r in records):
+        for metric, _, lower in VERDICT_METRICS[:2]:
+            gains = paired_gains(records, metric, lower, "it", mode) if mode != "it" else {}
+            if gains:
+                out.setdefault(mode, {})[metric] = {"per_seed": gains, "min": min(gains.values()),
+                                                    "mean": mean_std(list(gains.values()))[0]}
+    return out
+
+
+def write_results(out_dir: str, records: list[dict], info: dict, wall_s: float | None = None) -> None:
     """results.json, summary.md and curves.png from the records so far (called after every run)."""
-    write_text(os.path.join(out_dir, "results.json"), json.dumps({"data": info, "runs": records}, indent=1) + "\n")
+    results = {"data": info, "gains_over_it": paired_summary(records), "verdict": verdict_lines(records),
+               "wall_s": wall_s, "runs": records}
+    write_text(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1) + "\n")
     write_text(os.path.join(out_dir, "summary.md"), summary_markdown(records, info))
     plot_curves(records, os.path.join(out_dir, "curves.png"))
 
@@ -405,8 +485,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     info = dataset_info(run_train_config(base, cfg, modes[0], cfg.first_seed, cfg.out_dir))
     print(f"comparing {', '.join(modes)} over {cfg.seeds} seeds; data: {info}", flush=True)
     records = run_all(cfg, base, modes, done, on_record=lambda rs: write_results(cfg.out_dir, rs, info))
+    wall = time.perf_counter() - t0
+    write_results(cfg.out_dir, records, info, wall)
     print(summary_markdown(records, info))
-    print(f"wrote {cfg.out_dir}/results.json, summary.md, curves.png in {time.perf_counter() - t0:.0f} s")
+    print(f"wrote {cfg.out_dir}/results.json, summary.md, curves.png in {wall:.0f} s")
     return records
 
 

@@ -1,23 +1,24 @@
 """The paper's two factors (Shi et al. 2024, Fig. 2): how IM's gain over IT changes with the number of training
 examples and with the instruction/output length ratio. Each point is a small IT-vs-IM comparison over seeds.
 
-    python scripts/sweep.py --factor examples                   # 50,100,200,400 synthetic examples
-    python scripts/sweep.py --factor ratio                      # 1,2,4,6 stated facts per instruction
+    python scripts/sweep.py --factor examples                   # 50,100,200,400 synthetic training examples
+    python scripts/sweep.py --factor ratio                      # 1,2,4,8 stated facts per instruction
     python scripts/sweep.py --factor examples --points 100,1000,10000 --init_from gpt2 --data alpaca.json
     python scripts/sweep.py --factor ratio --bins 3 --init_from gpt2 --data alpaca.json  # subsets by ratio
 
-The points: `examples` sets the synthetic generator's training examples (its world grows with them, so each
-fact is stated equally often) or, with --data FILE, a random subset of that many; `ratio` sets the synthetic
-number of stated facts per instruction (instruction length; the answer stays one fact) or, with --data FILE,
-splits the data into --bins equal-size subsets by each example's instruction/output token ratio, as the paper
-did. Every flag of scripts/compare.py works here too (--seeds, --max_steps, --device, ...).
+Each knob moves one thing. `examples` sets the synthetic task's training examples; the world, the held-out
+questions and how often training instructions state each held-out fact stay fixed (extra examples ask about,
+and state, training facts only), so IM's possible gain is not built in by the number of examples. With
+--data FILE it takes a random subset of that many. `ratio` sets the facts stated per instruction (the
+instruction length) while every question and answer stays the same; the held-out facts are stated in
+proportion (a fact per instruction more is a statement more of each fact), because in this task that is what
+a longer instruction carries. With --data FILE it splits the data into --bins equal-size subsets by each
+example's instruction/output token ratio, as the paper did. Every flag of scripts/compare.py works here too
+(--seeds, --jobs, --max_steps, --device, ...); every point trains the same number of steps.
 
 Writes out_dir/sweep.json, sweep.md (the gain at each point, honest about the seed spread) and sweep.png (the
 gain against the factor, ± std over seeds); each point also gets compare.py's files in out_dir/<point>/.
-Default runtime: 4 points x 2 modes x 2 seeds = 16 runs of train.py's default steps. One run of the default
-compare.py took ~80 s of CPU (~2.5 min wall on a shared 2-core machine), so expect ~20-40 min for
---factor examples and less for --factor ratio (fewer facts, shorter examples). --seeds, --points, --max_steps
-make it cheaper.
+Default runtime: 4 points x 2 modes x 2 seeds = 16 runs, 2 at a time: about 15 minutes on an idle 2-core machine.
 """
 from __future__ import annotations
 
@@ -35,16 +36,17 @@ from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments, load_conversatio
 from model import get_tokenizer  # noqa: E402
 from runtime import UserError, opt, run_cli  # noqa: E402
 
-DEFAULT_POINTS = {"examples": [50, 100, 200, 400], "ratio": [1, 2, 4, 6]}  # 6 facts still fit the tiny context
+DEFAULT_POINTS = {"examples": [50, 100, 200, 400], "ratio": [1, 2, 4, 8]}
 # (metric, title, lower is better); the gain is signed so that a positive gain means IM did better
-GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_match", "exact match: IM − IT", False)]
+GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_match", "exact match: IM − IT", False),
+         ("memorization_exact_match", "memorization exact match: IT − IM", True)]
 
 
 @dataclass
 class SweepConfig(CompareConfig):
     out_dir: str = opt("out/sweep", "where sweep.json, sweep.md, sweep.png and one folder per point go")
     factor: str = opt("examples", "examples (training set size) or ratio (instruction/output length)")
-    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,6 facts)")
+    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,8 facts)")
     bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio")
     seeds: int = opt(2, "runs per mode and point")
 
@@ -61,13 +63,13 @@ class SweepConfig(CompareConfig):
 # ----------------------------------------------------------------------------- the points
 
 def point_settings(factor: str, value: int, base) -> dict:
-    """The train settings of one synthetic or subsample point."""
-    if factor == "ratio":
-        return {"synth_facts": value}
-    if base.data == "synthetic":  # the generator makes the held-out examples too
-        total = value + int(base.val_size) if base.val_size >= 1 else round(value / (1 - base.val_size))
-        return {"synth_examples": total, "num_examples": 0}
-    return {"num_examples": value}
+    """The train settings of one synthetic or subsample point; everything else stays as in `base`."""
+    if base.data != "synthetic":
+        return {"num_examples": value}
+    if factor == "examples":  # the held-out set and its mentions in training instructions stay as they are
+        return {"synth_examples": value}
+    # held-out facts stated in proportion to the facts per instruction (default 8 facts: 10 mentions)
+    return {"synth_facts": value, "synth_mentions": max(1, round(base.synth_mentions * value / base.synth_facts))}
 
 
 def example_ratio(messages: list[dict], tok) -> float:
@@ -138,15 +140,16 @@ def point_row(label: str, records: list[dict], info: dict) -> dict:
 
 def sweep_markdown(factor: str, rows: list[dict]) -> str:
     head = ("| point | train examples | instr/output ratio | held-out loss IT | IM | gain (IT − IM) | "
-            "exact match IT | IM | gain (IM − IT) |")
+            "exact match IT | IM | gain (IM − IT) | memorization EM IT | IM |")
     lines = [f"# IM vs IT against {factor}", "",
              "Gain > 0 means IM did better. Gains are paired by seed, mean ± std over seeds; the words say whether "
-             "|mean| exceeds that std.", "", head, "|" + "---|" * 9]
+             "|mean| exceeds that std.", "", head, "|" + "---|" * 11]
     for r in rows:
         loss, em = r["gains"]["heldout_loss"], r["gains"]["exact_match"]
+        mem = r["gains"].get("memorization_exact_match", {"it": float("nan"), "im": float("nan")})
         lines.append(f"| {r['point']} | {r['train_examples']} | {r['ratio']:.2f} | {loss['it']:.3f} | {loss['im']:.3f} "
                      f"| {loss['mean']:+.3f} ± {loss['std']:.3f} ({call(loss)}) | {em['it']:.3f} | {em['im']:.3f} "
-                     f"| {em['mean']:+.3f} ± {em['std']:.3f} ({call(em)}) |")
+                     f"| {em['mean']:+.3f} ± {em['std']:.3f} ({call(em)}) | {mem['it']:.3f} | {mem['im']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +157,7 @@ def plot_gains(factor: str, rows: list[dict], path: str) -> None:
     """IM's gain against the factor (x: training examples or measured ratio), error bars = std over seeds."""
     key = "train_examples" if factor == "examples" else "ratio"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (metric, title, _) in zip(axes, GAINS):
+    for ax, (metric, title, _) in zip(axes, GAINS[:2]):
         xs = [r[key] for r in rows]
         ax.errorbar(xs, [r["gains"][metric]["mean"] for r in rows], yerr=[r["gains"][metric]["std"] for r in rows],
                     marker="o", capsize=4)

@@ -1,4 +1,4 @@
-"""data.py: formats -> messages -> (ids, weights); truncation; batching; the synthetic task; errors; the CLI."""
+"""data.py: formats -> messages -> (ids, weights); truncation; batching; errors; the CLI."""
 import json
 import os
 import subprocess
@@ -105,7 +105,7 @@ def test_loss_weights_table_presets_and_padding():
 def conversations_for_properties() -> list[list[dict]]:
     return [SINGLE, MULTI, msgs(("user", "Add\n\n2 3"), ("assistant", "")),
             msgs(("system", "S"), ("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2"),
-                 ("user", "u3"), ("assistant", "a3"))] + synthetic.synthetic_conversations(20, n_answers=2)
+                 ("user", "u3"), ("assistant", "a3"))] + synthetic.synthetic_split(20, 5, 2, 2)[0]
 
 
 @pytest.mark.parametrize("m", conversations_for_properties())
@@ -260,43 +260,6 @@ def test_split_is_deterministic_and_independent_of_num_examples():
         data.split_and_subsample(convs, 10, 91, seed=0)
     with pytest.raises(UserError, match="val_size"):
         data.split_and_subsample(convs, 100, 0, seed=0)
-
-
-# ----------------------------------------------------------------------------- the synthetic task
-
-def asked_facts(conv: list[dict]) -> list[str]:
-    """The statements a synthetic answer stands for: "Tell me Zade's color." + "teal." -> "Zade's color is teal." """
-    question = conv[0]["content"].split(" Tell me ")[1].rstrip(".")
-    return [f"{q} is {v}." for q, v in zip(question.split(" and "), conv[1]["content"].rstrip(".").split(", "))]
-
-
-def test_synthetic_task_is_deterministic_sized_and_verifiable():
-    convs = synthetic.synthetic_conversations(200, seed=3)
-    assert convs == synthetic.synthetic_conversations(200, seed=3) != synthetic.synthetic_conversations(200, seed=4)
-    assert all(150 <= len(c[0]["content"].encode()) <= 300 for c in convs)
-    world = synthetic.synthetic_world(25)  # 200 questions, one per fact: 25 entities x 8 attributes
-    assert len(world) == 200 and synthetic.synthetic_world(10).items() <= world.items()  # a bigger world extends
-    facts = {synthetic.fact(k, world) for k in world}
-    for c in convs:
-        stated = {s + "." for s in c[0]["content"].split(". Tell me")[0].split(". ")}
-        (answer,) = asked_facts(c)
-        assert len(stated) == 8 and stated <= facts and answer in facts and answer not in stated
-    assert sorted(a for c in convs for a in asked_facts(c)) == sorted(facts)  # each fact asked exactly once
-
-
-def test_synthetic_knobs_and_fact_coverage():
-    n8, n1 = synthetic.synthetic_conversations(100, n_facts=8), synthetic.synthetic_conversations(100, n_facts=1)
-    a3 = synthetic.synthetic_conversations(100, n_answers=3)
-    mean = lambda convs, i: sum(len(c[i]["content"]) for c in convs) / len(convs)
-    assert mean(n8, 0) > 4 * mean(n1, 0) and mean(a3, 1) > 2.5 * mean(n8, 1)  # instruction / output length
-    assert all(len(asked_facts(c)) == 3 and c[1]["content"].count(", ") == 2 for c in a3)
-    # a held-out answer was never a training output, but training instructions state it about 8 times
-    train, val = data.split_and_subsample(synthetic.synthetic_conversations(400), 40, 0, seed=0)
-    stated = " ".join(c[0]["content"] for c in train)
-    trained = {a for c in train for a in asked_facts(c)}
-    counts = [stated.count(a) for c in val for a in asked_facts(c)]
-    assert min(counts) >= 5 and 7 <= sum(counts) / len(counts) <= 8
-    assert not any(a in trained for c in val for a in asked_facts(c))
 
 
 # ----------------------------------------------------------------------------- formats

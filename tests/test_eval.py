@@ -255,14 +255,36 @@ def test_generation_batched_matches_one_prompt_at_a_time(net, tok, tmp_path):
 
 
 def test_prompt_ids_is_cut_like_training(tok):
+    """The prompt is the training example's own prefix, cut with the answer counted, as training cut it."""
     conv = [{"role": "user", "content": "fact " * 30 + "Question?"}, {"role": "assistant", "content": "Answer."}]
     assert data.prompt_ids(conv, tok, 1000) == data.prompt_ids(conv, tok)
-    cut = tok.decode(data.prompt_ids(conv, tok, 40))
-    assert cut == "<|user|>\nt fact Question?\n<|assistant|>\n"  # 40 byte tokens, the template kept
-    assert ev.new_token_budget(config(), ["abc", "abcdefg"], tok, 256) == 7 + 16
-    assert ev.new_token_budget(config(), ["x" * 500], tok, 256) == 128
-    assert ev.new_token_budget(config(max_new_tokens=500), ["x"], tok, 256) == 255
+    for max_len in (40, 60, 1000):
+        ids, segs = data.encode_segments(conv, tok, max_len)
+        p = data.prompt_ids(conv, tok, max_len)
+        assert ids[:len(p)] == p and segs[len(p)] == data.ASSISTANT
+    # 40 tokens: 24 template + 7 answer + end-of-text leave 8 for the prompt (its last 8 bytes)
+    assert tok.decode(data.prompt_ids(conv, tok, 40)) == "<|user|>\nuestion?\n<|assistant|>\n"
+    assert ev.new_token_budget(config(), ["abc", "abcdefg"], tok) == 7 + 16
+    assert ev.new_token_budget(config(max_new_tokens=500), ["x"], tok) == 500
 
+
+def test_generation_never_cuts_a_prompt_that_training_kept(net, tok, tmp_path):
+    """The old bug: a generation budget of 64 in a 64-token context cut every prompt to fit. Now each prompt is
+    the training prefix (cut at block_size + 1, as train.py cuts examples) and the answer gets the room left."""
+    convs = [[{"role": "user", "content": "k" * n + "="}, {"role": "assistant", "content": "abcd"}]
+             for n in (10, 25, 35, 60)]  # prompts of 36, 51, 61 tokens, and one that training cut
+    out = str(tmp_path / "gen.jsonl")
+    ev.generation_metrics(net, tok, convs, config(batch_size=3, max_new_tokens=64), Dist(), out, greedy=True,
+                          max_len=65)
+    records = [json.loads(line) for line in open(out)]
+    kept = []
+    for rec, conv in zip(records, convs):
+        ids, segs = data.encode_segments(conv, tok, 65)
+        prefix = ids[:data.answer_start(segs)]
+        assert rec["prompt"] == tok.decode(prefix), f"generation saw a prompt training never saw: {rec['prompt']!r}"
+        assert len(tok.encode(rec["output"], allowed_special="all")) <= 65 - len(prefix)  # the room left
+        kept.append(len(prefix) == len(data.prompt_ids(conv, tok)))
+    assert kept == [True, True, True, False]  # only the prompt that training cut is cut
 
 
 SETTINGS = dict(data="synthetic", format="", val_size=4, num_examples=6, synth_examples=12, synth_facts=1,

@@ -16,9 +16,9 @@ from runtime import UserError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # a one-layer model, a 40-example task, 2 optimizer steps, 4 generations of 8 tokens: seconds per run
-TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--synth_examples", "40", "--synth_facts", "2",
-        "--val_size", "10", "--max_steps", "2", "--batch_size", "4", "--eval_interval", "1",
-        "--train_eval_size", "8", "--device", "cpu", "--gen_examples", "4", "--max_new_tokens", "8"]
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--synth_examples", "30", "--synth_facts", "2",
+        "--synth_heldout", "10", "--synth_mentions", "2", "--max_steps", "2", "--batch_size", "4", "--eval_interval",
+        "1", "--train_eval_size", "8", "--device", "cpu", "--gen_examples", "4", "--max_new_tokens", "8"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -124,7 +124,7 @@ def test_verdict_says_who_won_and_whether_beyond_the_seed_spread():
 
 
 def test_summary_markdown_states_the_setup_and_a_verdict_per_mode_against_it():
-    settings = {"data": "synthetic", "synth_facts": 8, "synth_answers": 1, "init_from": "scratch", "model": "tiny",
+    settings = {"data": "synthetic", "synth_facts": 8, "synth_mentions": 10, "init_from": "scratch", "model": "tiny",
                 "n_layer": 0, "n_head": 0, "n_embd": 0, "block_size": 256, "lr": 0.002, "batch_size": 16}
     extra = [record("plw0.3", s, heldout_loss=v, exact_match=0.0) for s, v in ((0, 4.6), (1, 4.7), (2, 4.8))]
     records = [{**r, "steps": 400, "train_settings": settings, "eval_settings": [{"ckpt": "x/ckpt.pt"}]}
@@ -133,8 +133,10 @@ def test_summary_markdown_states_the_setup_and_a_verdict_per_mode_against_it():
     assert "200 training and 100 held-out examples; instruction/output token ratio 16.25" in text
     assert "tiny from scratch (block_size 256); 400 steps, lr 0.002, batch 16" in text and "its last checkpoint" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ") and " vs IT, " in line]
-    assert [v.split(":")[0] for v in verdicts] == ["- IM vs IT, held-out output loss", "- IM vs IT, exact match",
-                                                   "- PLW0.3 vs IT, held-out output loss", "- PLW0.3 vs IT, exact match"]
+    assert [v.split(":")[0] for v in verdicts] == ["- IM vs IT, held-out output loss", "- IM vs IT, held-out exact match",
+                                                   "- PLW0.3 vs IT, held-out output loss",
+                                                   "- PLW0.3 vs IT, held-out exact match"]
+    assert "IM's gain per seed +3, +2.7, +2.4" in verdicts[0] and "each held-out fact stated 10 times" in text
     assert "PLW0.3 did NOT beat IT: 4.2 → 4.7 (difference +0.5, beyond the seed spread" in verdicts[2]
 
 
@@ -147,14 +149,22 @@ def test_paired_gain_is_positive_when_im_does_better():
     assert sweep.call({**loss, "mean": -1.0, "std": 0.1}) == "IT better"
 
 
-def test_point_settings_for_each_factor_and_data_source():
-    synthetic = compare.training.TrainConfig(val_size=100)
-    assert sweep.point_settings("examples", 200, synthetic) == {"synth_examples": 300, "num_examples": 0}
-    fraction = compare.training.TrainConfig(val_size=0.2)
-    assert sweep.point_settings("examples", 400, fraction) == {"synth_examples": 500, "num_examples": 0}
+def test_point_settings_move_one_knob_and_hold_the_rest():
+    """The examples sweep never touches the held-out set or its mentions; the ratio sweep changes the instruction
+    length, with held-out facts stated in proportion; a real file is subsampled."""
+    base = compare.training.TrainConfig()
+    assert sweep.point_settings("examples", 50, base) == {"synth_examples": 50}
+    assert sweep.point_settings("ratio", 4, base) == {"synth_facts": 4, "synth_mentions": 5}
+    assert sweep.point_settings("ratio", 1, base) == {"synth_facts": 1, "synth_mentions": 1}
     real = compare.training.TrainConfig(data="alpaca.json")
     assert sweep.point_settings("examples", 1000, real) == {"num_examples": 1000}
-    assert sweep.point_settings("ratio", 4, synthetic) == {"synth_facts": 4}
+    # what the points generate: the same held-out questions, each fact stated 10 times, at every examples point
+    from data import load_split
+    splits = [load_split({**vars(base), **sweep.point_settings("examples", n, base)}) for n in (50, 100, 200, 400)]
+    assert all(val == splits[0][1] for _, val in splits) and [len(tr) for tr, _ in splits] == [50, 100, 200, 400]
+    for train, val in splits:
+        statements = [f for c in train for f in c[0]["content"].split(", ")[:-1]]
+        assert {statements.count(c[0]["content"].split(", ")[-1] + c[1]["content"]) for c in val} == {10}
 
 
 def test_ratio_bins_are_equal_size_and_ordered_by_ratio():
@@ -186,20 +196,23 @@ def test_compare_end_to_end_writes_results_summary_and_curves(tmp_path, capsys):
         assert 0.0 <= r["metrics"]["exact_match"] <= 1.0 and r["steps"] == 2
         assert [e["limit"] for e in r["eval_settings"]] == [1000, 4]
     assert results["data"]["train_examples"] == 30 and results["data"]["ratio"] > 1
+    gains = results["gains_over_it"]["im"]["exact_match"]
+    assert set(gains["per_seed"]) == {"0", "1"} and gains["min"] == min(gains["per_seed"].values())
+    assert results["wall_s"] > 0 and results["verdict"][0].startswith("IM vs IT, held-out output loss")
     summary = open(os.path.join(out, "summary.md")).read()
     rows = [line for line in summary.splitlines() if line.startswith("| i")]
     assert [row.split(" | ")[0] for row in rows] == ["| it", "| im"]
-    assert "- IM vs IT, held-out output loss: IM " in summary and "- IM vs IT, exact match: IM " in summary
+    assert "- IM vs IT, held-out output loss: IM " in summary and "- IM vs IT, held-out exact match: IM " in summary
     assert_png(os.path.join(out, "curves.png"))
     assert not os.path.exists(os.path.join(out, "runs", "it-s0", "ckpt.pt"))  # checkpoints removed by default
 
-    # the same run alone, and first instead of third, gives the same numbers: results do not depend on run order
-    alone = compare.main(["--out_dir", str(tmp_path / "alone"), "--modes", "im", "--seeds", "1"] + TINY)
+    # the same run alone, in this process instead of a worker: results depend on neither run order nor --jobs
+    alone = compare.main(["--out_dir", str(tmp_path / "alone"), "--modes", "im", "--seeds", "1", "--jobs", "1"] + TINY)
     assert alone[0]["metrics"] == runs[2]["metrics"]
 
     capsys.readouterr()
     again = compare.main(["--out_dir", out, "--modes", "it,im", "--seeds", "2", "--resume"] + TINY)
-    assert capsys.readouterr().out.count("(reused)") == 4 and again == runs
+    assert capsys.readouterr().out.count("reused") == 4 and again == runs
 
 
 def test_sweep_end_to_end_two_points(tmp_path):
