@@ -55,6 +55,13 @@ class GPTConfig:
 
 
 # ----------------------------------------------------------------------------- attention
+# Which attention runs depends on the batch. Padded rows (one example each, padding on the right): no mask at
+# all, is_causal=True, exact for every real token, and CUDA may use FlashAttention (which refuses any mask).
+# Packed rows (--pack: examples back to back, positions restarting): attention must stay inside each example.
+# On CUDA varlen_attn takes the examples' start offsets (cu_seqlens) and computes no block across two of them;
+# elsewhere the dense block-diagonal mask below does the same, readable but quadratic in the row's length.
+# (FlexAttention would also work, but is fast only compiled, and needs a block mask built for every batch.)
+# Generation of prompts of different lengths pads them on the left, and keeps its mask.
 
 def attention_mask(doc_q: torch.Tensor, doc_k: torch.Tensor, start: int = 0) -> torch.Tensor:
     """(B, 1, Tq, Tk) bool: query i (at absolute position start + i) may see key j iff j <= start + i and both

@@ -162,6 +162,7 @@ class Session:
     peak: float | None = None  # the GPU's peak FLOP/s at the training precision, for MFU (None: not logged)
     pending: list = dataclasses.field(default_factory=list)  # step records whose device numbers are unread
     clock: float = 0.0  # when the pending steps began
+    speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -189,6 +190,26 @@ def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
     accum = math.ceil(len(ids) / (cfg.micro_batch_size * d.world_size))  # fewer for a short (or token-capped) step
     return step_batches(s.train, micro_batches(ids, d.rank, d.world_size, accum), cfg.prompt_loss_weight,
                         cfg.template_loss_weight, cfg.pack, cfg.loss_reduction, pin=d.device.startswith("cuda"))
+
+
+class Prefetcher:
+    """Collates the next step's micro-batches in a background thread while the current step runs on the GPU
+    (the plan says which step comes next); tokenization happened once, up front."""
+
+    def __init__(self, s: Session):
+        self.s, self.pool, self.ahead = s, ThreadPoolExecutor(max_workers=1), None
+
+    def batches(self, plan: list[list[int]], epoch: int, index: int) -> list[Batch | None]:
+        """This rank's micro-batches of step `index` of the epoch's plan; starts collating step index + 1."""
+        ready = self.ahead is not None and self.ahead[0] == (epoch, index)
+        batches = self.ahead[1].result() if ready else prepare(self.s, plan[index])
+        self.ahead = None
+        if index + 1 < len(plan):
+            self.ahead = ((epoch, index + 1), self.pool.submit(prepare, self.s, plan[index + 1]))
+        return batches
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
@@ -247,6 +268,7 @@ def flush(s: Session, collective: bool = True) -> list[dict]:
                                    f"float32")
         del rec["sums"]
         rec.update(loss=ce, grad_norm=grad_norm, tokens_per_s=rec["tokens"] / dt, step_time=dt)
+        s.speeds.append(rec["tokens_per_s"])
         if s.cfg.kl_coef:
             rec["kl"] = kl
         if s.peak is not None:
@@ -395,36 +417,27 @@ def run(s: Session) -> dict:
     """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary."""
     cfg, prog, t0 = s.cfg, s.prog, time.perf_counter()
     stop = min(s.total, cfg.stop_step) if cfg.stop_step else s.total
-    planned, plan, speeds = -1, [], []
+    planned, plan = -1, []
     bar = tqdm(total=s.total, initial=prog.step, disable=not s.d.is_main,
                desc=f"train (prompt weight {cfg.prompt_loss_weight:g})")
     if prog.step == 0 and cfg.eval_interval:
         eval_and_save(s)  # the starting point of the loss curves
-    ahead: tuple | None = None  # ((epoch, index), future batches) of the step after the current one
+    prefetch = Prefetcher(s)
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # collates the next step while this one runs
-            s.clock = time.perf_counter()
-            while prog.step < stop:
-                if planned != prog.epoch:  # the same plan for any rank count and after a resume
-                    plan, planned = plan_epoch(cfg, s.train, prog.epoch), prog.epoch
-                if prog.index >= len(plan):
-                    prog.epoch, prog.index = prog.epoch + 1, 0
-                    continue
-                ids = plan[prog.index]
-                here = (prog.epoch, prog.index)
-                batches = ahead[1].result() if ahead and ahead[0] == here else prepare(s, ids)
-                if prog.index + 1 < len(plan):
-                    ahead = ((prog.epoch, prog.index + 1), pool.submit(prepare, s, plan[prog.index + 1]))
-                train_step(s, ids, batches)
-                bar.update(1)
-                if prog.step % cfg.log_interval == 0 or prog.step == stop:  # the only wait for the GPU
-                    recs = flush(s)
-                    speeds += [r["tokens_per_s"] for r in recs]
-                    bar.set_postfix(loss=f"{recs[-1]['loss']:.4f}", lr=f"{recs[-1]['lr']:.2e}",
-                                    tok_s=f"{recs[-1]['tokens_per_s']:.0f}")
-                if cfg.eval_interval and prog.step % cfg.eval_interval == 0 and prog.step < stop:
-                    speeds += [r["tokens_per_s"] for r in flush(s)]
-                    eval_and_save(s)
+        s.clock = time.perf_counter()
+        while prog.step < stop:
+            if planned != prog.epoch:  # the same plan for any rank count and after a resume
+                plan, planned = plan_epoch(cfg, s.train, prog.epoch), prog.epoch
+            if prog.index >= len(plan):
+                prog.epoch, prog.index = prog.epoch + 1, 0
+                continue
+            train_step(s, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
+            bar.update(1)
+            if prog.step % cfg.log_interval == 0 or prog.step == stop:  # the only wait for the GPU
+                rec = flush(s)[-1]
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            if cfg.eval_interval and prog.step % cfg.eval_interval == 0 and prog.step < stop:
+                eval_and_save(s)
     except KeyboardInterrupt:
         flush(s, collective=not s.d.enabled)  # other ranks may be gone: no collective here
         save(s, "ckpt.pt", gather=False)
@@ -432,11 +445,13 @@ def run(s: Session) -> dict:
             tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; --init_from resume continues")
         raise
     finally:
+        prefetch.close()
         bar.close()
     last = eval_and_save(s)
     summary = {"steps": prog.step, "total_steps": s.total, "finished": prog.step >= s.total,
                "time_s": time.perf_counter() - t0, "train_examples": len(s.train), "val_examples": len(s.val),
-               "world_size": s.d.world_size, "accum": s.accum, "tokens_per_s": sum(speeds) / max(1, len(speeds)),
+               "world_size": s.d.world_size, "accum": s.accum,
+               "tokens_per_s": sum(s.speeds) / max(1, len(s.speeds)),
                "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
                "history": prog.history, "config": asdict(cfg)}
     if s.d.is_main:
