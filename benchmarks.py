@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import data
 from data import DataError
+from formats import lines as text_lines
 from runtime import UserError
 
 
@@ -46,9 +47,15 @@ def pick_acc_norm(logprobs: list[float], choices: list[str]) -> int:
     return max(range(len(logprobs)), key=lambda i: logprobs[i] / max(len(choices[i]), 1))
 
 
-def _open_text(path: str) -> io.TextIOBase:
+def read_text(path: str) -> str:
+    """A benchmark file's text (.bz2 decompressed; a UTF-8 BOM dropped; a stray 0xD5 becomes U+FFFD); a file that
+    cannot be read or decompressed is a DataError naming it."""
     opener = bz2.open if path.endswith(".bz2") else open
-    return opener(path, "rt", encoding="utf-8", errors="replace", newline="")  # a stray 0xD5 becomes U+FFFD
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
+            return f.read()
+    except (OSError, EOFError) as e:  # a truncated .bz2 raises EOFError, a corrupt one OSError
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def _parse_answer(text: str, n_choices: int, where: str, field: str = "answer") -> int:
@@ -94,8 +101,7 @@ def _option_columns(header: list[str]) -> list[int]:
 def read_mmlu_csv(path: str) -> list[Question]:
     """MMLU-format CSV -> Questions (context = the bare question): header or not, ',' or ';', columns in any order,
     options as four columns or a `choices` Python-list string (MMLU-Redux), answer as a letter or an index."""
-    with _open_text(path) as f:
-        text = f.read()
+    text = read_text(path)
     delim, has_header = _sniff_delimiter(text, path)
     reader = csv.reader(io.StringIO(text), delimiter=delim)
     header = [c.strip().lower() for c in next(reader)] if has_header else ["question", "a", "b", "c", "d", "answer"]
@@ -113,6 +119,13 @@ def read_mmlu_csv(path: str) -> list[Question]:
         choices = [row[i] for i in options] if options else _parse_choices(row[header.index("choices")], where)
         gold = _parse_answer(row[header.index("answer")], len(choices), where)
         questions.append(Question(row[header.index("question")].strip(), choices, gold))
+    return nonempty(questions, path)
+
+
+def nonempty(questions: list[Question], path: str) -> list[Question]:
+    """An accuracy over 0 questions is no result: a file without any is an error."""
+    if not questions:
+        raise DataError(f"{path}: no questions in this file")
     return questions
 
 
@@ -152,10 +165,10 @@ def hellaswag_preprocess(text: str) -> str:
 def read_hellaswag(path: str) -> list[Question]:
     """HellaSwag as 6-line text records (context, label, 4 endings; .txt or .txt.bz2), or jsonl (ctx, endings,
     label). lm-eval's preprocessing is applied to both (the text file keeps a few [bracketed] spans)."""
-    with _open_text(path) as f:
-        lines = f.read().splitlines()
+    lines = text_lines(read_text(path))
     if ".jsonl" in os.path.basename(path):
-        return [_hellaswag_record(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
+        return nonempty([_hellaswag_record(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()],
+                        path)
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) % 6:
@@ -165,7 +178,7 @@ def read_hellaswag(path: str) -> list[Question]:
         gold = _parse_answer(lines[i + 1], 4, f"{path}:{i + 2}", "label")
         endings = [hellaswag_preprocess(e) for e in lines[i + 2:i + 6]]
         questions.append(Question(hellaswag_preprocess(lines[i]), endings, gold))
-    return questions
+    return nonempty(questions, path)
 
 
 def _hellaswag_record(line: str, where: str) -> Question:
@@ -176,7 +189,7 @@ def _hellaswag_record(line: str, where: str) -> Question:
         endings = [hellaswag_preprocess(e) for e in rec["endings"]]
         gold = _parse_answer(str(rec["label"]), len(endings), where, "label")
         return Question(hellaswag_preprocess(ctx), endings, gold)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise DataError(f"{where}: expected a JSON object with ctx, endings and label ({e!r})") from None
 
 

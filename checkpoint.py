@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import urllib.error
 
 import tiktoken
 import torch
 from safetensors.torch import load_file
 
-from runtime import UserError, cache_dir, download
+from runtime import UserError, cache_dir, download, write_atomic
 
 
 class CheckpointError(UserError):
@@ -68,8 +70,8 @@ def read_json(path: str) -> dict:
             data = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser's stack
+        raise CheckpointError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -98,6 +100,7 @@ def read_weight_file(path: str) -> dict[str, torch.Tensor]:
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors only: no code runs
     except Exception as e:  # safetensors, pickle and zip errors have no common base class
+        refuse_code(path, e)
         raise CheckpointError(f"{path}: corrupt or truncated weights file ({type(e).__name__}: {e})") from None
 
 
@@ -251,12 +254,45 @@ def get_tokenizer(name_or_dir: str) -> tiktoken.Encoding:
 
 # ----------------------------------------------------------------------------- our own checkpoints
 
+class KeepWriteErrors:
+    """A file whose write errors are remembered: torch's zip writer replaces them by an opaque RuntimeError
+    ("unexpected pos 704 vs 598" on a full disk), so save_checkpoint re-raises the real one."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: str, payload: dict) -> None:
-    """torch.save, atomically: a crash mid-write leaves the previous checkpoint intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically (runtime.write_atomic): a crash, a full disk or a power loss mid-write leaves the
+    previous checkpoint intact and no temp file behind."""
+    def write(f) -> None:
+        out = KeepWriteErrors(f)
+        try:
+            torch.save(payload, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+    write_atomic(path, write)
+
+
+def refuse_code(path: str, e: Exception) -> None:
+    """A file whose pickle names a callable (`posix.system`, a class) holds code, which weights_only refused to run:
+    say so in one line, without torch's advice to retry with weights_only=False."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if isinstance(e, pickle.UnpicklingError) and found:
+        raise CheckpointError(f"{path}: refused: the file holds Python code ({found.group(1)}), not only tensors "
+                              f"and plain values; imgpt never runs code from a file") from None
 
 
 def load_checkpoint(path: str) -> dict:
@@ -266,10 +302,29 @@ def load_checkpoint(path: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors have no common base class
+        refuse_code(path, e)
         raise CheckpointError(f"{path}: not a readable imgpt checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or not {"model", "model_config"} <= payload.keys():
-        raise CheckpointError(f"{path}: not an imgpt checkpoint (needs the keys 'model' and 'model_config')")
+    if not isinstance(payload, dict) or not all(isinstance(payload.get(k), dict) for k in ("model", "model_config")):
+        raise CheckpointError(f"{path}: not an imgpt checkpoint (needs the keys 'model' and 'model_config', "
+                              "each a dictionary)")
     return payload
+
+
+TRAINING_KEYS = {"model": dict, "model_config": dict, "tokenizer": str, "config": dict, "optimizer": dict,
+                 "scaler": dict, "step": int, "data_state": dict, "rng": list, "best_val_loss": (int, float),
+                 "history": list}
+
+
+def check_training_checkpoint(payload: dict, path: str) -> None:
+    """Everything `train.py --init_from resume` reads from a checkpoint is there, each of the right kind."""
+    for key, kind in TRAINING_KEYS.items():
+        if key not in payload:
+            raise CheckpointError(f"{path}: key {key!r} is missing: not a checkpoint train.py can resume")
+        if not isinstance(payload[key], kind) or isinstance(payload[key], bool):
+            raise CheckpointError(f"{path}: key {key!r} holds a {type(payload[key]).__name__}, not what train.py "
+                                  "wrote there")
+    if not all(isinstance(payload["data_state"].get(k), int) for k in ("epoch", "index")):
+        raise CheckpointError(f"{path}: key 'data_state' needs whole numbers 'epoch' and 'index'")
 
 
 def rng_state() -> dict:

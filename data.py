@@ -346,10 +346,10 @@ def load_split(settings: dict) -> tuple[list, list]:
 
 @dataclass
 class StatsConfig:
-    max_len: int = opt(1024, "context length: examples longer than this are truncated (or dropped)")
+    max_len: int = opt(1024, "context length: examples longer than this are truncated (or dropped)", low=2)
     format: str | None = opt(None, f"input format, detected when not given: {', '.join(FORMATS)}")
     tokenizer: str = opt("gpt2", "gpt2, byte, or a directory with vocab.json+merges.txt (or encoder.json+vocab.bpe)")
-    batch_size: int = opt(8, "batch size for measuring padding (length-grouped batches)")
+    batch_size: int = opt(8, "batch size for measuring padding (length-grouped batches)", low=1)
 
 
 def dataset_stats(convs: list[list[dict]], tok: tiktoken.Encoding, max_len: int, batch_size: int = 8) -> dict:

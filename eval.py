@@ -37,8 +37,8 @@ import model as modeling
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
                         read_mmlu)
 from metrics import segment_losses
-from runtime import (Dist, UserError, all_reduce_sum, destroy_distributed, join_distributed, opt, parse_config,
-                     run_cli)
+from runtime import (Dist, UserError, all_reduce_sum, check_device, destroy_distributed, join_distributed, opt,
+                     parse_config, run_cli, write_text_atomic)
 
 
 @dataclass
@@ -60,14 +60,14 @@ class EvalConfig:
     hellaswag: str = opt("", "HellaSwag file: the 6-lines-per-task text (.txt or .txt.bz2) or jsonl")
     chat: bool = opt(False, "multiple choice through the chat template: the question as the user's turn, each "
                             "choice as the assistant's answer")
-    limit: int | None = opt(None, "use only the first N examples of each dataset (quick runs)")
-    batch_size: int = opt(16, "rows per forward pass")
+    limit: int | None = opt(None, "use only the first N examples of each dataset (quick runs)", low=1)
+    batch_size: int = opt(16, "rows per forward pass", low=1)
     max_len: int | None = opt(None, "truncate examples to this many tokens (default: the training max_len, "
-                                    "else the model's block size)")
+                                    "else the model's block size)", low=2)
     max_new_tokens: int = opt(0, "generation length limit (0 = the longest reference answer + 16 tokens); each "
                                  "prompt gets at most the room left in the context: prompts are never cut for it")
     temperature: float = opt(0.0, "0 = greedy; > 0 samples")
-    top_k: int | None = opt(None, "sample only from the k most likely tokens")
+    top_k: int | None = opt(None, "sample only from the k most likely tokens", low=1)
     top_p: float | None = opt(None, "sample only from the smallest set of tokens with this total probability")
     seed: int = opt(0, "sampling seed (each rank adds its rank)")
     out: str = opt("eval_results.json", "results JSON; generations go to <out stem>.<split>.jsonl next to it")
@@ -88,6 +88,9 @@ class EvalConfig:
             raise UserError("need --temperature >= 0, --top_k >= 1 and 0 < --top_p <= 1")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit: must be at least 1")
+        if os.path.isdir(self.out):
+            raise UserError(f"--out {self.out}: is a directory; give a file name, e.g. {self.out}/eval_results.json")
+        check_device(self.device)
         for name in ("data", "train_data", "mmlu", "hellaswag"):  # fail before loading a model
             path = getattr(self, name)
             if path not in ("", "from_ckpt", "synthetic", "none", *data.DATASETS) and not os.path.exists(path):
@@ -235,7 +238,7 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
                for p, c, n in zip(prompts, mine, new)]
     records = gather_in_order(records, dist)
     if dist.is_main:
-        write_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_text_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     metrics = text_metrics([r["output"] for r in records], [r["reference"] for r in records])
     return {**metrics, "max_new_tokens": max_new, "file": jsonl}
 
@@ -256,14 +259,17 @@ def choice_metrics(model, tok, questions: list[Question], cfg: EvalConfig, dist:
     return {"examples": int(n), "acc": acc / max(n, 1), "acc_norm": acc_norm / max(n, 1)}
 
 
-def write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 # ----------------------------------------------------------------------------- which data, and the program
+
+def benchmark_questions(cfg: EvalConfig) -> dict[str, list[Question]]:
+    """The multiple-choice questions of --mmlu and --hellaswag, each cut to --limit."""
+    questions = {}
+    if cfg.mmlu:
+        questions["mmlu"] = read_mmlu(cfg.mmlu, cfg.mmlu_style)[:cfg.limit]
+    if cfg.hellaswag:
+        questions["hellaswag"] = read_hellaswag(cfg.hellaswag)[:cfg.limit]
+    return questions
+
 
 def saved_train_config(ckpt: str) -> dict | None:
     """The TrainConfig saved in a train.py checkpoint; None for pretrained weights (a name or an HF dir)."""
@@ -307,14 +313,15 @@ def conversation_sets(cfg: EvalConfig, saved: dict | None) -> tuple[list, list]:
 def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     """Run the selected evaluations; rank 0 writes cfg.out. Returns {"ckpt", "config", "metrics": {task: {...}}}."""
     dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
-    net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
-    net.eval()
     saved = saved_train_config(cfg.ckpt)
-    max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or net.config.block_size)  # as train.py cuts
     has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
     if not has_data and (cfg.generate or cfg.memorization):
         raise UserError(f"--generate/--memorization need --data: {cfg.ckpt} holds no training config to take it from")
     heldout, train = conversation_sets(cfg, saved) if has_data else ([], [])
+    questions = benchmark_questions(cfg)  # every input file is read before the model loads: bad ones fail fast
+    net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
+    net.eval()
+    max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or net.config.block_size)  # as train.py cuts
     stem, metrics = os.path.splitext(cfg.out)[0], {}
     if cfg.loss and has_data:
         metrics["heldout"] = loss_metrics(net, tok, heldout, cfg, dist, max_len)
@@ -329,15 +336,13 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
             raise UserError("--memorization needs training data: pass --train_data FILE or a train.py checkpoint")
         metrics["memorization"] = generation_metrics(net, tok, train, cfg, dist, stem + ".train.jsonl", greedy=True,
                                                      max_len=max_len)
-    if cfg.mmlu:
-        metrics["mmlu"] = choice_metrics(net, tok, read_mmlu(cfg.mmlu, cfg.mmlu_style)[:cfg.limit], cfg, dist)
-    if cfg.hellaswag:
-        metrics["hellaswag"] = choice_metrics(net, tok, read_hellaswag(cfg.hellaswag)[:cfg.limit], cfg, dist)
+    for task, task_questions in questions.items():
+        metrics[task] = choice_metrics(net, tok, task_questions, cfg, dist)
     if not metrics:
         raise UserError("nothing to evaluate: pass --data (or a train.py checkpoint), --mmlu or --hellaswag")
     report = {"ckpt": cfg.ckpt, "config": asdict(cfg), "metrics": metrics}
     if dist.is_main:
-        write_atomic(cfg.out, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(cfg.out, json.dumps(report, indent=2) + "\n")
     return report
 
 

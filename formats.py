@@ -38,19 +38,24 @@ def read_records(path: str) -> list[tuple[str, object]]:
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     if text.lstrip().startswith("["):  # one JSON array; otherwise one JSON object per line
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-        return [(f"{path}: record [{i}]", r) for i, r in enumerate(records)]
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON line ({e.msg})") from None
-    return out
+        return [(f"{path}: record [{i}]", r) for i, r in enumerate(parse_json(text, path))]
+    return [(f"{path}:{n}", parse_json(line, path, n)) for n, line in enumerate(lines(text), start=1) if line.strip()]
+
+
+def lines(text: str) -> list[str]:
+    """JSONL lines: split at line feeds only (dropping a carriage return before one). str.splitlines() also splits
+    at U+2028, U+2029 and U+0085, which JSON allows raw inside strings (json.dumps(ensure_ascii=False) writes them)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def parse_json(text: str, path: str, line: int | None = None) -> object:
+    """json.loads of a whole file (line None) or of its line `line`; errors name the file and line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line or e.lineno}: malformed JSON{' line' if line else ''} ({e.msg})") from None
+    except RecursionError:  # e.g. 100000 nested brackets: deeper than the parser's stack
+        raise DataError(f"{path}:{line or 1}: JSON nested too deeply to read") from None
 
 
 def _field(rec: dict, key: str, kind: type, where: str, required: bool) -> object:

@@ -41,10 +41,21 @@ class GPTConfig:
     attention: str = "sdpa"  # "sdpa" (fused kernel) or "math" (the explicit formula, for reading)
 
     def __post_init__(self) -> None:
+        sizes = {k: getattr(self, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")}
+        if bad := [f"{k}={v!r}" for k, v in sizes.items() if not isinstance(v, int) or v < 1]:
+            raise UserError(f"model config: {', '.join(bad)}: must be a positive whole number")
         if self.n_embd % self.n_head:
             raise UserError(f"model config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.attention not in ("sdpa", "math"):
             raise UserError(f"model config: attention={self.attention!r}, expected 'sdpa' or 'math'")
+
+    @classmethod
+    def from_file(cls, values: dict, path: str) -> "GPTConfig":
+        """The config a file recorded (a checkpoint's model_config, an HF config.json); errors name the file."""
+        try:
+            return cls(**values)
+        except (TypeError, UserError) as e:  # TypeError: a field this code does not know
+            raise CheckpointError(f"{path}: bad model config ({e})") from None
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
@@ -350,7 +361,8 @@ class GPT(nn.Module):
         Dropout starts at 0 whatever config.json says; `overrides` (e.g. dropout=0.1) change our config."""
         directory = name_or_dir if os.path.isdir(name_or_dir) else ckpt.hub_dir(name_or_dir)
         config_path = os.path.join(directory, "config.json")
-        config = GPTConfig(**{**ckpt.config_from_hf(ckpt.read_json(config_path), config_path), **overrides})
+        config = GPTConfig.from_file({**ckpt.config_from_hf(ckpt.read_json(config_path), config_path), **overrides},
+                                     config_path)
         state = ckpt.state_from_hf(ckpt.read_weights(directory), expected_shapes(config), directory)
         return cls.from_state(config, state)
 
@@ -433,14 +445,16 @@ def load_model(name_or_path: str, device: str = "cpu") -> tuple[GPT, tiktoken.En
 def model_from_checkpoint(path: str) -> tuple[GPT, tiktoken.Encoding]:
     """Rebuild the model and its tokenizer from what an imgpt checkpoint recorded."""
     payload = load_checkpoint(path)
-    try:
-        config = GPTConfig(**payload["model_config"])
-    except TypeError as e:
-        raise CheckpointError(f"{path}: bad model_config ({e})") from None
+    return model_from_payload(payload, path), get_tokenizer(payload.get("tokenizer", "gpt2"))
+
+
+def model_from_payload(payload: dict, path: str) -> GPT:
+    """The model of a loaded checkpoint, its weights checked against its model_config (errors name `path`)."""
+    config = GPTConfig.from_file(payload["model_config"], path)
     state = {unwrap(k): v for k, v in payload["model"].items()}
     state.pop("lm_head.weight", None)  # tied to wte
     ckpt.check_state(state, expected_shapes(config), path)
-    return GPT.from_state(config, state), get_tokenizer(payload.get("tokenizer", "gpt2"))
+    return GPT.from_state(config, state)
 
 
 def unwrap(key: str) -> str:

@@ -1,4 +1,5 @@
-"""What every imgpt program needs around the model: clear errors, config flags, device and processes.
+"""What every imgpt program needs around the model: clear errors, config flags (each number checked), output
+files written atomically, device and processes, and a Ctrl-C that waits for the step to end.
 
 The bottom floor: imports nothing from the project, so model.py, data.py, train.py and eval.py can all use it.
 """
@@ -7,10 +8,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
+import math
 import os
+import signal
 import socket
 import sys
+import tempfile
+import threading
 import types
 import typing
 import urllib.request
@@ -29,24 +35,36 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Call main(); turn a UserError into `error: ...` on stderr and exit 2, and Ctrl-C into exit 130."""
+    """Call main(); turn a UserError (or a file the system refused: full disk, no permission) into `error: ...`
+    on stderr and exit 2, and Ctrl-C into exit 130."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        print(f"error: {os_error(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 
+def os_error(e: OSError) -> str:
+    """'path: No space left on device': where, and the system's reason, in one line."""
+    reason = e.strerror or os.strerror(e.errno or errno.EIO)
+    return f"{e.filename}: {reason}" if e.filename is not None else reason
+
+
 # ----------------------------------------------------------------------------- config dataclass -> flags
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line help text, which becomes an argparse flag."""
+def opt(default: Any, help: str, low: float | None = 0) -> Any:
+    """A dataclass field with a default and a one-line help text, which becomes an argparse flag. A number (or
+    each number of a list) must be finite and at least `low` (None: any finite value); see check_numbers."""
+    metadata = {"help": help, "low": low}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -132,23 +150,55 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         parser.set_defaults(**file_values)
     args = vars(parser.parse_args(argv))
     types = _field_types(cls)
+    from_file = set(file_values) - _given_flags(argv) if config_path else set()
     values = {}
-    for name in types:
-        raw = args[name]
-        values[name] = raw if isinstance(raw, bool) or raw is None else _parse_value(name, types[name], str(raw))
-    return make_config(cls, values)
+    try:
+        for name in types:
+            raw = args[name]
+            values[name] = raw if isinstance(raw, bool) or raw is None else _parse_value(name, types[name], str(raw))
+        return make_config(cls, values)
+    except UserError as e:  # a bad value read from the file: say which file
+        if any(f"--{name}" in str(e) for name in from_file):
+            raise UserError(f"{config_path}: {e}") from None
+        raise
+
+
+def _given_flags(argv: Sequence[str] | None) -> set[str]:
+    """Names of the settings given on the command line (`--lr 1`, `--lr=1`, `--no-fused`)."""
+    flags = {a[2:].split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+    return flags | {f.removeprefix("no-") for f in flags}
 
 
 def make_config(cls: type[T], values: dict[str, Any]) -> T:
-    """`cls(**values)` with unknown keys rejected and `validate()` called: for configs built in code or from files."""
+    """`cls(**values)` with unknown keys rejected and validated: for configs built in code or from files."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"unknown setting(s): {', '.join(unknown)}")
-    cfg = cls(**values)
+    return validate(cls(**values))
+
+
+def validate(cfg: T) -> T:
+    """check_numbers, then the config's own `validate()` (the checks that relate settings to each other)."""
+    check_numbers(cfg)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+def check_numbers(cfg: Any) -> None:
+    """Every numeric setting (and each number of a list setting) finite and at least its field's `low`: one rule
+    for every flag of every program, so `--log_interval 0` or `--lr inf` stops here, naming the flag."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue  # None (= the recipe's value), strings, switches
+            if not math.isfinite(v):
+                raise UserError(f"--{f.name} must be a finite number, got {v}")
+            low = f.metadata.get("low", 0)
+            if low is not None and v < low:
+                raise UserError(f"--{f.name} must be >= {low:g}, got {v:g}")
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -194,7 +244,100 @@ def download(url: str, path: str) -> None:
             os.remove(tmp)
 
 
+# ----------------------------------------------------------------------------- output files
+
+def write_atomic(path: str, write: Callable[[Any], None]) -> None:
+    """Write `path` (binary) through `write(file)`, atomically: a temp file unique to this process, fsynced, renamed
+    over `path`, then the directory fsynced, so a crash or power loss leaves the old file or the whole new one,
+    never an empty or partial one. On failure the temp file is removed and a UserError names the path."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.{os.getpid()}.tmp"  # unique: two processes writing the same file never share a temp file
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+        fsync_dir(directory)  # ... and the rename itself survives a power loss
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable (not possible, nor needed, on Windows)."""
+    if os.name != "nt":
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """`path` is a directory this process can write in, or one it can make: checked before any work, creating
+    nothing. The test is a real write, since permission bits do not tell for root or a read-only file system."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # the directory, or the nearest one above it that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{flag} {path}: {existing} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
+
+
 # ----------------------------------------------------------------------------- device and processes
+
+def check_device(device: str) -> None:
+    """--device names a kind of device that this torch can use on this machine: checked before any work."""
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UserError(f"--device {device}: {why}; use --device cpu (or auto)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device {device}: Apple's MPS is not available here; use --device cpu (or auto)")
+
+
+class StopAtStepBoundary:
+    """While active, Ctrl-C (SIGINT) and SIGTERM only set `requested`: the training loop finishes the step it is in
+    and then stops. A signal handled mid-step would tear it: the weights moved by the fused optimizer kernel but
+    the step counter not, or the random streams advanced by this step's dropout and noise draws. A second Ctrl-C
+    quits at once. Handlers can only be set in the main thread; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: the user wants out now
+        self.requested = True
+
+    def __enter__(self) -> "StopAtStepBoundary":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
 
 def autodetect_device() -> str:
     if torch.cuda.is_available():

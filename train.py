@@ -30,14 +30,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import rng_state, set_rng_state
+from checkpoint import check_training_checkpoint, rng_state
 from data import Batch, Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
 from loss import StepLoss, mark_dynamic, run_micro_batches, step_batches, step_totals
 from metrics import exact_match_rate, segment_losses
 from mfu import peak_flops, training_flops
-from model import GPT, GPTConfig, get_tokenizer, load_checkpoint, load_model, save_checkpoint
-from runtime import (Dist, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed, join_distributed,
-                     local_rank_zero_first, parse_config, run_cli)
+from model import GPT, get_tokenizer, load_checkpoint, load_model, model_from_payload, save_checkpoint
+from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
+from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
+                     join_distributed, local_rank_zero_first, parse_config, run_cli, validate, write_text_atomic)
 from train_config import TrainConfig, resolve, scratch_config
 
 # ----------------------------------------------------------------------------- model, data, schedule
@@ -111,35 +112,11 @@ def evaluate(model: GPT, val: list[Example], train_sample: list[Example], bs: in
     return r
 
 
-def resume_config(saved: dict, given: TrainConfig) -> tuple[TrainConfig, list[str]]:
-    """The checkpoint's config (the run's definition) with the run-control flags given now; and the names of
-    other settings given now that differ from the checkpoint's, which are ignored."""
-    cfg, default = TrainConfig(**saved), TrainConfig(init_from="resume")
-    keep = {k: getattr(given, k) for k in ("out_dir", "stop_step", "log_interval", "device", "compile", "save")}
-    if given.threads is not None:
-        keep["threads"] = given.threads
-    if given.eval_interval is not None:
-        keep["eval_interval"] = given.eval_interval
-    ignored = [f"--{k}" for k, v in asdict(given).items() if k not in keep and k != "init_from"
-               and v != getattr(default, k) and v != saved.get(k)]
-    return dataclasses.replace(cfg, **keep), ignored
-
-
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the run stops; the last good checkpoint stays in place."""
 
 
 # ----------------------------------------------------------------------------- the run
-
-@dataclass
-class Progress:
-    """Where the run stands: saved in checkpoints, so a resumed run continues with the same next batch."""
-    step: int = 0
-    epoch: int = 0
-    index: int = 0  # next optimizer step within the epoch's plan
-    best_val_loss: float = math.inf
-    history: list = dataclasses.field(default_factory=list)
-
 
 @dataclass
 class Session:
@@ -278,18 +255,22 @@ def flush(s: Session, collective: bool = True) -> list[dict]:
     return recs
 
 
-def save(s: Session, name: str, gather: bool = True, weights_only: bool = False) -> None:
+def save(s: Session, name: str, weights_only: bool = False) -> None:
     """Write out_dir/name atomically: everything needed to continue exactly; or, with weights_only (best.pt),
-    what evaluation needs: without the optimizer's two moments it is a third of the size."""
-    rngs = all_rng_states(s.d) if gather and not weights_only else [rng_state()]  # a collective: every rank calls it
+    what evaluation needs: without the optimizer's two moments it is a third of the size. A model that is not
+    finite is never written: it would replace the last good checkpoint."""
+    if not torch.stack([torch.isfinite(p).all() for p in s.model.parameters()]).all():  # one host sync
+        raise TrainingDiverged(f"the weights hold NaN or inf at step {s.prog.step}: {name} not written; the last good "
+                               f"checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or float32")
+    rngs = [] if weights_only else all_rng_states(s.d)  # a collective: every rank calls it
     if not (s.d.is_main and s.cfg.save):
         return
     payload = {"model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_name,
-               "config": asdict(s.cfg), "step": s.prog.step}
+               "config": asdict(s.cfg), "step": s.prog.step, "best_val_loss": s.prog.best_val_loss,
+               "history": s.prog.history}
     if not weights_only:
         payload.update({"optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
-                        "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs,
-                        "best_val_loss": s.prog.best_val_loss, "history": s.prog.history})
+                        "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs})
     save_checkpoint(s.path(name), payload)
 
 
@@ -301,16 +282,27 @@ def eval_and_save(s: Session) -> dict:
     r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype, eos)}
     if not s.val:
         r["val_output_loss"] = r["val_prompt_loss"] = None
-    s.prog.history.append(r)
     s.log({"eval": r})
     if s.d.is_main:
         tqdm.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    if bad := [k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)]:
+        raise TrainingDiverged(f"evaluation at step {s.prog.step} gave {', '.join(bad)} = NaN or inf: stopped "
+                               f"without saving; the last good checkpoint (if any) is in {s.cfg.out_dir}")
+    s.prog.history.append(r)
     if r["val_output_loss"] is not None and r["val_output_loss"] < s.prog.best_val_loss:
         s.prog.best_val_loss = r["val_output_loss"]
         save(s, "best.pt", weights_only=True)
     save(s, "ckpt.pt")
     s.clock = time.perf_counter()  # the next steps' speed leaves out this evaluation
     return r
+
+
+def stop_requested(signals: StopAtStepBoundary, d: Dist) -> bool:
+    """Whether any rank got the signal: all ranks then stop at the same step (a rank that stopped alone would
+    leave the others waiting in a collective)."""
+    if not d.enabled:
+        return signals.requested
+    return reduce(torch.tensor([float(signals.requested)]), d).item() > 0
 
 
 def split_sizes(batch: int, micro: int, world: int) -> tuple[int, int]:
@@ -348,10 +340,14 @@ def set_up_device(cfg: TrainConfig, d: Dist, amp_dtype: torch.dtype | None) -> f
 
 def setup(cfg: TrainConfig, d: Dist) -> Session:
     """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint."""
-    ckpt, ignored = None, []
+    ckpt, ignored, ckpt_path = None, [], os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-        cfg, ignored = resume_config(ckpt["config"], cfg)
+        ckpt = load_checkpoint(ckpt_path)
+        check_training_checkpoint(ckpt, ckpt_path)
+    if d.is_main:
+        prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
+    if ckpt is not None:
+        cfg, ignored = resume_config(ckpt["config"], cfg, ckpt_path)
     device_type = torch.device(d.device).type
     cfg = resolve(cfg, device_type, d.world_size)
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
@@ -363,8 +359,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
             model, tok, tok_name = build_model(cfg)
             ref = copy.deepcopy(model) if cfg.kl_coef else None
         else:
-            model = GPT.from_state(GPTConfig(**ckpt["model_config"]), ckpt["model"])
-            tok_name, tok = ckpt["tokenizer"], get_tokenizer(ckpt["tokenizer"])
+            model = model_from_payload(ckpt, ckpt_path)
+            tok_name, tok = ckpt["tokenizer"], resume_tokenizer(ckpt, ckpt_path, model.config.vocab_size)
             ref = build_model(cfg)[0] if cfg.kl_coef else None
         if cfg.block_size > model.config.block_size:
             raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
@@ -387,20 +383,17 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout masks and NEFTune noise
     random.seed(cfg.seed + d.rank)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        prog = Progress(ckpt["step"], ckpt["data_state"]["epoch"], ckpt["data_state"]["index"],
-                        ckpt["best_val_loss"], ckpt["history"])
-        if len(ckpt["rng"]) == d.world_size:  # else the streams restart from the seed: not bit-exact
-            set_rng_state(ckpt["rng"][d.rank])
+        prog = restore(ckpt, ckpt_path, optimizer, scaler, d)
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok_name, train_ex, val_eval,
                 [train_ex[i] for i in sample], accum, total, prog, peak)
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        if ckpt is None:
+        if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
+            for name in RUN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(s.path(name))
             open(s.path("log.jsonl"), "w").close()
         print(textwrap.fill(" ".join(f"{k}={v}" for k, v in asdict(cfg).items()), 118, initial_indent="config: ",
                             subsequent_indent="  "))
@@ -413,8 +406,9 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     return s
 
 
-def run(s: Session) -> dict:
-    """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary."""
+def run(s: Session, signals: StopAtStepBoundary | None = None) -> dict:
+    """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. When `signals`
+    caught Ctrl-C (or SIGTERM), the loop saves ckpt.pt between two steps and raises KeyboardInterrupt."""
     cfg, prog, t0 = s.cfg, s.prog, time.perf_counter()
     stop = min(s.total, cfg.stop_step) if cfg.stop_step else s.total
     planned, plan = -1, []
@@ -426,6 +420,13 @@ def run(s: Session) -> dict:
     try:
         s.clock = time.perf_counter()
         while prog.step < stop:
+            if signals is not None and stop_requested(signals, s.d):  # a signal came during the last step: stop here
+                flush(s)
+                save(s, "ckpt.pt")
+                if s.d.is_main:
+                    tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; "
+                               "--init_from resume continues")
+                raise KeyboardInterrupt
             if planned != prog.epoch:  # the same plan for any rank count and after a resume
                 plan, planned = plan_epoch(cfg, s.train, prog.epoch), prog.epoch
             if prog.index >= len(plan):
@@ -438,12 +439,6 @@ def run(s: Session) -> dict:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
             if cfg.eval_interval and prog.step % cfg.eval_interval == 0 and prog.step < stop:
                 eval_and_save(s)
-    except KeyboardInterrupt:
-        flush(s, collective=not s.d.enabled)  # other ranks may be gone: no collective here
-        save(s, "ckpt.pt", gather=False)
-        if s.d.is_main:
-            tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; --init_from resume continues")
-        raise
     finally:
         prefetch.close()
         bar.close()
@@ -455,17 +450,18 @@ def run(s: Session) -> dict:
                "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
                "history": prog.history, "config": asdict(cfg)}
     if s.d.is_main:
-        with open(s.path("summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        write_text_atomic(s.path("summary.json"), json.dumps(summary, indent=1))
     return summary
 
 
 def train(cfg: TrainConfig) -> dict:
     """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
-    cfg.validate()
+    validate(cfg)
     d, owned = join_distributed(cfg.device)
     try:
-        return run(setup(cfg, d))
+        s = setup(cfg, d)
+        with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
+            return run(s, signals)
     finally:
         if owned:
             destroy_distributed()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from data import SPLIT_DEFAULTS
 from model import GPTConfig
-from runtime import UserError, opt
+from runtime import UserError, check_device, opt
 
 
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
@@ -30,6 +30,8 @@ GPU_MICRO_BATCH = 32
 class TrainConfig:
     # where from, where to
     out_dir: str = opt("out", "directory for ckpt.pt (last), best.pt, log.jsonl and summary.json")
+    overwrite: bool = opt(False, "replace a run already in out_dir (without it, train.py refuses; --init_from "
+                          "resume continues it)")
     init_from: str = opt("scratch", "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint or HF "
                          "directory | resume (continue out_dir/ckpt.pt with its saved config)")
     model: str = opt("tiny", "model preset for --init_from scratch (tiny, gpt2, gpt2-medium, ...)")
@@ -48,13 +50,13 @@ class TrainConfig:
                           "if < 1); the synthetic task's held-out set is --synth_heldout")
     num_examples: int = opt(SPLIT_DEFAULTS["num_examples"], "train on a random subset of this many examples (0 = all)")
     synth_examples: int = opt(SPLIT_DEFAULTS["synth_examples"], "synthetic task: training examples (more of them "
-                              "ask about training facts only; the held-out set stays the same)")
-    synth_heldout: int = opt(SPLIT_DEFAULTS["synth_heldout"], "synthetic task: held-out facts, one question each")
+                              "ask about training facts only; the held-out set stays the same)", low=1)
+    synth_heldout: int = opt(SPLIT_DEFAULTS["synth_heldout"], "synthetic task: held-out facts, one question each", low=1)
     synth_facts: int = opt(SPLIT_DEFAULTS["synth_facts"], "synthetic task: facts stated in each instruction "
-                           "(sets the instruction length)")
+                           "(sets the instruction length)", low=1)
     synth_mentions: int = opt(SPLIT_DEFAULTS["synth_mentions"], "synthetic task: how often training instructions "
-                              "state each held-out fact")
-    synth_keys: int = opt(SPLIT_DEFAULTS["synth_keys"], "synthetic task: facts in the world (at most 260)")
+                              "state each held-out fact", low=1)
+    synth_keys: int = opt(SPLIT_DEFAULTS["synth_keys"], "synthetic task: facts in the world (at most 260)", low=2)
     synth_seed: int = opt(SPLIT_DEFAULTS["synth_seed"], "synthetic task: seed of the generated examples")
     # loss
     loss: str = opt("it", "it: loss on outputs only; im: loss on instructions too (prompt weight 0 or 1)")
@@ -67,7 +69,7 @@ class TrainConfig:
     skip_zero: bool = opt(True, "positions with loss weight 0 skip the output head and the cross-entropy")
     pack: bool = opt(False, "pack several examples into each row (attention kept inside each) instead of padding")
     # optimization; None = the recipe's value (from scratch: fast CPU demo; otherwise the paper's GPT-2 recipe)
-    batch_size: int | None = opt(None, "examples per optimizer step, all ranks (scratch 8, fine-tune 128)")
+    batch_size: int | None = opt(None, "examples per optimizer step, all ranks (scratch 8, fine-tune 128)", low=1)
     batch_tokens: int = opt(0, "also cap each step at this many padded tokens: batch_size is then the most "
                             "examples per step, and each step accumulates as many micro-batches as it needs")
     micro_batch_size: int | None = opt(None, "examples per forward pass and rank (0 = batch/ranks; fine-tune 8)")
@@ -86,7 +88,7 @@ class TrainConfig:
     eval_interval: int | None = opt(None, "evaluate and save every N steps (0 = only at the end; scratch 100)")
     eval_examples: int = opt(200, "held-out examples scored at each evaluation (0 = all)")
     train_eval_size: int = opt(100, "training examples scored at each evaluation (the overfitting gap)")
-    log_interval: int = opt(10, "refresh the progress bar every N steps (log.jsonl gets every step)")
+    log_interval: int = opt(10, "refresh the progress bar every N steps (log.jsonl gets every step)", low=1)
     # system
     device: str = opt("auto", "auto | cpu | cuda | mps")
     threads: int | None = opt(None, "CPU threads (0 = torch's default, one per core; scratch 1: the tiny model "
@@ -112,18 +114,16 @@ class TrainConfig:
             (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)"),
             (0 <= c.dropout < 1, f"--dropout must be in [0, 1), got {c.dropout}"),
             (c.kl_coef >= 0 and c.neftune_alpha >= 0, "--kl_coef and --neftune_alpha must be >= 0"),
-            (c.batch_size >= 1 and c.micro_batch_size >= 0 and c.batch_tokens >= 0, "batch sizes must be positive"),
             (c.micro_batch_size == 0 or c.batch_size % c.micro_batch_size == 0,
              f"--batch_size {c.batch_size} is not divisible by --micro_batch_size {c.micro_batch_size}"),
             (c.max_steps > 0 or c.epochs > 0, "set --max_steps or --epochs above 0"),
-            (min(c.max_steps, c.stop_step, c.eval_interval, c.val_size, c.num_examples, c.threads) >= 0,
-             "counts must be >= 0"),
             (c.init_from in ("scratch", "resume") or not (c.n_layer or c.n_head or c.n_embd),
              "--n_layer/--n_head/--n_embd only apply to --init_from scratch"),
         ]
-        for ok, message in checks:
+        for ok, message in checks:  # check_numbers (runtime.validate) has already checked each number's range
             if not ok:
                 raise UserError(message)
+        check_device(c.device)
         if c.init_from == "scratch":
             scratch_config(c, vocab_size=257)
 

@@ -26,7 +26,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
 import random
@@ -37,28 +36,16 @@ from dataclasses import asdict, dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import matplotlib  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-
-matplotlib.use("Agg")  # draw to files; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import eval as evaluation  # noqa: E402
 import train as training  # noqa: E402
 from model import get_tokenizer, load_checkpoint  # noqa: E402
+from report import summary_markdown, write_results  # noqa: E402  (scripts/, next to this file)
 from runtime import UserError, opt, parse_config, run_cli  # noqa: E402
 
 RESERVED = ("seed", "out_dir", "loss", "prompt_loss_weight")  # train settings that the modes and seeds decide
-# (key in a record's "metrics", column title, True if lower is better); the summary table's columns in order
-METRICS = [("heldout_loss", "held-out output loss ↓", True), ("train_loss", "train output loss", True),
-           ("gap", "gap (held-out − train)", True), ("exact_match", "held-out exact match ↑", False),
-           ("memorization_exact_match", "memorization exact match", False),
-           ("bleu", "BLEU ↑", False), ("rouge_l", "ROUGE-L ↑", False),
-           ("memorization_bleu", "memorization BLEU", False)]
-LONG_ONLY = ("bleu", "rouge_l", "memorization_bleu")  # n-gram overlap says nothing about one-word answers
-SHORT_ANSWER_TOKENS = 16  # answers up to this long (on average, end-of-text included) are scored by exact match
 
 
 @dataclass
@@ -66,7 +53,7 @@ class CompareConfig:
     out_dir: str = opt("out/compare", "where results.json, summary.md, curves.png and runs/<mode>-s<seed>/ go")
     modes: list[str] = opt(["it", "im"], "modes to train, e.g. it,im,it+neft,im+neft,it+kl,plw0.3 (see the top)")
     prompt_loss_weights: list[float] = opt([], "add one mode per prompt-loss weight, e.g. 0,0.1,0.3,1")
-    seeds: int = opt(3, "runs per mode, with seeds first_seed, first_seed + 1, ...")
+    seeds: int = opt(3, "runs per mode, with seeds first_seed, first_seed + 1, ...", low=1)
     first_seed: int = opt(0, "seed of the first run of each mode (init, data split, example order, noise)")
     neftune_alpha: float = opt(5.0, "NEFTune alpha of the +neft modes (paper: 5)")
     kl_coef: float = opt(0.1, "KL coefficient of the +kl modes")
@@ -76,13 +63,16 @@ class CompareConfig:
                                  "memorization; 0 = all)")
     max_new_tokens: int = opt(0, "generation length limit (0 = eval.py's: the longest reference answer + 16 "
                                  "tokens); a prompt is never cut for it")
-    eval_batch_size: int = opt(16, "rows per forward pass in the evaluation")
+    eval_batch_size: int = opt(16, "rows per forward pass in the evaluation", low=1)
     train_config: str = opt("", "TOML or JSON file of train.py settings (flags given here win)")
     resume: bool = opt(False, "reuse the runs already in out_dir/results.json with the same settings")
     keep_checkpoints: bool = opt(False, "keep each run's ckpt.pt/best.pt (large for GPT-2)")
-    jobs: int = opt(2, "runs trained at once, each in its own process (1 = one after another, in this process)")
+    jobs: int = opt(2, "runs trained at once, each in its own process (1 = one after another, in this process)",
+                    low=1)
 
     def validate(self) -> None:
+        if not all_modes(self):
+            raise UserError("--modes: no mode given (e.g. --modes it,im, or --prompt_loss_weights 0,1)")
         for mode in all_modes(self):
             mode_settings(mode, self.neftune_alpha, self.kl_coef)  # raises on a bad mode name
         counts = (self.seeds, self.max_new_tokens + 1, self.eval_batch_size, self.gen_examples + 1,
@@ -162,7 +152,7 @@ def seed_everything(seed: int) -> None:
 
 
 def flatten_metrics(report: dict) -> dict:
-    """eval.py's nested report -> the flat metric names of METRICS."""
+    """eval.py's nested report -> the flat metric names of report.METRICS."""
     m = report["metrics"]
     flat = {"heldout_loss": m["heldout"]["output_loss"], "heldout_prompt_loss": m["heldout"]["prompt_loss"]}
     if "train" in m:
@@ -204,7 +194,7 @@ def run_one(cfg: CompareConfig, base, mode: str, seed: int) -> dict:
     tcfg, train_settings, eval_settings = run_settings(cfg, base, mode, seed)
     seed_everything(seed)
     t0 = time.perf_counter()
-    summary = training.train(tcfg)
+    summary = training.train(dataclasses.replace(tcfg, overwrite=True))  # a rerun replaces its own run folders
     t1 = time.perf_counter()
     metrics = evaluate_run(cfg, tcfg, tcfg.out_dir)
     t2 = time.perf_counter()
@@ -270,118 +260,6 @@ def run_all(cfg: CompareConfig, base, modes: list[str], done: list[dict] | None 
     return [results[k] for k in plan]
 
 
-# ----------------------------------------------------------------------------- the summary (pure)
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
-    m = sum(values) / len(values)
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return m, s
-
-
-def by_mode(records: list[dict], metric: str) -> dict[str, dict[int, float]]:
-    """{mode: {seed: value}} for one metric, modes in first-seen order (records without the metric left out)."""
-    out: dict[str, dict[int, float]] = {}
-    for r in records:
-        if metric in r["metrics"]:
-            out.setdefault(r["mode"], {})[r["seed"]] = r["metrics"][metric]
-    return out
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' * (n != 1)}"
-
-
-def paired_gains(records: list[dict], metric: str, lower_is_better: bool, a: str = "it", b: str = "im") -> dict:
-    """{seed: how much better b did than a} for the seeds both ran (same seed: same init and example order)."""
-    values = by_mode(records, metric)
-    va, vb = values.get(a, {}), values.get(b, {})
-    return {s: (va[s] - vb[s]) if lower_is_better else (vb[s] - va[s]) for s in va if s in vb}
-
-
-def verdict(records: list[dict], metric: str, label: str, lower_is_better: bool, a: str = "it", b: str = "im") -> str:
-    """One honest sentence: did mode b beat mode a on this metric, by how much, and is that beyond the seed spread?"""
-    values = by_mode(records, metric)
-    A, B = a.upper(), b.upper()
-    if a not in values or b not in values:
-        return f"{label}: no {A}/{B} pair to compare."
-    (ma, sa), (mb, sb) = mean_std(list(values[a].values())), mean_std(list(values[b].values()))
-    diff = mb - ma
-    gains = paired_gains(records, metric, lower_is_better, a, b)
-    wins = sum(g > 0 for g in gains.values())
-    if diff == 0:
-        return f"{label}: {B} and {A} tie at {ma:.4g} (over {plural(len(gains), 'seed')})."
-    spread = sa + sb  # the two modes' seed standard deviations added: a difference beyond this is not seed luck
-    if min(len(values[a]), len(values[b])) < 2:
-        beyond = "one seed only, so no seed spread to compare with"
-    else:
-        beyond = f"{'beyond' if abs(diff) > spread else 'within'} the seed spread (std {A} + std {B} = {spread:.3g})"
-    won = "beat" if (diff < 0) == lower_is_better else "did NOT beat"
-    per_seed = ", ".join(f"{g:+.3g}" for g in gains.values())
-    return (f"{label}: {B} {won} {A}: {ma:.4g} → {mb:.4g} (difference {diff:+.4g}, {beyond}; "
-            f"{B} better on {wins} of {plural(len(gains), 'seed')}; {B}'s gain per seed {per_seed}).")
-
-
-def cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    m, s = mean_std(values)
-    return f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
-
-
-def summary_table(records: list[dict], short_answers: bool = False) -> str:
-    """Markdown: one row per mode, mean ± std over seeds of each metric, plus training time. With short answers
-    the n-gram scores (BLEU, ROUGE-L) are left out: exact match says it all."""
-    modes = list(dict.fromkeys(r["mode"] for r in records))
-    metrics = [(k, title) for k, title, _ in METRICS if any(k in r["metrics"] for r in records)
-               and not (short_answers and k in LONG_ONLY)]
-    head = ["mode", "seeds"] + [title for _, title in metrics] + ["train time (s)"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for mode in modes:
-        mine = [r for r in records if r["mode"] == mode]
-        cells = [cell([r["metrics"][k] for r in mine if k in r["metrics"]]) for k, _ in metrics]
-        seconds = mean_std([r["time_s"]["train"] for r in mine])[0]
-        rows.append("| " + " | ".join([mode, str(len(mine))] + cells + [f"{seconds:.1f}"]) + " |")
-    return "\n".join(rows)
-
-
-def describe_setup(records: list[dict], d: dict) -> str:
-    """The data (dataset_info's facts) and the training settings that all runs shared, in two lines."""
-    r = records[0]
-    t = r["train_settings"]
-    data = (f"synthetic ({t['synth_facts']} stated facts per instruction; each held-out fact stated "
-            f"{t['synth_mentions']} times in training instructions, never asked in training)"
-            if t["data"] == "synthetic" else t["data"])
-    sizes = ", ".join(f"{k} {t[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size") if t[k])
-    model = t["init_from"] if t["init_from"] != "scratch" else f"{t['model']} from scratch ({sizes or 'preset'})"
-    which = "best (lowest held-out loss)" if r["eval_settings"][0]["ckpt"].endswith("best.pt") else "last"
-    return (f"- Data: {data}; {d['train_examples']} training and {d['heldout_examples']} held-out examples; "
-            f"instruction/output token ratio {d['ratio']:.2f}.\n"
-            f"- Model: {model}; {r['steps']} steps, lr {t['lr']}, batch {t['batch_size']}; every run evaluated at "
-            f"its {which} checkpoint.")
-
-
-VERDICT_METRICS = (("heldout_loss", "held-out output loss", True), ("exact_match", "held-out exact match", False),
-                   ("memorization_exact_match", "memorization exact match (lower: less copying)", True))
-
-
-def verdict_lines(records: list[dict]) -> list[str]:
-    """Every other mode against IT (IM first: the paper's question), one line per metric that both have."""
-    others = [m for m in dict.fromkeys(r["mode"] for r in records) if m != "it"]
-    return [verdict(records, metric, f"{mode.upper()} vs IT, {label}", lower, "it", mode)
-            for mode in sorted(others, key=lambda m: m != "im") for metric, label, lower in VERDICT_METRICS
-            if mode in by_mode(records, metric)]
-
-
-def summary_markdown(records: list[dict], info: dict) -> str:
-    short = info.get("output_tokens", 0) <= SHORT_ANSWER_TOKENS
-    lines = ["# IM vs IT", "", describe_setup(records, info), "", summary_table(records, short), "",
-             "Mean ± sample std over seeds. Losses are the output-token cross-entropy (nats) whatever the training "
-             "loss; exact match in [0, 1] (memorization: on training instructions, greedy)"
-             + ("." if short else "; BLEU, ROUGE-L in [0, 100]."), "", "## Verdict", ""]
-    return "\n".join(lines + ["- " + v for v in verdict_lines(records)]) + "\n"
-
-
 # ----------------------------------------------------------------------------- data facts, plots, files
 
 def dataset_info(tcfg) -> dict:
@@ -407,75 +285,23 @@ def tokenizer_name(cfg) -> str:
     return load_checkpoint(ckpt)["tokenizer"] if ckpt.endswith(".pt") and os.path.isfile(ckpt) else "gpt2"
 
 
-def plot_curves(records: list[dict], path: str) -> None:
-    """Train and held-out output loss against steps: per mode the mean over seeds, shaded ± std."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    modes = list(dict.fromkeys(r["mode"] for r in records))
-    for ax, key, title in ((axes[0], "train_output_loss", "train output loss"),
-                           (axes[1], "val_output_loss", "held-out output loss")):
-        for i, mode in enumerate(modes):
-            runs = [{h["step"]: h[key] for h in r["history"] if h.get(key) is not None}
-                    for r in records if r["mode"] == mode]
-            steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
-            if not steps:
-                continue
-            values = np.array([[run[s] for s in steps] for run in runs])  # (seeds, steps)
-            mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
-            ax.plot(steps, mean, color=f"C{i}", label=f"{mode} ({plural(len(runs), 'seed')})")
-            ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-        ax.set(title=title, xlabel="optimizer step", ylabel="output-token cross-entropy (nats)", yscale="log")
-        for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.6, not 6x10^-1
-            axis_set(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.grid(alpha=0.3)
-    axes[1].legend()
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_figure(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", dpi=110)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-
-
-def write_text(path: str, text: str) -> None:
-    """Atomic: a reader never sees half a file, even if the run is killed while writing."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+RECORD_FIELDS = ("mode", "seed", "metrics", "steps", "time_s", "history", "train_settings", "eval_settings")
 
 
 def load_records(path: str) -> list[dict]:
+    """The runs of an earlier results.json (--resume), each checked to hold every field run_one writes."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)["runs"]
+            runs = json.load(f)["runs"]
     except FileNotFoundError:
         return []
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a results.json written by compare.py ({e})") from None
-
-
-def paired_summary(records: list[dict]) -> dict:
-    """{mode: {metric: {"per_seed": {seed: gain over IT}, "min", "mean"}}}: what a reader checks first."""
-    out: dict = {}
-    for mode in dict.fromkeys(r["mode"] for r in records):
-        for metric, _, lower in VERDICT_METRICS[:2]:
-            gains = paired_gains(records, metric, lower, "it", mode) if mode != "it" else {}
-            if gains:
-                out.setdefault(mode, {})[metric] = {"per_seed": gains, "min": min(gains.values()),
-                                                    "mean": mean_std(list(gains.values()))[0]}
-    return out
-
-
-def write_results(out_dir: str, records: list[dict], info: dict, wall_s: float | None = None) -> None:
-    """results.json, summary.md and curves.png from the records so far (called after every run)."""
-    results = {"data": info, "gains_over_it": paired_summary(records), "verdict": verdict_lines(records),
-               "wall_s": wall_s, "runs": records}
-    write_text(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1) + "\n")
-    write_text(os.path.join(out_dir, "summary.md"), summary_markdown(records, info))
-    plot_curves(records, os.path.join(out_dir, "curves.png"))
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
+        raise UserError(f"{path}: not a results.json written by compare.py ({type(e).__name__}: {e})") from None
+    for i, r in enumerate(runs if isinstance(runs, list) else [runs]):
+        if missing := [k for k in RECORD_FIELDS if not isinstance(r, dict) or k not in r]:
+            raise UserError(f"{path}: runs[{i}] lacks {', '.join(missing)}: not written by this compare.py; "
+                            "move it away or run without --resume")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (puts the repository root on sys.path too)
-from compare import CompareConfig, mean_std, plt  # noqa: E402
+import report  # noqa: E402
+from compare import CompareConfig  # noqa: E402
+from report import mean_std, plt  # noqa: E402
 from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments, load_conversations  # noqa: E402
 from model import get_tokenizer  # noqa: E402
 from runtime import UserError, opt, run_cli  # noqa: E402
@@ -46,9 +48,9 @@ GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_matc
 class SweepConfig(CompareConfig):
     out_dir: str = opt("out/sweep", "where sweep.json, sweep.md, sweep.png and one folder per point go")
     factor: str = opt("examples", "examples (training set size) or ratio (instruction/output length)")
-    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,8 facts)")
-    bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio")
-    seeds: int = opt(2, "runs per mode and point")
+    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,8 facts)", low=1)
+    bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio", low=2)
+    seeds: int = opt(2, "runs per mode and point", low=1)
 
     def validate(self) -> None:
         super().validate()
@@ -93,7 +95,7 @@ def write_ratio_subsets(base, bins: int, out_dir: str) -> list[str]:
     paths = []
     for b, subset in enumerate(ratio_bins(convs, [example_ratio(c, tok) for c in convs], bins)):
         path = os.path.join(out_dir, "data", f"ratio_bin{b}.jsonl")
-        compare.write_text(path, "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in subset))
+        report.write_text(path, "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in subset))
         paths.append(path)
     return paths
 
@@ -113,9 +115,9 @@ def plan_points(cfg: SweepConfig, base) -> list[tuple[str, object]]:
 
 def paired_gain(records: list[dict], metric: str, lower_is_better: bool) -> dict:
     """IM's gain over IT per seed (same seed = same init, data split and order), then mean ± std over seeds."""
-    values = compare.by_mode(records, metric)
+    values = report.by_mode(records, metric)
     it, im = values.get("it", {}), values.get("im", {})
-    gains = [(it[s] - im[s]) if lower_is_better else (im[s] - it[s]) for s in it if s in im]
+    gains = list(report.paired_gains(records, metric, lower_is_better).values())
     if not gains:
         return {"mean": float("nan"), "std": float("nan"), "seeds": 0, "it": float("nan"), "im": float("nan")}
     m, s = mean_std(gains)
@@ -168,7 +170,7 @@ def plot_gains(factor: str, rows: list[dict], path: str) -> None:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    compare.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the program
@@ -192,9 +194,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         records, info = run_point(cfg, label, point_base)
         rows.append(point_row(label, records, info))
         points.append({**rows[-1], "data": info, "runs": records})
-        compare.write_text(os.path.join(cfg.out_dir, "sweep.json"),
+        report.write_text(os.path.join(cfg.out_dir, "sweep.json"),
                            json.dumps({"factor": cfg.factor, "points": points}, indent=1) + "\n")
-        compare.write_text(os.path.join(cfg.out_dir, "sweep.md"), sweep_markdown(cfg.factor, rows))
+        report.write_text(os.path.join(cfg.out_dir, "sweep.md"), sweep_markdown(cfg.factor, rows))
         plot_gains(cfg.factor, rows, os.path.join(cfg.out_dir, "sweep.png"))
     print(sweep_markdown(cfg.factor, rows))
     print(f"wrote {cfg.out_dir}/sweep.json, sweep.md, sweep.png in {time.perf_counter() - t0:.0f} s")

@@ -287,8 +287,8 @@ def test_generation_never_cuts_a_prompt_that_training_kept(net, tok, tmp_path):
     assert kept == [True, True, True, False]  # only the prompt that training cut is cut
 
 
-SETTINGS = dict(data="synthetic", format="", val_size=4, num_examples=6, synth_examples=12, synth_facts=1,
-                synth_answers=1, synth_seed=3, seed=5, block_size=64)  # what train.py saves as "config" (in part)
+SETTINGS = dict(data="synthetic", format="", val_size=100, num_examples=0, synth_examples=11, synth_facts=1,
+                synth_heldout=4, synth_mentions=1, synth_keys=20, synth_seed=3, seed=5, block_size=64)  # what train.py saves as "config" (in part)
 
 
 @pytest.fixture(scope="module")
@@ -301,11 +301,11 @@ def run_dir(net, tmp_path_factory):
 
 def test_evaluate_checkpoint_scores_train_py_split(net, tok, run_dir, tmp_path):
     """A train.py checkpoint: --data '' is the held-out split train.py made, --train_data '' its training split."""
-    train_convs, val_convs = data.split_and_subsample(synthetic.synthetic_conversations(12, 1, 1, 3), 4, 6, 5)
+    train_convs, val_convs = synthetic.synthetic_split(11, 4, 1, 1, seed=3, n_keys=20)
     out = str(tmp_path / "res" / "r.json")
     cfg = make_config(ev.EvalConfig, dict(ckpt=run_dir, memorization=True, max_new_tokens=4, out=out))
     m = ev.evaluate(cfg)["metrics"]
-    assert (m["heldout"]["examples"], m["train"]["examples"], m["memorization"]["examples"]) == (4, 6, 6)
+    assert (m["heldout"]["examples"], m["train"]["examples"], m["memorization"]["examples"]) == (4, 11, 11)
     expected = ev.loss_metrics(net, tok, val_convs, cfg, Dist(), 64 + 1)["output_loss"]  # block_size + 1, as train.py
     assert m["heldout"]["output_loss"] == pytest.approx(expected, rel=1e-6)
     assert m["heldout"]["gap_vs_train"] == pytest.approx(m["heldout"]["output_loss"] - m["train"]["output_loss"])
@@ -339,7 +339,7 @@ def ddp_worker(rank: int, world: int, init_file: str, cfg: dict) -> None:
 
 
 def test_two_processes_give_the_single_process_numbers(run_dir, tmp_path):
-    """Each rank takes every 2nd example (5 questions, 4 + 6 conversations: uneven shares); sums are all-reduced
+    """Each rank takes every 2nd example (5 questions, 4 + 11 conversations: uneven shares); sums are all-reduced
     and the generations come back in the original order."""
     mmlu = write(tmp_path / "q.csv", b"".join(b"Q%d?,a,bb,ccc,dddd,%s\n" % (i, b"ABCD"[i % 4:i % 4 + 1])
                                              for i in range(5)))

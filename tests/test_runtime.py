@@ -52,7 +52,9 @@ def test_config_file_is_overridden_by_flags(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "ten"], "--steps: expected int, got 'ten'"),
-    (["--lr", "-1"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be positive"),  # the generic range check passes 0; validate() does not
+    (["--lr", "-1"], "--lr must be >= 0, got -1"),  # check_numbers: every number in range, before validate()
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
     (["--fused=maybe"], None),  # argparse itself rejects a value for a boolean switch
 ])
 def test_bad_values_fail_with_a_clear_message(argv, message):

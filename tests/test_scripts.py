@@ -11,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import compare  # noqa: E402
+import report  # noqa: E402
 import sweep  # noqa: E402
 from runtime import UserError  # noqa: E402
 
@@ -98,29 +99,29 @@ RECORDS = ([record("it", s, heldout_loss=v, exact_match=e) for s, v, e in IT_VAL
 
 
 def test_mean_std_is_the_sample_std():
-    assert compare.mean_std([4.0, 4.2, 4.4]) == pytest.approx((4.2, 0.2))
-    assert compare.mean_std([3.0]) == (3.0, 0.0)
+    assert report.mean_std([4.0, 4.2, 4.4]) == pytest.approx((4.2, 0.2))
+    assert report.mean_std([3.0]) == (3.0, 0.0)
 
 
 def test_summary_table_has_one_row_per_mode_with_mean_and_std():
-    table = compare.summary_table(RECORDS).splitlines()
+    table = report.summary_table(RECORDS).splitlines()
     assert len(table) == 4  # header, separator, it, im
     assert table[2].startswith("| it | 3 | 4.200 ± 0.200 | 0.100 ± 0.100 |")
     assert table[3].startswith("| im | 3 | 1.500 ± 0.500 | 0.200 ± 0.265 |")
 
 
 def test_verdict_says_who_won_and_whether_beyond_the_seed_spread():
-    loss = compare.verdict(RECORDS, "heldout_loss", "Held-out output loss", lower_is_better=True)
+    loss = report.verdict(RECORDS, "heldout_loss", "Held-out output loss", lower_is_better=True)
     assert "IM beat IT: 4.2 → 1.5 (difference -2.7, beyond the seed spread" in loss
     assert "= 0.7" in loss and "IM better on 3 of 3 seeds" in loss
-    em = compare.verdict(RECORDS, "exact_match", "Exact match", lower_is_better=False)
+    em = report.verdict(RECORDS, "exact_match", "Exact match", lower_is_better=False)
     assert "IM beat IT: 0.1 → 0.2 (difference +0.1, within the seed spread" in em and "on 1 of 3 seeds" in em
     worse = [record("it", 0, heldout_loss=1.0), record("im", 0, heldout_loss=2.0)]
-    text = compare.verdict(worse, "heldout_loss", "Loss", lower_is_better=True)
+    text = report.verdict(worse, "heldout_loss", "Loss", lower_is_better=True)
     assert "IM did NOT beat IT" in text and "one seed only" in text
-    assert "no IT/IM pair" in compare.verdict(RECORDS[:3], "heldout_loss", "Loss", lower_is_better=True)
+    assert "no IT/IM pair" in report.verdict(RECORDS[:3], "heldout_loss", "Loss", lower_is_better=True)
     tie = [record("it", 0, exact_match=0.5), record("im", 0, exact_match=0.5)]
-    assert "tie" in compare.verdict(tie, "exact_match", "Exact match", lower_is_better=False)
+    assert "tie" in report.verdict(tie, "exact_match", "Exact match", lower_is_better=False)
 
 
 def test_summary_markdown_states_the_setup_and_a_verdict_per_mode_against_it():
@@ -129,7 +130,7 @@ def test_summary_markdown_states_the_setup_and_a_verdict_per_mode_against_it():
     extra = [record("plw0.3", s, heldout_loss=v, exact_match=0.0) for s, v in ((0, 4.6), (1, 4.7), (2, 4.8))]
     records = [{**r, "steps": 400, "train_settings": settings, "eval_settings": [{"ckpt": "x/ckpt.pt"}]}
                for r in RECORDS + extra]
-    text = compare.summary_markdown(records, {"train_examples": 200, "heldout_examples": 100, "ratio": 16.25})
+    text = report.summary_markdown(records, {"train_examples": 200, "heldout_examples": 100, "ratio": 16.25})
     assert "200 training and 100 held-out examples; instruction/output token ratio 16.25" in text
     assert "tiny from scratch (block_size 256); 400 steps, lr 0.002, batch 16" in text and "its last checkpoint" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ") and " vs IT, " in line]
@@ -189,7 +190,7 @@ def test_compare_end_to_end_writes_results_summary_and_curves(tmp_path, capsys):
     runs = results["runs"]
     assert [(r["mode"], r["seed"]) for r in runs] == [("it", 0), ("it", 1), ("im", 0), ("im", 1)]
     for r in runs:
-        assert {k for k, _, _ in compare.METRICS} <= set(r["metrics"]), r["metrics"].keys()
+        assert {k for k, _, _ in report.METRICS} <= set(r["metrics"]), r["metrics"].keys()
         assert r["train_settings"]["prompt_loss_weight"] == {"it": 0.0, "im": 1.0}[r["mode"]]
         assert r["train_settings"]["seed"] == r["seed"] and r["train_settings"]["max_steps"] == 2
         assert [h["step"] for h in r["history"]] == [0, 1, 2] and r["time_s"]["train"] > 0
