@@ -44,7 +44,9 @@ def pick_acc(logprobs: list[float]) -> int:
 
 def pick_acc_norm(logprobs: list[float], choices: list[str]) -> int:
     """lm-eval `acc_norm`: the highest log-probability per character of the choice (`len(choice)`, no delimiter)."""
+    # BEGIN SOLUTION ex6: like pick_acc, on log-probability per character
     return max(range(len(logprobs)), key=lambda i: logprobs[i] / max(len(choices[i]), 1))
+    # END SOLUTION
 
 
 def read_text(path: str) -> str:

@@ -100,9 +100,11 @@ def encode_segments(messages: list[dict], tok: tiktoken.Encoding,
 
 def loss_weights(segs: list[int], prompt_loss_weight: float, template_loss_weight: float = 0.0) -> list[float]:
     """THE difference between IT (prompt_loss_weight=0) and IM (=1): weights[t] for predicting token t."""
+    # BEGIN SOLUTION ex1: one weight per segment kind (TEMPLATE ... PAD); token 0 is never a target
     weight = {ASSISTANT: 1.0, EOT: 1.0, SYSTEM: prompt_loss_weight, USER: prompt_loss_weight,
               TEMPLATE: template_loss_weight, PAD: 0.0}
     return [0.0] + [weight[s] for s in segs[1:]]  # token 0 has no context to be predicted from
+    # END SOLUTION
 
 
 def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_weight: float,

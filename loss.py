@@ -1,3 +1,4 @@
+# HANDOUT DOCSTRING ex2: The loss of one optimizer step, which must not depend on how the step's batch is split.
 """The loss of one optimizer step, computed so that it does not depend on how the step's batch is split.
 
 The step's loss is  sum over every weighted token of w * CE  /  sum of w over the WHOLE step: every micro-batch on
@@ -110,6 +111,7 @@ def mark_dynamic(b: Batch) -> None:
 
 def run_micro_batches(engine: nn.Module, batches: list[Batch | None], dummy: Batch, norm: float, world: int,
                       ref: GPT | None, kl_coef: float, amp, scaler) -> torch.Tensor:
+    # HANDOUT DOCSTRING ex2: Forward and backward of this rank's micro-batches; returns [CE, KL] of the step here.
     """Forward and backward of this rank's micro-batches (on the device); returns [cross-entropy, KL] of the
     step on this rank, as a device tensor: reading it would wait for the GPU, so the caller decides when.
 
@@ -131,7 +133,9 @@ def run_micro_batches(engine: nn.Module, batches: list[Batch | None], dummy: Bat
                     with torch.no_grad():
                         ref_logits = ref(x.idx, x.pos, x.doc, x.select, 0.0, x.cu_seqlens)
                 ce, kl = engine(x.idx, x.targets, x.weights, x.pos, x.doc, x.select, x.cu_seqlens, ref_logits)
+            # BEGIN SOLUTION ex2: scale ce + kl_coef * kl so gradients add up to those of the whole step
             loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients
+            # END SOLUTION
             scaler.scale(loss).backward()
         if b is not None:
             parts.append(torch.stack([ce.detach(), kl.detach()]))

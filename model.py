@@ -77,10 +77,12 @@ class GPTConfig:
 def attention_mask(doc_q: torch.Tensor, doc_k: torch.Tensor, start: int = 0) -> torch.Tensor:
     """(B, 1, Tq, Tk) bool: query i (at absolute position start + i) may see key j iff j <= start + i and both
     carry the same document id. Padding (id -1) only sees padding, so no row is empty (an empty row is NaN)."""
+    # BEGIN SOLUTION ex5: a causal part shifted by `start`, and a same-document part
     Tq, Tk = doc_q.size(1), doc_k.size(1)
     causal = torch.ones(Tq, Tk, dtype=torch.bool, device=doc_q.device).tril(diagonal=start)
     same_doc = doc_q.unsqueeze(2) == doc_k.unsqueeze(1)  # (B, Tq, Tk)
     return (same_doc & causal).unsqueeze(1)
+    # END SOLUTION
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -119,10 +121,12 @@ class KVCache:
             B, nh, _, hs = k.shape
             self.k = k.new_empty(self.n_layer, B, nh, self.max_len, hs)
             self.v = torch.empty_like(self.k)
+        # BEGIN SOLUTION ex3: write after the self.len tokens already stored; return everything stored so far
         end = self.len + k.size(2)
         self.k[layer, :, :, self.len:end] = k
         self.v[layer, :, :, self.len:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        # END SOLUTION
 
 
 class CausalSelfAttention(nn.Module):
@@ -259,10 +263,12 @@ class GPT(nn.Module):
         x = self.embed(idx, pos, doc, neftune_alpha)
         for block in self.transformer.h:
             x = block(x, mask, None, varlen)
-        if select is not None and select.dtype == torch.bool:
+        if select is not None and select.dtype != torch.bool:  # (N,) flat indices from collate: no host sync
+            x, select = x.flatten(0, 1).index_select(0, select), None  # (N, C)
+        # BEGIN SOLUTION ex4: keep only the selected positions before the output head
+        if select is not None:
             x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
-        elif select is not None:
-            x = x.flatten(0, 1).index_select(0, select)  # (N, C), the same without a device-to-host sync
+        # END SOLUTION
         return self.lm_head(self.transformer.ln_f(x))
 
     def uses_varlen(self, device: torch.device) -> bool:
@@ -277,13 +283,18 @@ class GPT(nn.Module):
              select: torch.Tensor | None = None,
              cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches.
-        select: the flat indices of the nonzero weights (data.collate's Batch.select); computed here if None."""
-        if not skip_zero:
-            logits = self(idx, pos, doc, None, neftune_alpha, cu_seqlens)
-            return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
-        if select is None:
-            select = weights.flatten().nonzero().squeeze(1)  # (N,)
+        select: the flat indices of the nonzero weights (data.collate's Batch.select); a mask is made if None."""
+        if select is None:  # training passes collate's indices (no host sync); other callers get a mask here
+            # BEGIN SOLUTION ex4: which positions must reach the output head?
+            select = weights != 0 if skip_zero else None
+            # END SOLUTION
+        elif not skip_zero:
+            select = None
         logits = self(idx, pos, doc, select, neftune_alpha, cu_seqlens)
+        if select is None:
+            return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
+        if select.dtype == torch.bool:
+            return weighted_cross_entropy(logits, targets[select], weights[select])
         return weighted_cross_entropy(logits, targets.flatten()[select], weights.flatten()[select])
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
@@ -307,6 +318,7 @@ class GPT(nn.Module):
         """
         if cache is not None and tokens.size(1) > cache.max_len:
             cache = None  # past the block size: positions shift every step, nothing cached stays valid
+        # BEGIN SOLUTION ex3: run only the tokens the cache has not seen, at their positions in their row
         start = cache.len if cache is not None else 0
         if cache is None:
             tokens, valid = tokens[:, -self.config.block_size:], valid[:, -self.config.block_size:]
@@ -314,10 +326,13 @@ class GPT(nn.Module):
         doc = torch.where(valid, 0, -1)
         mask = None if valid.all() else attention_mask(doc[:, start:], doc, start)
         x = self.embed(tokens[:, start:], pos[:, start:], None, 0.0)
+        # END SOLUTION
         for block in self.transformer.h:
             x = block(x, mask, cache)
+        # BEGIN SOLUTION ex3: tell the cache what it has now seen
         if cache is not None:
             cache.len = tokens.size(1)
+        # END SOLUTION
         return self.lm_head(self.transformer.ln_f(x[:, -1]))
 
     @torch.no_grad()

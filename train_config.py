@@ -17,7 +17,7 @@ from runtime import UserError, check_device, opt
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
 # CPU in minutes, and the paper's recipe (Shi et al. 2024, App. A) for fine-tuning a pretrained GPT-2.
 SCRATCH_RECIPE = dict(batch_size=32, micro_batch_size=0, epochs=0.0, max_steps=400, lr=3e-3, min_lr_ratio=0.1,
-                      schedule="cosine", warmup_ratio=0.05, weight_decay=0.1, eval_interval=100, threads=1)
+                      schedule="cosine", warmup_ratio=0.05, weight_decay=0.1, eval_interval=50, threads=1)
 PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0, lr=2e-5, min_lr_ratio=0.0,
                     schedule="linear", warmup_ratio=0.03, weight_decay=0.0, eval_interval=50, threads=0)
 # On a GPU, 8 examples of ~200 tokens leave most of it idle waiting for kernel launches: up to 32 per forward
@@ -69,14 +69,14 @@ class TrainConfig:
     skip_zero: bool = opt(True, "positions with loss weight 0 skip the output head and the cross-entropy")
     pack: bool = opt(False, "pack several examples into each row (attention kept inside each) instead of padding")
     # optimization; None = the recipe's value (from scratch: fast CPU demo; otherwise the paper's GPT-2 recipe)
-    batch_size: int | None = opt(None, "examples per optimizer step, all ranks (scratch 8, fine-tune 128)", low=1)
+    batch_size: int | None = opt(None, "examples per optimizer step, all ranks (scratch 32, fine-tune 128)", low=1)
     batch_tokens: int = opt(0, "also cap each step at this many padded tokens: batch_size is then the most "
                             "examples per step, and each step accumulates as many micro-batches as it needs")
     micro_batch_size: int | None = opt(None, "examples per forward pass and rank (0 = batch/ranks; fine-tune 8)")
     epochs: float | None = opt(None, "passes over the training set, if max_steps is 0 (fine-tune 2)")
     max_steps: int | None = opt(None, "optimizer steps, overrides epochs (scratch 400; 0 = use epochs)")
     stop_step: int = opt(0, "stop after this step with a checkpoint, schedule unchanged, e.g. for job time limits")
-    lr: float | None = opt(None, "peak learning rate (scratch 2e-3, fine-tune 2e-5)")
+    lr: float | None = opt(None, "peak learning rate (scratch 3e-3, fine-tune 2e-5)")
     min_lr: float | None = opt(None, "learning rate at the end of the decay (scratch lr/10, fine-tune 0)")
     schedule: str | None = opt(None, "linear | cosine | constant, after warmup (scratch cosine, fine-tune linear)")
     warmup_ratio: float | None = opt(None, "fraction of steps of linear warmup (scratch 0.05, fine-tune 0.03)")
@@ -85,7 +85,7 @@ class TrainConfig:
     beta2: float = opt(0.999, "AdamW beta2")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = no clipping)")
     # evaluation and logs
-    eval_interval: int | None = opt(None, "evaluate and save every N steps (0 = only at the end; scratch 100)")
+    eval_interval: int | None = opt(None, "evaluate and save every N steps (0 = only at the end; scratch 50)")
     eval_examples: int = opt(200, "held-out examples scored at each evaluation (0 = all)")
     train_eval_size: int = opt(100, "training examples scored at each evaluation (the overfitting gap)")
     log_interval: int = opt(10, "refresh the progress bar every N steps (log.jsonl gets every step)", low=1)

@@ -139,27 +139,41 @@ def summary_markdown(records: list[dict], info: dict) -> str:
 
 # ----------------------------------------------------------------------------- plots and files
 
+CURVES = (("train_output_loss", "train output loss", "log"), ("val_output_loss", "held-out output loss", "log"),
+          ("val_exact_match", "held-out exact match", "linear"))  # the last one only where runs measured it
+
+
+def mean_curve(records: list[dict], mode: str, key: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Steps every seed of `mode` evaluated, and the mean and std over seeds of history[key] there."""
+    runs = [{h["step"]: h[key] for h in r["history"] if h.get(key) is not None} for r in records if r["mode"] == mode]
+    steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+    values = np.array([[run[s] for s in steps] for run in runs])  # (seeds, steps)
+    if not steps:
+        return [], np.zeros(0), np.zeros(0)
+    return steps, values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
+
+
 def plot_curves(records: list[dict], path: str) -> None:
-    """Train and held-out output loss against steps: per mode the mean over seeds, shaded ± std."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    """Train and held-out output loss (and held-out exact match) against steps: per mode the mean over seeds,
+    shaded ± std. IT overfitting shows as its held-out loss turning up while its train loss keeps falling."""
     modes = list(dict.fromkeys(r["mode"] for r in records))
-    for ax, key, title in ((axes[0], "train_output_loss", "train output loss"),
-                           (axes[1], "val_output_loss", "held-out output loss")):
+    panels = [p for p in CURVES if any(h.get(p[0]) is not None for r in records for h in r["history"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    for ax, (key, title, scale) in zip(axes[0], panels):
         for i, mode in enumerate(modes):
-            runs = [{h["step"]: h[key] for h in r["history"] if h.get(key) is not None}
-                    for r in records if r["mode"] == mode]
-            steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
-            if not steps:
-                continue
-            values = np.array([[run[s] for s in steps] for run in runs])  # (seeds, steps)
-            mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
-            ax.plot(steps, mean, color=f"C{i}", label=f"{mode} ({plural(len(runs), 'seed')})")
-            ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-        ax.set(title=title, xlabel="optimizer step", ylabel="output-token cross-entropy (nats)", yscale="log")
-        for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.6, not 6x10^-1
-            axis_set(matplotlib.ticker.FormatStrFormatter("%g"))
+            steps, mean, std = mean_curve(records, mode, key)
+            if steps:
+                n = sum(r["mode"] == mode for r in records)
+                ax.plot(steps, mean, color=f"C{i}", marker=".", label=f"{mode} ({plural(n, 'seed')})")
+                ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        ylabel = "fraction of answers" if scale == "linear" else "output-token cross-entropy (nats)"
+        ax.set(title=title, xlabel="optimizer step", ylabel=ylabel, yscale=scale)
+        if scale == "log":  # labels at 1, 2, 5 x 10^k, written 0.05 rather than 5x10^-2
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
-    axes[1].legend()
+    axes[0][-1].legend()
     fig.tight_layout()
     save_figure(fig, path)
 

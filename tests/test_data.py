@@ -42,6 +42,23 @@ def write(tmp_path, name: str, content) -> str:
 
 # ----------------------------------------------------------------------------- exact ids and weights
 
+SEGMENT_NAMES = {TEMPLATE: "TEMPLATE", SYSTEM: "SYSTEM", USER: "USER", ASSISTANT: "ASSISTANT", EOT: "EOT", PAD: "PAD"}
+
+
+@pytest.mark.ex1
+@pytest.mark.parametrize("prompt_loss_weight, template_loss_weight", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.25)])
+def test_loss_weights_one_segment_at_a_time(prompt_loss_weight, template_loss_weight):
+    expected = {TEMPLATE: template_loss_weight, SYSTEM: prompt_loss_weight, USER: prompt_loss_weight,
+                ASSISTANT: 1.0, EOT: 1.0, PAD: 0.0}
+    for seg, want in expected.items():
+        got = data.loss_weights([ASSISTANT, seg], prompt_loss_weight, template_loss_weight)
+        assert len(got) == 2, f"loss_weights of 2 tokens returned {len(got)} weights: one per token, weights[0] too"
+        assert got[1] == want, (f"a {SEGMENT_NAMES[seg]} token got weight {got[1]}, expected {want} (prompt_loss_weight"
+                                f"={prompt_loss_weight}, template_loss_weight={template_loss_weight})")
+        assert got[0] == 0.0, f"weights[0] is {got[0]}: token 0 has no context to be predicted from, so it is 0"
+
+
+@pytest.mark.ex1
 def test_single_turn_exact_ids_and_weights_in_each_mode():
     ids, w_it = data.encode_example(SINGLE, BYTE, 0.0)
     #   <   |    u    s    e    r    |    >   \n    H    i   \n    <    |    a ...
@@ -67,6 +84,7 @@ def test_alpaca_input_goes_after_a_blank_line_and_empty_input_adds_nothing(tmp_p
     assert w == [0] * 9 + [0.3] * 8 + [0] * 15 + [1, 1]
 
 
+@pytest.mark.ex1
 def test_multi_turn_with_system_exact_ids_segments_and_weights():
     ids, segs = data.encode_segments(MULTI, BYTE)
     pieces = [("<|system|>\n", TEMPLATE), ("Be kind.", SYSTEM), ("\n<|user|>\n", TEMPLATE), ("Hi", USER),
@@ -95,6 +113,7 @@ def test_gpt2_bpe_fixture(gpt2_bpe_dir):
     assert ids == [i for t, s in data.chat_pieces(m) for i in ([50256] if s == EOT else ref.encode(t))]
 
 
+@pytest.mark.ex1
 def test_loss_weights_table_presets_and_padding():
     segs = [TEMPLATE, USER, SYSTEM, TEMPLATE, ASSISTANT, EOT, PAD]
     assert data.loss_weights(segs, 0.5, 0.25) == [0.0, 0.5, 0.5, 0.25, 1.0, 1.0, 0.0]
@@ -205,6 +224,7 @@ def test_packing_balances_rows():
 
 
 
+@pytest.mark.ex5
 def test_packed_examples_do_not_see_each_other():
     from model import GPT, GPTConfig
     torch.manual_seed(0)

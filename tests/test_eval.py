@@ -63,12 +63,23 @@ def test_output_loss_equals_hand_computation(net, tok):
 
 # ----------------------------------------------------------------------------- multiple choice
 
+@pytest.mark.ex6
 def test_acc_and_acc_norm_disagree_on_crafted_logprobs():
     # the long choice has the lower total (-6 < -4) but the higher per-character log-prob (-1 > -2)
     logprobs, choices = [-4.0, -6.0], ["ab", "abcdef"]
     assert bm.pick_acc(logprobs) == 0
     assert bm.pick_acc_norm(logprobs, choices) == 1
     assert bm.pick_acc([-1.0, -1.0, -2.0]) == 0  # ties: the first, like numpy's argmax
+
+
+@pytest.mark.ex6
+def test_acc_norm_counts_characters_not_bytes_and_ties_go_first():
+    # "éé" is 2 characters but 4 UTF-8 bytes: per character -1.5 < -4/3, per byte -0.75 > -4/3
+    picked = bm.pick_acc_norm([-3.0, -4.0], ["éé", "abc"])
+    assert picked == 1, (f"choices ['éé', 'abc'] with log-probs [-3, -4]: picked {picked}, expected 1 (-4/3 per "
+                         f"character beats -3/2): divide by characters, len(choice), not UTF-8 bytes")
+    picked = bm.pick_acc_norm([-2.0, -4.0, -9.0], ["a", "ab", "abc"])
+    assert picked == 0, f"choices 0 and 1 tie at -2 per character: picked {picked}, expected 0 (ties: the first)"
 
 
 class Uniform(torch.nn.Module):
@@ -79,6 +90,7 @@ class Uniform(torch.nn.Module):
         return torch.zeros(int(select.sum()), 257)
 
 
+@pytest.mark.ex6
 def test_choice_metrics_end_to_end_acc_vs_acc_norm(tok):
     # byte tokens: " a" is 2 tokens for 1 char (-2 log V per char), " abcd" 5 for 4 (-1.25 log V per char)
     q = bm.Question("Pick one:", ["a", "abcd"], gold=1)

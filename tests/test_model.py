@@ -142,6 +142,8 @@ def test_tying_survives_an_optimizer_step(tiny):
     assert tiny.lm_head.weight.data_ptr() == tiny.transformer.wte.weight.data_ptr()
 
 
+@pytest.mark.ex3
+@pytest.mark.ex5
 def test_explicit_attention_equals_sdpa(tiny):
     idx = torch.randint(0, 67, (3, 20))
     doc = torch.tensor([0] * 8 + [1] * 9 + [-1] * 3).expand(3, 20)
@@ -169,6 +171,7 @@ def test_dropout_follows_the_config_after_loading(tiny):
 
 # ----------------------------------------------------------------------------- loss
 
+@pytest.mark.ex4
 def test_loss_matches_hand_computation(tiny):
     idx, targets = torch.randint(0, 67, (2, 9)), torch.randint(0, 67, (2, 9))
     weights = torch.rand(2, 9) * (torch.rand(2, 9) > 0.3)
@@ -187,6 +190,7 @@ def test_weighted_cross_entropy_ignores_targets_under_zero_weight():
     assert torch.allclose(s, expected[0] + 0.5 * expected[1]) and w.item() == 1.5
 
 
+@pytest.mark.ex4
 def test_skipping_zero_weights_changes_nothing(tiny):
     idx, targets = torch.randint(0, 67, (3, 12)), torch.randint(0, 67, (3, 12))
     weights = (torch.rand(3, 12) > 0.5).float() * 0.7
@@ -200,6 +204,7 @@ def test_skipping_zero_weights_changes_nothing(tiny):
     assert torch.allclose(results[0][2], results[1][2], atol=1e-6)
 
 
+@pytest.mark.ex4
 def test_all_zero_weights_give_zero_loss_and_gradient(tiny):
     idx = torch.randint(0, 67, (2, 5))
     s, w = tiny.loss(idx, torch.full((2, 5), -1), torch.zeros(2, 5))
@@ -214,11 +219,30 @@ def test_optimizer_decays_matrices_only(tiny):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(tiny.parameters()))
 
 
+@pytest.mark.ex4
 def test_select_returns_only_selected_rows(tiny):
     idx = torch.randint(0, 67, (2, 6))
     select = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
         assert torch.allclose(tiny(idx, select=select), tiny(idx)[select], atol=1e-6)
+
+
+@pytest.mark.ex4
+def test_output_head_runs_only_on_positions_with_nonzero_weight(tiny):
+    """Skipping is a speed claim, invisible in the loss: count the rows that reach the output head."""
+    rows = []
+    tiny.lm_head.register_forward_pre_hook(lambda m, args: rows.append(args[0].numel() // args[0].size(-1)))
+    idx, targets = torch.randint(0, 67, (2, 10)), torch.randint(0, 67, (2, 10))  # every target is a real token
+    weights = torch.zeros(2, 10)
+    weights[0, 6:], weights[1, 3:5] = 1.0, 0.5  # IT: the prompt's targets are real tokens, their weights 0
+    targets[1, 8:] = -1  # padding
+    with torch.no_grad():
+        tiny.loss(idx, targets, weights)
+        tiny(idx, select=weights != 0)
+    want = int((weights != 0).sum())
+    assert rows == [want, want], (f"the output head ran on {rows[0]} rows in loss() and {rows[1]} in forward(select=), "
+                                  f"expected {want}, the positions with nonzero weight: select them (by weight, not "
+                                  f"by target) before lm_head")
 
 
 def test_neftune_noise_only_in_training_and_scaled_by_example_length(tiny):
@@ -236,6 +260,7 @@ def test_neftune_noise_only_in_training_and_scaled_by_example_length(tiny):
 
 # ----------------------------------------------------------------------------- packing
 
+@pytest.mark.ex5
 def test_packed_examples_do_not_see_each_other(tiny):
     a, b = torch.randint(0, 67, (5,)), torch.randint(0, 67, (7,))
     idx = torch.cat([a, b, torch.zeros(3, dtype=torch.long)]).unsqueeze(0)
@@ -255,6 +280,7 @@ def test_packed_examples_do_not_see_each_other(tiny):
 
 # ----------------------------------------------------------------------------- generation
 
+@pytest.mark.ex3
 def test_cache_equals_no_cache_including_past_the_block_size(tiny):
     prompts = [list(range(1, 11)), [5, 9, 2]]
     for n in (10, 60):  # 60 new tokens run past block_size 48: the window slides
@@ -262,6 +288,7 @@ def test_cache_equals_no_cache_including_past_the_block_size(tiny):
     assert len(tiny.generate(prompts, 60)[0]) == 60
 
 
+@pytest.mark.ex3
 def test_cached_step_logits_equal_full_forward(tiny):
     tokens = torch.randint(0, 67, (2, 12))
     valid = torch.ones_like(tokens, dtype=torch.bool)
@@ -273,6 +300,7 @@ def test_cached_step_logits_equal_full_forward(tiny):
             assert (step - tiny(tokens[:, :t])[:, -1]).abs().max() < 1e-5
 
 
+@pytest.mark.ex3
 def test_batched_mixed_lengths_equal_one_at_a_time(tiny):
     prompts = [[3], [7, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8]]
     alone = [tiny.generate([p], 15)[0] for p in prompts]
@@ -284,6 +312,7 @@ def test_batched_mixed_lengths_equal_one_at_a_time(tiny):
     assert len(expected[1]) == alone[1].index(eos) < 15
 
 
+@pytest.mark.ex3
 def test_sampling_is_seedable_and_cache_independent(tiny):
     prompts = [[1, 2, 3], [4, 5]]
     def run(seed, cache=True):

@@ -1,4 +1,5 @@
 """train.py: the loss of a step does not depend on how it is split; resume is exact; failures are clear."""
+import contextlib
 import dataclasses
 import json
 import math
@@ -15,8 +16,8 @@ import torch.multiprocessing as mp
 
 import loss as L
 import train as T
-from data import collate
-from model import load_checkpoint
+from data import ASSISTANT, USER, Example, collate
+from model import GPT, GPTConfig, load_checkpoint
 from runtime import StopAtStepBoundary, UserError, destroy_distributed, init_distributed, make_config, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,6 +97,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class OneRank(L.StepLoss):
+    """StepLoss as one DDP rank runs it, without the processes: the caller averages the ranks' gradients."""
+
+    def no_sync(self):
+        return contextlib.nullcontext()
+
+
+class NoScaler:
+    def scale(self, loss):
+        return loss
+
+
+def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int]]]) -> torch.Tensor:
+    """The flattened gradient of one step whose examples are split into ranks x micro-batches, averaged over the
+    ranks as DDP does ([] = a micro-batch with nothing in it)."""
+    prompt_loss_weight = 0.3
+    parts = [L.step_batches(examples, micro, prompt_loss_weight) for micro in ranks]
+    ids = [i for micro in ranks for m in micro for i in m]
+    norm = L.step_totals(examples, ids, prompt_loss_weight)[0]  # the weight sum of the whole step, every rank
+    dummy = collate(examples[:1], prompt_loss_weight)
+    grads = []
+    for batches in parts:
+        model.zero_grad()
+        L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, norm, len(ranks), None, 0.0,
+                            contextlib.nullcontext(), NoScaler())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    return torch.stack(grads).mean(0)
+
+
+@pytest.mark.ex2
+def test_micro_batch_scaling_gives_the_whole_batch_gradient():
+    """Fast and in one process: the gradient of any split equals that of sum(w * loss) / sum(w) over the step."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=67))
+    rng = random.Random(0)
+    examples = []
+    for n in [3, 9, 5, 14, 4, 7, 11, 6]:  # very different lengths: micro-batches get very different weight sums
+        k = rng.randint(1, n - 1)
+        examples.append(Example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k)))
+    whole = step_gradient(model, examples, [[list(range(8))]])
+    own = "divide every micro-batch by norm, the weight sum of the WHOLE step, not by its own"
+    cases = {"8 x 1": ([[[i] for i in range(8)]], own),
+             "micro-batches of 1, 3, 4": ([[[0], [1, 2, 3], [4, 5, 6, 7]]], own),
+             "2 ranks x 2 x 2": ([[[0, 1], [2, 3]], [[4, 5], [6, 7]]],
+                                 "DDP AVERAGES gradients over ranks (micro-batches SUM them): scale by world"),
+             "2 ranks, the second with an empty last micro-batch": ([[[0, 1, 2], [3, 4, 5]], [[6, 7], []]],
+                                                                    "the dummy micro-batch (b is None) only joins "
+                                                                    "the all-reduce: it must add no gradient")}
+    for name, (ranks, hint) in cases.items():
+        got = step_gradient(model, examples, ranks)
+        scale = (got @ whole / (whole @ whole)).item()  # 1 if only the overall factor is off
+        error = ((got - whole).norm() / whole.norm()).item()
+        assert error < 1e-5, (f"{name}: the gradient is {scale:.3f} x the whole batch's (relative error "
+                              f"{error:.1e}): {hint}")
+
+
+@pytest.mark.ex2
 def test_update_does_not_depend_on_the_split(data_file, tmp_path):
     """One epoch, 3 optimizer steps (8, 8 and 1 examples; token-capped: 7, 3, 7): the updates of 8 x 1, 2 x 4,
     packed rows, and 2 processes x 2 x 2 agree. In the 1-example step one process has nothing and joins the

@@ -1,0 +1,117 @@
+"""scripts/course.py: the handout holds no solution, reset and grade work on a tree, check catches a grader that
+lets a wrong solution through. The full `course.py check` (36 grader runs, ~2.5 CPU-min) is its own CI step."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import course  # noqa: E402
+from runtime import UserError  # noqa: E402
+
+
+def solution_lines() -> set[str]:
+    """Code lines that exist only inside solution regions or answer-giving docstrings: what must not leak."""
+    inside, outside = set(), set()
+    for rel in course.source_files(ROOT):
+        lines = course.read(os.path.join(ROOT, rel))
+        secret = {i for r in course.find_regions(lines, rel) for i in range(r.begin + 1, r.end)}
+        for i, line in enumerate(lines):
+            if course.DOCSTRING.match(line):
+                secret |= set(range(i + 1, course.docstring_end(lines, i + 1) + 1))
+        for i, line in enumerate(lines):
+            (inside if i in secret else outside).add(line.strip())
+    return {line for line in inside - outside if len(line) >= 12 and not line.startswith(("#", '"""'))}
+
+
+def run(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/course.py", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_handout_has_no_solution_text_no_history_and_no_instructor_files(tmp_path):
+    course.handout(str(tmp_path / "handout"))
+    secrets = solution_lines()
+    assert len(secrets) > 20  # the regions of 7 exercises, and two docstrings of exercise 2
+    assert "loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients" \
+        in secrets
+    files = course.tree_files(str(tmp_path / "handout"))
+    for rel in files:
+        with open(tmp_path / "handout" / rel, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{rel} gives solutions away: {leaked[:3]}"
+    assert not any(p.startswith((".git" + os.sep, course.WRONG_DIR)) or "__pycache__" in p for p in files)
+    assert "tests/test_course.py" not in files and "docs/assignments.md" in files
+    for n, e in course.EXERCISES.items():  # every autograded exercise is blanked, and says where to read on
+        blanks = [line for rel in course.source_files(str(tmp_path / "handout"))
+                  for line in course.read(str(tmp_path / "handout" / rel)) if f'"Exercise {n}: ' in line]
+        assert bool(blanks) == bool(e.tests), (n, blanks)
+
+
+def test_reset_blanks_one_exercise_and_grade_scores_it(tmp_path):
+    course.copy_tree(ROOT, str(tmp_path), instructor=True)
+    r = run(["reset", "6"], cwd=str(tmp_path))
+    assert r.returncode == 0 and "exercise 6: 1 region(s) blanked" in r.stdout
+    assert 'raise NotImplementedError("Exercise 6: ' in (tmp_path / "benchmarks.py").read_text()
+    assert (tmp_path / "model.py").read_text() == open(os.path.join(ROOT, "model.py")).read()  # only exercise 6
+    r = run(["grade", "6"], cwd=str(tmp_path))
+    assert r.returncode == 1 and "exercise 6, acc vs acc_norm: 0/10 (3 failing: " in r.stdout, r.stdout[-2000:]
+    assert "NotImplementedError: Exercise 6" in r.stdout  # grade N shows pytest's report: the hint and the line
+
+
+def test_check_flags_every_variant_its_grader_gets_wrong(monkeypatch, capsys):
+    """check's bookkeeping, fast: a stand-in grader that passes everything, and reports what it was given. The
+    blank and each wrong solution must then be problems, the solution not. (The real graders run in CI's
+    `course.py check --jobs 2`, and in the grade test above.)"""
+    seen = []
+
+    def passes_everything(root, exercise, stop_first):
+        code = "".join(r for r in course.read(os.path.join(root, "benchmarks.py")) if "return" in r or "raise" in r)
+        seen.append(code)
+        return True, [], ""
+
+    monkeypatch.setattr(course, "run_grader", passes_everything)
+    with pytest.raises(UserError) as e:
+        course.check([6], jobs=2)
+    wrong = [name for name, _ in course.wrong_solutions(ROOT, 6)]
+    assert str(e.value).splitlines()[1:] == [f"  exercise 6: the grader passes on {v}" for v in ["blank"] + wrong]
+    assert len(seen) == len(wrong) + 2 and sum('NotImplementedError("Exercise 6' in c for c in seen) == 1
+    assert sum(".encode()" in c for c in seen) == 1  # ex6_bytes was in place when its grader ran
+    assert "ex6 solution: PASSES" in capsys.readouterr().out
+
+
+def test_regions_wrong_solutions_and_bad_input():
+    found = [r.exercise for r in course.find_regions(course.read(os.path.join(ROOT, "model.py")), "model.py")]
+    assert sorted(found) == [3, 3, 3, 4, 4, 5], found
+    recorded = {name for n in course.EXERCISES for name, _ in course.wrong_solutions(ROOT, n)}
+    issue_12_table = {"ex3_positions_ignore_padding", "ex3_mask_offset_plus_one", "ex3_mask_offset_minus_one",
+                      "ex3_cache_never_advances", "ex4_head_then_index", "ex4_select_by_target", "ex5_ignores_start",
+                      "ex5_padding_sees_nothing", "ex6_bytes", "ex6_last_on_ties"}
+    assert issue_12_table <= recorded, issue_12_table - recorded  # `check` proves each one caught
+    assert course.EXERCISES[7].tests == ()  # written: graded by the rubric, never "passes with no work"
+    for n in course.EXERCISES:  # every wrong solution names a region that exists, compiles, keeps the markers
+        for name, replace in course.wrong_solutions(ROOT, n):
+            for (rel, k), code in replace.items():
+                lines = course.read(os.path.join(ROOT, rel))
+                mine = [r for r in course.find_regions(lines, rel) if r.exercise == n]
+                assert 1 <= k <= len(mine), (name, rel, k)
+                text = "".join(course.replace_regions(lines, rel, n, {k: course.indented(code, mine[k - 1].indent)}))
+                compile(text, f"{name}: {rel}", "exec")
+                wrong = text.splitlines(True)  # as the file reads back
+                assert len(course.find_regions(wrong, rel)) == len(course.find_regions(lines, rel)), name
+    with pytest.raises(UserError, match=r"x.py:3: BEGIN SOLUTION without an END SOLUTION"):
+        course.find_regions(["a\n", "b\n", "    # BEGIN SOLUTION ex1: hint\n", "c\n"], "x.py")
+    with pytest.raises(UserError, match=r"x.py:1: END SOLUTION without a BEGIN"):
+        course.find_regions(["# END SOLUTION\n"], "x.py")
+    r = run(["reset", "9"])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no exercise '9'" in r.stderr
+
+
+def test_handout_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    r = run(["handout", str(tmp_path)])
+    assert r.returncode == 2 and "exists and is not empty" in r.stderr and os.listdir(tmp_path) == ["keep.txt"]
