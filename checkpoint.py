@@ -98,7 +98,7 @@ def read_weight_file(path: str) -> dict[str, torch.Tensor]:
     try:
         if path.endswith(".safetensors"):
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors only: no code runs
     except Exception as e:  # safetensors, pickle and zip errors have no common base class
         refuse_code(path, e)
         raise CheckpointError(f"{path}: corrupt or truncated weights file ({type(e).__name__}: {e})") from None
@@ -142,7 +142,7 @@ def state_from_hf(hf: dict[str, torch.Tensor], expected: dict[str, torch.Size],
         if key.endswith((".attn.bias", ".attn.masked_bias")) or key == "lm_head.weight":
             continue
         key = key if key.startswith("transformer.") else "transformer." + key
-        state[key] = tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor
+        state[key] = tensor.t().contiguous() if key.endswith(CONV1D_WEIGHTS) else tensor  # the model keeps it
     check_state(state, expected, path)
     return state
 

@@ -182,9 +182,17 @@ class Batch:
     segs: torch.Tensor
     pos: torch.Tensor
     doc: torch.Tensor
+    select: torch.Tensor | None = None  # (N,) flat indices of the nonzero weights: the positions the head scores
+    cu_seqlens: torch.Tensor | None = None  # packed only: (D+1,) int32 start of each run of one doc id, flattened
 
     def to(self, device: str | torch.device) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        """A copy on `device`; from pinned memory the copies overlap with the GPU's work (non_blocking)."""
+        return Batch(**{f.name: None if getattr(self, f.name) is None else
+                        getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+    def pin_memory(self) -> "Batch":
+        return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
+                        for f in fields(self)})
 
 
 def first_fit(lengths: list[int], order: list[int], cap: int) -> list[list[int]]:
@@ -237,7 +245,20 @@ def collate(examples: list[Example], prompt_loss_weight: float, template_loss_we
             weights[r, at] = loss_weights(e.segs, prompt_loss_weight, template_loss_weight)[1:]
             pos[r, at], doc[r, at] = np.arange(n), d
             t += n
-    return Batch(*(torch.from_numpy(a) for a in (idx, targets, weights, segs, pos, doc)))
+    select = torch.from_numpy(np.flatnonzero(weights))  # here, on the CPU: boolean indexing on a GPU would sync
+    cu_seqlens = None if pack_len is None else torch.from_numpy(doc_starts(doc))
+    return Batch(*(torch.from_numpy(a) for a in (idx, targets, weights, segs, pos, doc)), select, cu_seqlens)
+
+
+def doc_starts(doc: np.ndarray) -> np.ndarray:
+    """(B, T) document ids -> (D+1,) int32: where each run of one id starts in the flattened B * T tokens, and
+    B * T at the end (varlen attention's cu_seqlens). Each row's padding is a run of its own, seeing only itself."""
+    B, T = doc.shape
+    flat = doc.reshape(-1)
+    new_run = np.ones(B * T, dtype=bool)
+    new_run[1:] = flat[1:] != flat[:-1]
+    new_run[::T] = True  # a row never continues the previous row's document
+    return np.append(np.flatnonzero(new_run), B * T).astype(np.int32)
 
 
 def useful_fraction(batch: Batch) -> float:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import Batch, Example, collate
+from data import Batch, Example, collate, loss_weights
 from model import GPT, weighted_cross_entropy
 
 
@@ -46,42 +47,73 @@ class StepLoss(nn.Module):
         super().__init__()
         self.model, self.skip_zero, self.neftune_alpha = model, skip_zero, neftune_alpha
 
-    def forward(self, idx, targets, weights, pos, doc, ref_logits=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, idx, targets, weights, pos, doc, select=None, cu_seqlens=None,
+                ref_logits=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of w * cross-entropy, sum of w * KL to the reference model) over one micro-batch."""
         if ref_logits is None:
             ce, _ = self.model.loss(idx, targets, weights, pos=pos, doc=doc, neftune_alpha=self.neftune_alpha,
-                                    skip_zero=self.skip_zero)
+                                    skip_zero=self.skip_zero, select=select, cu_seqlens=cu_seqlens)
             return ce, torch.zeros_like(ce)
-        select = weights != 0
-        logits = self.model(idx, pos=pos, doc=doc, select=select, neftune_alpha=self.neftune_alpha)  # (N, V)
-        ce, _ = weighted_cross_entropy(logits, targets[select], weights[select])
-        return ce, weighted_kl(logits, ref_logits, weights[select])
+        logits = self.model(idx, pos, doc, select, self.neftune_alpha, cu_seqlens)  # (N, V)
+        w = weights.flatten()[select]
+        ce, _ = weighted_cross_entropy(logits, targets.flatten()[select], w)
+        return ce, weighted_kl(logits, ref_logits, w)
 
 
 # ----------------------------------------------------------------------------- one optimizer step
 
-def step_batches(examples: list[Example], micro: list[list[int]], device: str, prompt_loss_weight: float,
-                 template_loss_weight: float = 0.0, pack_len: int | None = None,
-                 reduction: str = "token") -> tuple[list[Batch | None], torch.Tensor]:
-    """This rank's micro-batches (None where empty) and [weight sum, examples, tokens] over them."""
-    batches, stats = [], torch.zeros(3, dtype=torch.float64)
+def step_totals(examples: list[Example], ids: list[int], prompt_loss_weight: float,
+                template_loss_weight: float = 0.0) -> tuple[float, int, int, int]:
+    """(weight sum, examples, tokens, weighted tokens) of a whole step, from its example ids alone.
+
+    Every rank knows the step's ids, so it can count the denominator itself: no all-reduce, no device sync.
+    Summed in float64 in the order of `ids`, so every split of the step gets the same number."""
+    weight_sum, weighted, tokens = 0.0, 0, 0
+    for i in ids:
+        w = loss_weights(examples[i].segs, prompt_loss_weight, template_loss_weight)[1:]
+        weight_sum += float(np.sum(w, dtype=np.float64))
+        weighted += int(np.count_nonzero(w))
+        tokens += len(w)
+    return weight_sum, len(ids), tokens, weighted
+
+
+def step_batches(examples: list[Example], micro: list[list[int]], prompt_loss_weight: float,
+                 template_loss_weight: float = 0.0, pack: bool = False, reduction: str = "token",
+                 pin: bool = False) -> list[Batch | None]:
+    """This rank's micro-batches (None where empty), on the CPU, in pinned memory if `pin` (for fast copies).
+
+    pack: each micro-batch becomes ONE row holding all its examples back to back, with per-document positions
+    and cu_seqlens: no padding at all (attention stays inside each document, see GPT.forward)."""
+    batches = []
     for ids in micro:
         if not ids:
             batches.append(None)
             continue
-        b = collate([examples[i] for i in ids], prompt_loss_weight, template_loss_weight, pack_len=pack_len)
-        stats += torch.tensor([b.weights.double().sum().item(), len(ids), (b.doc >= 0).sum().item()],
-                              dtype=torch.float64)
+        chosen = [examples[i] for i in ids]
+        pack_len = sum(len(e.ids) - 1 for e in chosen) if pack else None
+        b = collate(chosen, prompt_loss_weight, template_loss_weight, pack_len=pack_len)
         if reduction == "sequence":
             b = dataclasses.replace(b, weights=per_example_weights(b.weights, b.doc))
-        batches.append(b.to(device))
-    return batches, stats
+        batches.append(b.pin_memory() if pin else b)
+    return batches
+
+
+def mark_dynamic(b: Batch) -> None:
+    """Tell torch.compile up front that batch shapes vary, so it does not first build a graph for the first
+    step's exact shapes and then throw it away at step 2."""
+    for t in (b.idx, b.targets, b.weights, b.pos, b.doc):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 1)
+    for t in (b.select, b.cu_seqlens):
+        if t is not None:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 def run_micro_batches(engine: nn.Module, batches: list[Batch | None], dummy: Batch, norm: float, world: int,
                       ref: GPT | None, kl_coef: float, amp, scaler) -> torch.Tensor:
     # HANDOUT DOCSTRING ex2: Forward and backward of this rank's micro-batches; returns [CE, KL] of the step here.
-    """Forward and backward of this rank's micro-batches; returns [cross-entropy, KL] of the step on this rank.
+    """Forward and backward of this rank's micro-batches (on the device); returns [cross-entropy, KL] of the
+    step on this rank, as a device tensor: reading it would wait for the GPU, so the caller decides when.
 
     Each micro-batch's loss is divided by `norm`, the weight sum of the whole step over all ranks, and multiplied
     by `world`, because DDP AVERAGES gradients over ranks: mean_r(world * g_r / norm) = sum_r g_r / norm, exactly
@@ -99,12 +131,14 @@ def run_micro_batches(engine: nn.Module, batches: list[Batch | None], dummy: Bat
                 ref_logits = None
                 if ref is not None:
                     with torch.no_grad():
-                        ref_logits = ref(x.idx, pos=x.pos, doc=x.doc, select=x.weights != 0)
-                ce, kl = engine(x.idx, x.targets, x.weights, x.pos, x.doc, ref_logits)
+                        ref_logits = ref(x.idx, x.pos, x.doc, x.select, 0.0, x.cu_seqlens)
+                ce, kl = engine(x.idx, x.targets, x.weights, x.pos, x.doc, x.select, x.cu_seqlens, ref_logits)
             # BEGIN SOLUTION ex2: scale ce + kl_coef * kl so gradients add up to those of the whole step
             loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients
             # END SOLUTION
             scaler.scale(loss).backward()
         if b is not None:
             parts.append(torch.stack([ce.detach(), kl.detach()]))
-    return torch.stack(parts).double().sum(0).cpu() / norm if parts else torch.zeros(2, dtype=torch.float64)
+    if not parts:
+        return torch.zeros(2, dtype=torch.float64, device=dummy.idx.device if dummy is not None else "cpu")
+    return torch.stack(parts).double().sum(0) / norm

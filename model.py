@@ -66,6 +66,13 @@ class GPTConfig:
 
 
 # ----------------------------------------------------------------------------- attention
+# Which attention runs depends on the batch. Padded rows (one example each, padding on the right): no mask at
+# all, is_causal=True, exact for every real token, and CUDA may use FlashAttention (which refuses any mask).
+# Packed rows (--pack: examples back to back, positions restarting): attention must stay inside each example.
+# On CUDA varlen_attn takes the examples' start offsets (cu_seqlens) and computes no block across two of them;
+# elsewhere the dense block-diagonal mask below does the same, readable but quadratic in the row's length.
+# (FlexAttention would also work, but is fast only compiled, and needs a block mask built for every batch.)
+# Generation of prompts of different lengths pads them on the left, and keeps its mask.
 
 def attention_mask(doc_q: torch.Tensor, doc_k: torch.Tensor, start: int = 0) -> torch.Tensor:
     """(B, 1, Tq, Tk) bool: query i (at absolute position start + i) may see key j iff j <= start + i and both
@@ -76,6 +83,17 @@ def attention_mask(doc_q: torch.Tensor, doc_k: torch.Tensor, start: int = 0) -> 
     same_doc = doc_q.unsqueeze(2) == doc_k.unsqueeze(1)  # (B, Tq, Tk)
     return (same_doc & causal).unsqueeze(1)
     # END SOLUTION
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_len: int) -> torch.Tensor:
+    """Causal attention inside each document of a packed batch, (N, nh, hs) in and out, on CUDA's flash kernel.
+
+    cu_seqlens (D+1,) int32 are the documents' start offsets in the N flattened tokens: no mask is built and no
+    block across two documents is computed. max_len bounds the longest document (block_size: a constant, so a
+    compiled graph does not depend on the batch)."""
+    from torch.nn.attention.varlen import varlen_attn  # CUDA only (flash kernel), torch >= 2.10
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, window_size=(-1, 0))  # (-1, 0): causal
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -118,19 +136,26 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.config, self.layer = config, layer  # the model's one config: dropout and attention are read live
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         nh = self.config.n_head
+        dropout = self.config.dropout if self.training else 0.0
+        if cu_seqlens is not None:  # packed documents on CUDA: flatten the rows, one varlen call, no mask
+            q, k, v = (t.reshape(B * T, nh, C // nh) for t in (q, k, v))  # (N, nh, hs)
+            y = varlen_attention(q, k, v, cu_seqlens, self.config.block_size)  # (N, nh, hs)
+            return F.dropout(self.c_proj(y.reshape(B, T, C)), dropout, self.training)
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # is_causal aligns the first query with the first key: right unless cached keys come before the queries.
+        # A Python bool (not `T > 1`, a symbolic bool under dynamic shapes that breaks torch.compile's graph).
+        causal = mask is None and (cache is None or cache.len == 0)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        dropout = self.config.dropout if self.training else 0.0
         if self.config.attention == "math":
             y = math_attention(q, k, v, mask, dropout)
-        else:  # is_causal aligns the first query with the first key: right for a prefill, not for one new token
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=mask is None and T > 1)
+        else:  # no mask + is_causal: CUDA may pick its flash kernel, which skips the blocks above the diagonal
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return F.dropout(self.c_proj(y), dropout, self.training)
 
@@ -155,8 +180,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, cu_seqlens)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -214,38 +240,62 @@ class GPT(nn.Module):
         return F.dropout(tok + self.transformer.wpe(pos), self.config.dropout, self.training)
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor | None = None, doc: torch.Tensor | None = None,
-                select: torch.Tensor | None = None, neftune_alpha: float = 0.0) -> torch.Tensor:
-        """Logits (B, T, V), or (N, V) for the N positions where `select` (B, T) is True, in row-major order.
+                select: torch.Tensor | None = None, neftune_alpha: float = 0.0,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V), or (N, V) for the N positions `select` names, in row-major order: a (B, T) bool
+        mask, or the (N,) indices of those positions in the flattened (B * T) tokens (no host sync).
 
-        pos: position ids (default 0..T-1). doc: document id of each token for packed rows (attention stays
-        inside a document, -1 = padding); None = one causal sequence per row.
+        pos: position ids (default 0..T-1). doc: example id of each token (-1 = padding), for NEFTune's lengths.
+        cu_seqlens: only for packed rows (several examples per row): (D+1,) int32 start offsets of each run of
+        one document id in the flattened tokens (data.collate computes them); attention then stays inside each
+        document. Unpacked, right-padded rows need no mask: causal attention is exact for every real token.
         """
         B, T = idx.shape
-        if T > self.config.block_size:
+        if cu_seqlens is None and T > self.config.block_size:
             raise UserError(f"sequence of {T} tokens is longer than the model's block_size {self.config.block_size}")
         if pos is None:
             pos = torch.arange(T, device=idx.device).expand(B, T)
-        mask = None if doc is None else attention_mask(doc, doc)
+        mask, varlen = None, None
+        if cu_seqlens is not None and self.uses_varlen(idx.device):
+            varlen = cu_seqlens
+        elif cu_seqlens is not None:
+            mask = attention_mask(doc, doc)  # the readable fallback: a dense (B, 1, T, T) block-diagonal mask
         x = self.embed(idx, pos, doc, neftune_alpha)
         for block in self.transformer.h:
-            x = block(x, mask)
+            x = block(x, mask, None, varlen)
+        if select is not None and select.dtype != torch.bool:  # (N,) flat indices from collate: no host sync
+            x, select = x.flatten(0, 1).index_select(0, select), None  # (N, C)
         # BEGIN SOLUTION ex4: keep only the selected positions before the output head
         if select is not None:
             x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
         # END SOLUTION
         return self.lm_head(self.transformer.ln_f(x))
 
+    def uses_varlen(self, device: torch.device) -> bool:
+        """Packed rows take CUDA's varlen flash kernel when it can run: half precision, no attention dropout."""
+        if device.type != "cuda" or self.config.attention != "sdpa" or self.config.dropout > 0:
+            return False
+        return torch.is_autocast_enabled("cuda") or self.transformer.wte.weight.dtype in (torch.float16,
+                                                                                          torch.bfloat16)
+
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, pos: torch.Tensor | None = None,
-             doc: torch.Tensor | None = None, neftune_alpha: float = 0.0,
-             skip_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches."""
-        # BEGIN SOLUTION ex4: which positions must reach the output head?
-        select = weights != 0 if skip_zero else None
-        # END SOLUTION
-        logits = self(idx, pos, doc, select, neftune_alpha)
+             doc: torch.Tensor | None = None, neftune_alpha: float = 0.0, skip_zero: bool = True,
+             select: torch.Tensor | None = None,
+             cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches.
+        select: the flat indices of the nonzero weights (data.collate's Batch.select); a mask is made if None."""
+        if select is None:  # training passes collate's indices (no host sync); other callers get a mask here
+            # BEGIN SOLUTION ex4: which positions must reach the output head?
+            select = weights != 0 if skip_zero else None
+            # END SOLUTION
+        elif not skip_zero:
+            select = None
+        logits = self(idx, pos, doc, select, neftune_alpha, cu_seqlens)
         if select is None:
             return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
-        return weighted_cross_entropy(logits, targets[select], weights[select])
+        if select.dtype == torch.bool:
+            return weighted_cross_entropy(logits, targets[select], weights[select])
+        return weighted_cross_entropy(logits, targets.flatten()[select], weights.flatten()[select])
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
                              fused: bool | None = None) -> torch.optim.AdamW:
@@ -328,11 +378,26 @@ class GPT(nn.Module):
         config_path = os.path.join(directory, "config.json")
         config = GPTConfig.from_file({**ckpt.config_from_hf(ckpt.read_json(config_path), config_path), **overrides},
                                      config_path)
-        model = cls(config)
-        expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        state = ckpt.state_from_hf(ckpt.read_weights(directory), expected, directory)
-        model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
+        state = ckpt.state_from_hf(ckpt.read_weights(directory), expected_shapes(config), directory)
+        return cls.from_state(config, state)
+
+    @classmethod
+    def from_state(cls, config: GPTConfig, state: dict[str, torch.Tensor]) -> "GPT":
+        """The model with these weights (lm_head tied to wte), built without a random init to overwrite: the
+        modules are made on the meta device (no memory) and take the loaded tensors themselves (assign=True)."""
+        with torch.device("meta"):
+            model = cls(config)
+        state = {k: v.float() for k, v in state.items()}  # assign keeps a tensor's dtype: a fp16 file stays fp32
+        model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]}, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the head its own Parameter
         return model
+
+
+def expected_shapes(config: GPTConfig) -> dict[str, torch.Size]:
+    """Every weight's shape (lm_head is tied to wte, so it is not listed), without allocating the model."""
+    with torch.device("meta"):
+        state = GPT(config).state_dict()
+    return {k: v.shape for k, v in state.items() if k != "lm_head.weight"}
 
 
 def left_pad(prompts: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,12 +464,11 @@ def model_from_checkpoint(path: str) -> tuple[GPT, tiktoken.Encoding]:
 
 def model_from_payload(payload: dict, path: str) -> GPT:
     """The model of a loaded checkpoint, its weights checked against its model_config (errors name `path`)."""
-    model = GPT(GPTConfig.from_file(payload["model_config"], path))
+    config = GPTConfig.from_file(payload["model_config"], path)
     state = {unwrap(k): v for k, v in payload["model"].items()}
     state.pop("lm_head.weight", None)  # tied to wte
-    ckpt.check_state(state, {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}, path)
-    model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
-    return model
+    ckpt.check_state(state, expected_shapes(config), path)
+    return GPT.from_state(config, state)
 
 
 def unwrap(key: str) -> str:

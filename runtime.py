@@ -9,11 +9,11 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import functools
 import json
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -208,9 +208,28 @@ def cache_dir() -> str:
     return os.environ.get("IMGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imgpt")
 
 
+def temp_path(path: str) -> str:
+    """Where a file is written before its rename: unique per host and process, since two nodes sharing a
+    filesystem may run the same pid and each would otherwise rename (or delete) the other's half-written file."""
+    return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+
+
+@contextlib.contextmanager
+def local_rank_zero_first(d: "Dist"):
+    """Run the block on each node's local rank 0 first (it downloads), then on the other ranks (they find
+    the files in the cache): one download per node instead of one per process."""
+    if d.enabled and d.local_rank != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if d.enabled and d.local_rank == 0:
+            dist.barrier()
+
+
 def download(url: str, path: str) -> None:
     """Fetch url into path with a progress bar; the file appears only once it is complete."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = temp_path(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
@@ -373,20 +392,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def amp_dtype_for(dtype: str, device_type: str) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA when supported unless asked otherwise; None = plain float32."""
+    """The autocast dtype: bf16 on CUDA where the GPU has bf16 tensor cores (Ampere and later), else fp16 with
+    a gradient scaler (V100, T4: they only emulate bf16, slowly, yet is_bf16_supported() says yes by default);
+    None = plain float32."""
     if dtype == "auto":
-        return torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device_type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
-@functools.lru_cache
-def peak_flops(device: str) -> float | None:
-    """Dense bf16 peak of known GPUs, for MFU (None when unknown)."""
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((f for k, f in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L4", 121e12),
-                                ("A10", 125e12), ("4090", 165e12)) if k in name), None)
 
 
 def join_distributed(device: str) -> tuple[Dist, bool]:

@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,13 +31,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import check_training_checkpoint, rng_state, tokenizer_record
-from data import Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
-from loss import StepLoss, run_micro_batches, step_batches
+from data import Batch, Example, collate, encode_dataset, epoch_batches, load_split, micro_batches
+from loss import StepLoss, mark_dynamic, run_micro_batches, step_batches, step_totals
 from metrics import exact_match_rate, segment_losses
+from mfu import peak_flops, training_flops
 from model import GPT, get_tokenizer, load_checkpoint, load_model, model_from_payload, save_checkpoint
 from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
 from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
-                     join_distributed, parse_config, peak_flops, run_cli, validate, write_text_atomic)
+                     join_distributed, local_rank_zero_first, parse_config, run_cli, validate, write_text_atomic)
 from train_config import TrainConfig, resolve, scratch_config
 from train_report import startup_lines, summary_lines
 
@@ -135,6 +137,10 @@ class Session:
     accum: int
     total: int
     prog: Progress
+    peak: float | None = None  # the GPU's peak FLOP/s at the training precision, for MFU (None: not logged)
+    pending: list = dataclasses.field(default_factory=list)  # step records whose device numbers are unread
+    clock: float = 0.0  # when the pending steps began
+    speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -155,61 +161,123 @@ def reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return all_reduce_sum(t.to(d.device) if d.enabled and d.device.startswith("cuda") else t).cpu()
 
 
-def train_step(s: Session, ids: list[int]) -> dict:
-    """One optimizer step on the examples `ids` (the whole step, all ranks); returns its log record."""
-    cfg, d, t0 = s.cfg, s.d, time.perf_counter()
+def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
+    """This rank's micro-batches of the step `ids`, collated on the CPU (in pinned memory for CUDA). A pure
+    function of the ids, so a background thread can build the next step's while the GPU runs this one."""
+    cfg, d = s.cfg, s.d
+    accum = math.ceil(len(ids) / (cfg.micro_batch_size * d.world_size))  # fewer for a short (or token-capped) step
+    return step_batches(s.train, micro_batches(ids, d.rank, d.world_size, accum), cfg.prompt_loss_weight,
+                        cfg.template_loss_weight, cfg.pack, cfg.loss_reduction, pin=d.device.startswith("cuda"))
+
+
+class Prefetcher:
+    """Collates the next step's micro-batches in a background thread while the current step runs on the GPU
+    (the plan says which step comes next); tokenization happened once, up front."""
+
+    def __init__(self, s: Session):
+        self.s, self.pool, self.ahead = s, ThreadPoolExecutor(max_workers=1), None
+
+    def batches(self, plan: list[list[int]], epoch: int, index: int) -> list[Batch | None]:
+        """This rank's micro-batches of step `index` of the epoch's plan; starts collating step index + 1."""
+        ready = self.ahead is not None and self.ahead[0] == (epoch, index)
+        batches = self.ahead[1].result() if ready else prepare(self.s, plan[index])
+        self.ahead = None
+        if index + 1 < len(plan):
+            self.ahead = ((epoch, index + 1), self.pool.submit(prepare, self.s, plan[index + 1]))
+        return batches
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
+    """One optimizer step on the examples `ids` (the whole step, all ranks), given this rank's micro-batches.
+
+    Nothing here waits for the GPU: the step's weight sum is counted from `ids`, the batches carry the indices
+    of their weighted positions, and the loss and gradient norm stay on the device until `flush` reads them."""
+    cfg, d = s.cfg, s.d
     lr = lr_at(s.prog.step, s.total, cfg.lr, cfg.min_lr, math.ceil(cfg.warmup_ratio * s.total), cfg.schedule)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
-    accum = math.ceil(len(ids) / (cfg.micro_batch_size * d.world_size))  # fewer for a short (or token-capped) step
-    micro = micro_batches(ids, d.rank, d.world_size, accum)
-    batches, stats = step_batches(s.train, micro, d.device, cfg.prompt_loss_weight, cfg.template_loss_weight,
-                                  cfg.block_size if cfg.pack else None, cfg.loss_reduction)
-    weight_sum, n_examples, tokens = reduce(stats, d).tolist()  # the whole step's counts, before any forward
+    weight_sum, n_examples, tokens, weighted = step_totals(s.train, ids, cfg.prompt_loss_weight,
+                                                           cfg.template_loss_weight)
     norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum
+    batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
     if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
         dummy = collate([s.train[ids[0]]], cfg.prompt_loss_weight, cfg.template_loss_weight).to(d.device)
+    for b in batches + [dummy]:
+        if cfg.compile and b is not None:
+            mark_dynamic(b)
     sums = run_micro_batches(s.engine, batches, dummy, max(norm, 1e-12), d.world_size, s.ref, cfg.kl_coef,
                              s.amp(), s.scaler)
-    ce, kl = reduce(sums, d).tolist()
     s.scaler.unscale_(s.optimizer)  # clip the true gradient, not the fp16-scaled one
-    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or math.inf).item()
-    if not math.isfinite(ce + kl) or (not s.scaler.is_enabled() and not math.isfinite(grad_norm)):
-        raise TrainingDiverged(f"loss {ce + kl} / gradient norm {grad_norm} at step {s.prog.step + 1}: stopped; "
-                               f"the last good checkpoint (if any) is in {cfg.out_dir}. Try a lower --lr or float32")
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or math.inf)
     s.scaler.step(s.optimizer)
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
     s.prog.step, s.prog.index = s.prog.step + 1, s.prog.index + 1
-    dt = time.perf_counter() - t0
-    rec = {"step": s.prog.step, "loss": ce, "lr": lr, "grad_norm": grad_norm, "weighted_tokens": weight_sum,
-           "tokens": tokens, "tokens_per_s": tokens / dt, "step_time": dt}
-    if cfg.kl_coef:
-        rec["kl"] = kl
-    if (peak := peak_flops(d.device)) is not None:  # 6 FLOPs per parameter per token (forward + backward)
-        rec["mfu"] = 6 * s.model.num_params() * tokens / dt / (peak * d.world_size)
+    c = s.model.config
+    flops = training_flops(c.n_layer, c.n_embd, c.vocab_size, [len(s.train[i].ids) - 1 for i in ids],
+                           weighted if cfg.skip_zero else tokens, reference=s.ref is not None)
+    rec = {"step": s.prog.step, "sums": sums.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
+           "weighted_tokens": weight_sum, "tokens": tokens, "flops": flops}
+    s.pending.append(rec)
     return rec
 
 
-def save(s: Session, name: str) -> None:
-    """Write out_dir/name atomically: everything needed to continue exactly. A model that is not finite is never
-    written: it would replace the last good checkpoint."""
+def flush(s: Session, collective: bool = True) -> list[dict]:
+    """Read the pending steps' losses and gradient norms from the device (one wait for the GPU, one
+    all-reduce), stop if any diverged, and log them; returns their records. Called at log intervals and before
+    every checkpoint, so a checkpoint never holds a diverged model."""
+    if not s.pending:
+        return []
+    recs, s.pending = s.pending, []
+    sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step
+    if collective:
+        sums = reduce(sums, s.d)
+    values = torch.cat([sums, torch.stack([r["grad_norm"] for r in recs]).double().unsqueeze(1)], 1).tolist()
+    dt = (time.perf_counter() - s.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
+    s.clock = time.perf_counter()
+    for rec, (ce, kl, grad_norm) in zip(recs, values):
+        if not math.isfinite(ce + kl) or (not s.scaler.is_enabled() and not math.isfinite(grad_norm)):
+            raise TrainingDiverged(f"loss {ce + kl} / gradient norm {grad_norm} at step {rec['step']}: stopped; "
+                                   f"the last good checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or "
+                                   f"float32")
+        del rec["sums"]
+        rec.update(loss=ce, grad_norm=grad_norm, tokens_per_s=rec["tokens"] / dt, step_time=dt)
+        s.speeds.append(rec["tokens_per_s"])
+        if s.cfg.kl_coef:
+            rec["kl"] = kl
+        if s.peak is not None:
+            rec["mfu"] = rec["flops"] / dt / (s.peak * s.d.world_size)
+        if collective or not s.d.enabled:
+            s.log(rec)
+    return recs
+
+
+def save(s: Session, name: str, weights_only: bool = False) -> None:
+    """Write out_dir/name atomically: everything needed to continue exactly; or, with weights_only (best.pt),
+    what evaluation needs: without the optimizer's two moments it is a third of the size. A model that is not
+    finite is never written: it would replace the last good checkpoint."""
     if not torch.stack([torch.isfinite(p).all() for p in s.model.parameters()]).all():  # one host sync
         raise TrainingDiverged(f"the weights hold NaN or inf at step {s.prog.step}: {name} not written; the last good "
                                f"checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or float32")
-    rngs = all_rng_states(s.d)  # a collective: every rank calls it
+    rngs = [] if weights_only else all_rng_states(s.d)  # a collective: every rank calls it
     if not (s.d.is_main and s.cfg.save):
         return
-    save_checkpoint(s.path(name), {
-        "model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_record,
-        "config": asdict(s.cfg), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
-        "step": s.prog.step, "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs,
-        "best_val_loss": s.prog.best_val_loss, "history": s.prog.history})
+    payload = {"model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_record,
+               "config": asdict(s.cfg), "step": s.prog.step, "best_val_loss": s.prog.best_val_loss,
+               "history": s.prog.history}
+    if not weights_only:
+        payload.update({"optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+                        "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs})
+    save_checkpoint(s.path(name), payload)
 
 
 def eval_and_save(s: Session) -> dict:
     """Score the model, log it, keep best.pt by held-out output loss, and save ckpt.pt."""
+    flush(s)  # a diverged step stops the run here, before it could reach a checkpoint
     bs = max(1, s.cfg.micro_batch_size or s.cfg.batch_size // s.d.world_size)
     eos = s.tok.eot_token if s.cfg.data == "synthetic" else None  # one-word answers
     r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype, eos)}
@@ -224,8 +292,9 @@ def eval_and_save(s: Session) -> dict:
     s.prog.history.append(r)
     if r["val_output_loss"] is not None and r["val_output_loss"] < s.prog.best_val_loss:
         s.prog.best_val_loss = r["val_output_loss"]
-        save(s, "best.pt")
+        save(s, "best.pt", weights_only=True)
     save(s, "ckpt.pt")
+    s.clock = time.perf_counter()  # the next steps' speed leaves out this evaluation
     return r
 
 
@@ -251,6 +320,25 @@ def plan_epoch(cfg: TrainConfig, train_ex: list[Example], epoch: int) -> list[li
                          batch_tokens=cfg.batch_tokens or None)
 
 
+def set_up_device(cfg: TrainConfig, d: Dist, amp_dtype: torch.dtype | None) -> float | None:
+    """Threads and float modes for this device; returns its peak FLOP/s at the training precision (for MFU),
+    None (said once) where unknown."""
+    device = d.device
+    if device.startswith("cpu"):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.set_flush_denormal(True)  # Adam state of unseen embedding rows decays into slow denormal floats
+        return None
+    if not device.startswith("cuda"):
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # float32 runs: TF32 matmuls
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "tf32"}[amp_dtype]
+    name = torch.cuda.get_device_name(device)
+    if (peak := peak_flops(name, precision)) is None and d.is_main:
+        print(f"MFU not logged: no known {precision} peak for {name!r} (mfu.PEAKS)")
+    return peak
+
+
 def setup(cfg: TrainConfig, d: Dist) -> Session:
     """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint."""
     ckpt, ignored, ckpt_path = None, [], os.path.join(cfg.out_dir, "ckpt.pt")
@@ -261,38 +349,36 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
         prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
     if ckpt is not None:
         cfg, ignored = resume_config(ckpt["config"], cfg, ckpt_path)
-    cfg = resolve(cfg)
+    device_type = torch.device(d.device).type
+    cfg = resolve(cfg, device_type, d.world_size)
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
-    device_type = torch.device(d.device).type
-    if device_type == "cpu":
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.set_flush_denormal(True)  # Adam state of unseen embedding rows decays into slow denormal floats
-    if ckpt is None:
-        model, tok = build_model(cfg)
-        ref = copy.deepcopy(model) if cfg.kl_coef else None
-    else:
-        model = model_from_payload(ckpt, ckpt_path)
-        tok = resume_tokenizer(ckpt, ckpt_path, model.config.vocab_size)
-        ref = build_model(cfg)[0] if cfg.kl_coef else None
-    if cfg.block_size > model.config.block_size:
-        raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
-    cfg = dataclasses.replace(cfg, block_size=cfg.block_size or model.config.block_size)
-    train_ex, val_ex, stats = build_data(cfg, tok)
+    amp_dtype = amp_dtype_for(cfg.dtype, device_type)
+    peak = set_up_device(cfg, d, amp_dtype)
+    with local_rank_zero_first(d):  # one download per node; the other ranks then read the cache
+        if ckpt is None:
+            model, tok = build_model(cfg)
+            ref = copy.deepcopy(model) if cfg.kl_coef else None
+        else:
+            model = model_from_payload(ckpt, ckpt_path)
+            tok = resume_tokenizer(ckpt, ckpt_path, model.config.vocab_size)
+            ref = build_model(cfg)[0] if cfg.kl_coef else None
+        if cfg.block_size > model.config.block_size:
+            raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
+        cfg = dataclasses.replace(cfg, block_size=cfg.block_size or model.config.block_size)
+        train_ex, val_ex, stats = build_data(cfg, tok)
     steps_per_epoch = len(plan_epoch(cfg, train_ex, 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     model.to(d.device).train()
-    if ref is not None:
-        ref.to(d.device).eval().requires_grad_(False)
+    if ref is not None:  # frozen: held in the training dtype, half the memory of float32 under autocast
+        ref.to(d.device, dtype=amp_dtype or torch.float32).eval().requires_grad_(False)
     engine = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
     if cfg.compile:
         engine = torch.compile(engine)
     if d.enabled:
         engine = DDP(engine, device_ids=[d.local_rank] if device_type == "cuda" else None)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2))  # fused on CPU/CUDA
-    amp_dtype = amp_dtype_for(cfg.dtype, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
     prog = Progress()
     torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout masks and NEFTune noise
@@ -302,7 +388,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
-                train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog)
+                train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak)
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
@@ -323,14 +409,17 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
     the command line's flags if any, lets the closing lines spell out the comparison run."""
     cfg, prog, t0 = s.cfg, s.prog, time.perf_counter()
     stop = min(s.total, cfg.stop_step) if cfg.stop_step else s.total
-    planned, plan, speeds = -1, [], []
+    planned, plan = -1, []
     bar = tqdm(total=s.total, initial=prog.step, disable=not s.d.is_main,
                desc=f"train (prompt weight {cfg.prompt_loss_weight:g})")
     if prog.step == 0 and cfg.eval_interval:
         eval_and_save(s)  # the starting point of the loss curves
+    prefetch = Prefetcher(s)
     try:
+        s.clock = time.perf_counter()
         while prog.step < stop:
             if signals is not None and stop_requested(signals, s.d):  # a signal came during the last step: stop here
+                flush(s)
                 save(s, "ckpt.pt")
                 if s.d.is_main:
                     tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; "
@@ -341,20 +430,21 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
             if prog.index >= len(plan):
                 prog.epoch, prog.index = prog.epoch + 1, 0
                 continue
-            rec = train_step(s, plan[prog.index])
-            s.log(rec)
-            speeds.append(rec["tokens_per_s"])
+            train_step(s, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
             bar.update(1)
-            if prog.step % cfg.log_interval == 0 or prog.step == stop:
+            if prog.step % cfg.log_interval == 0 or prog.step == stop:  # the only wait for the GPU
+                rec = flush(s)[-1]
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
             if cfg.eval_interval and prog.step % cfg.eval_interval == 0 and prog.step < stop:
                 eval_and_save(s)
     finally:
+        prefetch.close()
         bar.close()
     last = eval_and_save(s)
     summary = {"steps": prog.step, "total_steps": s.total, "finished": prog.step >= s.total,
                "time_s": time.perf_counter() - t0, "train_examples": len(s.train), "val_examples": len(s.val),
-               "world_size": s.d.world_size, "accum": s.accum, "tokens_per_s": sum(speeds) / max(1, len(speeds)),
+               "world_size": s.d.world_size, "accum": s.accum,
+               "tokens_per_s": sum(s.speeds) / max(1, len(s.speeds)),
                "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
                "history": prog.history, "config": asdict(cfg)}
     if s.d.is_main:

@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -124,6 +125,13 @@ def data_stats(s: T.Session, plan: list[list[int]]) -> dict:
             "weighted_it": output / real, "weighted_im": (prompt + output) / real}
 
 
+def timed_step(s: T.Session, ids: list[int]) -> dict:
+    """One real optimizer step (collate, forward, backward, AdamW), read back at once: its log record."""
+    s.clock = time.perf_counter()
+    T.train_step(s, ids, T.prepare(s, ids))
+    return T.flush(s)[-1]  # waits for the device, so the step's time is all in
+
+
 def timings(s: T.Session, plan: list[list[int]], rounds: int) -> dict:
     """Median tokens/s and step time per setting, alternating settings step by step; CUDA peak memory."""
     speeds: dict = {k: [] for k in SETTINGS}
@@ -135,7 +143,7 @@ def timings(s: T.Session, plan: list[list[int]], rounds: int) -> dict:
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            rec = T.train_step(s, plan[r % len(plan)])  # .item() calls inside synchronize the GPU
+            rec = timed_step(s, plan[r % len(plan)])
             if cuda:
                 peaks[(loss, skip)] = max(peaks[(loss, skip)], torch.cuda.max_memory_allocated() / 2**20)
             if r > 0:  # the first round warms up (allocations, optimizer state)
@@ -159,7 +167,7 @@ def probe(cfg: BenchConfig) -> None:
         f.write("5")  # Linux: reset the peak resident size (VmHWM) to the current one
     before = resident_kib()["VmRSS"]
     for ids in plan[:2]:
-        T.train_step(s, ids)
+        timed_step(s, ids)
     print((resident_kib()["VmHWM"] - before) / 1024)
 
 

@@ -235,7 +235,7 @@ def test_packed_examples_do_not_see_each_other():
     batches = [data.collate(e, 1.0, pack_len=64) for e in (ex, changed)]
     assert batches[0].idx.shape[0] == 1 and (batches[0].doc[0] >= 0).sum() == 12 + 9 + 4  # one packed row
     with torch.no_grad():
-        logits = [net(x.idx, x.pos, x.doc) for x in batches]
+        logits = [net(x.idx, x.pos, x.doc, cu_seqlens=x.cu_seqlens) for x in batches]
         alone = net(data.collate(ex[:1], 1.0).idx)
     mine = batches[0].doc != 1
     assert not torch.allclose(logits[0][~mine], logits[1][~mine])  # the perturbed example itself changed

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import checkpoint
+from data import doc_starts
 from model import (GPT, CheckpointError, GPTConfig, KVCache, load_checkpoint, load_model, save_checkpoint,
                    sample_next, top_k_filter, top_p_filter, weighted_cross_entropy, get_tokenizer)
 from runtime import UserError
@@ -146,13 +147,14 @@ def test_tying_survives_an_optimizer_step(tiny):
 def test_explicit_attention_equals_sdpa(tiny):
     idx = torch.randint(0, 67, (3, 20))
     doc = torch.tensor([0] * 8 + [1] * 9 + [-1] * 3).expand(3, 20)
+    cu = torch.from_numpy(doc_starts(doc.numpy()))  # packed rows: attention stays inside each document
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
     with torch.no_grad():
-        fused, fused_doc = tiny(idx), tiny(idx, doc=doc)
+        fused, fused_doc = tiny(idx), tiny(idx, doc=doc, cu_seqlens=cu)
         fused_new = tiny.generate(prompts, 12)
         tiny.config.attention = "math"  # read at every forward
         assert (tiny(idx) - fused).abs().max() < 1e-5
-        assert (tiny(idx, doc=doc) - fused_doc).abs().max() < 1e-5
+        assert (tiny(idx, doc=doc, cu_seqlens=cu) - fused_doc).abs().max() < 1e-5
         assert tiny.generate(prompts, 12) == fused_new
 
 
@@ -264,11 +266,13 @@ def test_packed_examples_do_not_see_each_other(tiny):
     idx = torch.cat([a, b, torch.zeros(3, dtype=torch.long)]).unsqueeze(0)
     doc = torch.tensor([[0] * 5 + [1] * 7 + [-1] * 3])
     pos = torch.cat([torch.arange(5), torch.arange(7), torch.zeros(3, dtype=torch.long)]).unsqueeze(0)
+    cu = torch.from_numpy(doc_starts(doc.numpy()))
+    assert cu.tolist() == [0, 5, 12, 15]
     with torch.no_grad():
-        packed = tiny(idx, pos=pos, doc=doc)
+        packed = tiny(idx, pos=pos, doc=doc, cu_seqlens=cu)
         changed = idx.clone()
         changed[0, 5:12] = torch.randint(0, 67, (7,))
-        assert torch.equal(tiny(changed, pos=pos, doc=doc)[0, :5], packed[0, :5])
+        assert torch.equal(tiny(changed, pos=pos, doc=doc, cu_seqlens=cu)[0, :5], packed[0, :5])
         assert (tiny(a.unsqueeze(0))[0] - packed[0, :5]).abs().max() < 1e-5
         assert (tiny(b.unsqueeze(0))[0] - packed[0, 5:12]).abs().max() < 1e-5
         assert not torch.isnan(packed).any()

@@ -114,11 +114,12 @@ def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int
     """The flattened gradient of one step whose examples are split into ranks x micro-batches, averaged over the
     ranks as DDP does ([] = a micro-batch with nothing in it)."""
     prompt_loss_weight = 0.3
-    parts = [L.step_batches(examples, micro, "cpu", prompt_loss_weight) for micro in ranks]
-    norm = sum(stats[0].item() for _, stats in parts)  # the weight sum of the whole step, every rank
+    parts = [L.step_batches(examples, micro, prompt_loss_weight) for micro in ranks]
+    ids = [i for micro in ranks for m in micro for i in m]
+    norm = L.step_totals(examples, ids, prompt_loss_weight)[0]  # the weight sum of the whole step, every rank
     dummy = collate(examples[:1], prompt_loss_weight)
     grads = []
-    for batches, _ in parts:
+    for batches in parts:
         model.zero_grad()
         L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, norm, len(ranks), None, 0.0,
                             contextlib.nullcontext(), NoScaler())

@@ -1,0 +1,369 @@
+"""The GPU path, checked on the CPU: which attention each batch kind reaches, packing equal to padding, no host
+syncs and no graph breaks in a training step, the FLOPs behind MFU, dtype choice, downloads, loading, defaults."""
+import json
+import os
+import random
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+import loss as L
+import mfu
+import runtime
+import train as T
+from data import ASSISTANT, USER, Example, collate, doc_starts
+from metrics import segment_loss_sums
+from model import GPT, GPTConfig, load_checkpoint
+from train_config import resolve
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def examples(lengths: list[tuple[int, int]], vocab: int = 67, seed: int = 0) -> list[Example]:
+    """Examples of (prompt, output) token counts; the first token stands for the template (segment USER too)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for p, o in lengths:
+        ids = torch.randint(1, vocab, (p + o,), generator=g).tolist()
+        out.append(Example(ids, [USER] * p + [ASSISTANT] * o))
+    return out
+
+
+@pytest.fixture
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=67))
+
+
+class SdpaSpy:
+    """Records (attn_mask is None, is_causal) of every scaled_dot_product_attention call."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[bool, bool]] = []
+        real = F.scaled_dot_product_attention
+
+        def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+            self.calls.append((attn_mask is None, is_causal))
+            return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw)
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+
+    def take(self) -> list[tuple[bool, bool]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+# ----------------------------------------------------------------------------- 1, 2: attention by batch kind
+
+def test_unpacked_eval_and_equal_length_decode_reach_sdpa_without_a_mask(tiny, monkeypatch):
+    """FlashAttention refuses any mask: unpacked training, evaluation and the cached decode of equal-length
+    prompts must reach SDPA with attn_mask=None; mixed-length prompts (left padding) and the CPU's packed
+    fallback keep theirs."""
+    spy = SdpaSpy(monkeypatch)
+    batch = collate(examples([(5, 3), (9, 4), (2, 2)]), prompt_loss_weight=1.0)  # right-padded, doc has -1
+    tiny.loss(batch.idx, batch.targets, batch.weights, pos=batch.pos, doc=batch.doc, select=batch.select)
+    assert spy.take() == [(True, True)] * 2  # one call per layer: no mask, causal
+    with torch.no_grad():
+        segment_loss_sums(tiny, batch)  # what evaluation runs
+    assert spy.take() == [(True, True)] * 2
+    tiny.generate([[1, 2, 3], [4, 5, 6]], max_new_tokens=3)  # prefill, then two cached decode steps
+    assert spy.take() == [(True, True)] * 2 + [(True, False)] * 4  # one new query sees every cached key
+    tiny.generate([[1, 2, 3], [4, 5]], max_new_tokens=2)
+    assert all(not no_mask for no_mask, _ in spy.take())  # left padding: the mask is needed
+    packed = collate(examples([(5, 3), (9, 4)]), 1.0, pack_len=21)
+    tiny(packed.idx, packed.pos, packed.doc, cu_seqlens=packed.cu_seqlens)
+    assert spy.take() == [(False, False)] * 2  # the dense block-diagonal fallback
+
+
+def test_packed_flat_row_gives_the_logits_and_gradients_of_padded_rows(tiny):
+    """--pack: one row, no padding, positions restart per example; same loss and gradients as padded rows."""
+    ex = examples([(5, 3), (17, 6), (2, 9), (30, 1)])
+    (padded,) = L.step_batches(ex, [[0, 1, 2, 3]], prompt_loss_weight=1.0)
+    (packed,) = L.step_batches(ex, [[0, 1, 2, 3]], prompt_loss_weight=1.0, pack=True)
+    assert packed.idx.shape == (1, sum(len(e.ids) - 1 for e in ex)) and (packed.doc >= 0).all()
+    assert packed.cu_seqlens.tolist() == [0, 30, 52, 62, 69]  # longest first
+    assert padded.cu_seqlens is None and padded.idx.shape == (4, 30)
+    grads, sums = [], []
+    for b in (padded, packed):
+        tiny.zero_grad()
+        ce, w = tiny.loss(b.idx, b.targets, b.weights, b.pos, b.doc, select=b.select, cu_seqlens=b.cu_seqlens)
+        ce.backward()
+        sums.append((ce.item(), w.item()))
+        grads.append(torch.cat([p.grad.flatten() for p in tiny.parameters()]))
+    assert sums[0][1] == sums[1][1] == 69.0  # every token but each example's first
+    assert sums[0][0] == pytest.approx(sums[1][0], rel=1e-5)
+    assert (grads[0] - grads[1]).abs().max() < 1e-5 and grads[0].abs().max() > 1e-3
+
+
+def test_cu_seqlens_start_a_run_at_every_row_and_every_document():
+    doc = np.array([[0, 0, 0], [0, 0, 1], [0, 1, -1]])  # rows 0 and 1 both hold a document 0: two runs
+    assert doc_starts(doc).tolist() == [0, 3, 5, 6, 7, 8, 9]
+
+
+# ----------------------------------------------------------------------------- 7, 9: no syncs, no graph breaks
+
+class SyncSpy(TorchDispatchMode):
+    """Counts the operators that make the host wait for the device: nonzero, item(), and indexing with a
+    boolean mask (aten::index with a bool index: its output size is known only after a nonzero)."""
+    SYNCS = ("aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = func._schema.name == "aten::index" and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func._schema.name in self.SYNCS or bool_index:
+            self.seen.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def tiny_run(tmp_path, **kw) -> T.TrainConfig:
+    os.makedirs(tmp_path, exist_ok=True)
+    path = tmp_path / "data.jsonl"
+    rng = random.Random(0)
+    with open(path, "w") as f:
+        for _ in range(24):
+            f.write(json.dumps({"instruction": " ".join(rng.choices(WORDS, k=rng.randint(2, 12))),
+                                "output": " ".join(rng.choices(WORDS, k=rng.randint(1, 5)))}) + "\n")
+    base = dict(out_dir=str(tmp_path / "out"), data=str(path), val_size=4, n_layer=2, n_head=2, n_embd=32,
+                block_size=64, batch_size=8, micro_batch_size=4, max_steps=2, lr=1e-3, eval_interval=0,
+                eval_examples=4, train_eval_size=4, seed=0, device="cpu", loss="it")
+    return T.TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_a_training_step_never_waits_for_the_device(tmp_path, pack):
+    """No nonzero and no item() from collate's output to the optimizer step (each is a GPU->host sync); the
+    step's losses are read once, by flush, at the log interval."""
+    s = T.setup(resolve(tiny_run(tmp_path, pack=pack)), runtime.Dist())
+    plan = T.plan_epoch(s.cfg, s.train, 0)
+    batches = T.prepare(s, plan[0])
+    with SyncSpy() as spy:
+        T.train_step(s, plan[0], batches)
+    assert spy.seen == []
+    (rec,) = T.flush(s)
+    assert rec["step"] == 1 and rec["loss"] > 0 and rec["weighted_tokens"] > 0
+
+
+def compile_counts(engine, batches: list) -> tuple[int, int]:
+    """(graphs compiled, graph breaks) of the training forward over these batches, on the eager backend."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(engine, backend=counter)
+    torch._dynamo.utils.counters.clear()
+    for b in batches:
+        L.mark_dynamic(b)
+        compiled(b.idx, b.targets, b.weights, b.pos, b.doc, b.select, b.cu_seqlens)
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    return counter.frame_count, breaks
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack):
+    """Zero graph breaks (boolean indexing and a symbolic is_causal each broke it), and one graph for two
+    batches of different lengths: the dynamic length is marked up front, not discovered at step 2."""
+    engine = L.StepLoss(tiny.train(), skip_zero=True, neftune_alpha=0.0)
+    ex = examples([(5, 3), (9, 4), (2, 2), (12, 5), (3, 8), (20, 6)])
+    batches = L.step_batches(ex, [[0, 1, 2], [3, 4, 5]], prompt_loss_weight=0.0, pack=pack)
+    assert batches[0].idx.shape[1] != batches[1].idx.shape[1]
+    assert compile_counts(engine, batches) == (1, 0)
+
+
+# ----------------------------------------------------------------------------- 4: MFU
+
+def test_peak_flops_by_gpu_and_precision():
+    assert mfu.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12  # SXM
+    assert mfu.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert mfu.peak_flops("NVIDIA H100 PCIe", "tf32") == 378e12
+    assert mfu.peak_flops("NVIDIA H100 NVL", "fp16") == 835e12
+    assert mfu.peak_flops("NVIDIA H200", "bf16") == 989e12
+    assert mfu.peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
+    assert mfu.peak_flops("NVIDIA A100 80GB PCIe", "bf16") == 312e12
+    assert mfu.peak_flops("NVIDIA B200", "bf16") == 2250e12
+    assert mfu.peak_flops("NVIDIA L40S", "tf32") == 183e12
+    assert mfu.peak_flops("NVIDIA H100", "bf16") is None  # which H100? unknown, not guessed as SXM
+    assert mfu.peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
+
+
+def test_forward_flops_by_hand_and_against_torch_flop_counter():
+    # GPT-2 124M, documents of 100 and 200 tokens, the head on 50 positions:
+    # 12 * (24 * 768^2 * 300 + 4 * 768 * (5050 + 20100)) + 2 * 768 * 50257 * 50
+    assert mfu.forward_flops(12, 768, 50257, [100, 200], 50) == 12 * (4246732800 + 77260800) + 3859737600
+    assert mfu.training_flops(12, 768, 50257, [100, 200], 50) == 3 * 55747660800
+    assert mfu.training_flops(12, 768, 50257, [100, 200], 50, reference=True) == 4 * 55747660800
+    # torch's counter on the real forward of a packed batch (written-out attention, which it can count): the
+    # same matmuls; its attention is the full T x T of the row, masked or not, where ours is what a causal
+    # varlen kernel computes, n(n+1)/2 pairs per document
+    torch.manual_seed(0)
+    net = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=67, attention="math")).eval()
+    ex = examples([(5, 3), (17, 6), (2, 9)])
+    (b,) = L.step_batches(ex, [[0, 1, 2]], prompt_loss_weight=0.0, pack=True)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(b.idx, b.pos, b.doc, b.select, cu_seqlens=b.cu_seqlens)
+    lengths, T_ = [7, 22, 10], b.idx.size(1)
+    ours = mfu.forward_flops(2, 32, 67, lengths, len(b.select))
+    full_attention, causal = 2 * 4 * 32 * T_ * T_, 2 * 4 * 32 * sum(n * (n + 1) // 2 for n in lengths)
+    assert len(b.select) == 3 + 6 + 9 and T_ == 39
+    assert counter.get_total_flops() == ours - causal + full_attention
+
+
+def test_logged_mfu_is_the_flops_of_the_step_over_time_and_peak(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "set_up_device", lambda cfg, d, amp: 1e12)  # as if on a GPU with a 1 TFLOP/s peak
+    T.train(tiny_run(tmp_path, max_steps=2, log_interval=1))
+    recs = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl") if '"loss"' in line]
+    s = T.setup(resolve(tiny_run(tmp_path / "again")), runtime.Dist())
+    ids = T.plan_epoch(s.cfg, s.train, 0)[0]
+    weighted = L.step_totals(s.train, ids, 0.0)[3]
+    flops = mfu.training_flops(2, 32, s.model.config.vocab_size, [len(s.train[i].ids) - 1 for i in ids], weighted)
+    assert recs[0]["flops"] == flops
+    assert recs[0]["mfu"] == pytest.approx(flops / recs[0]["step_time"] / 1e12, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- 3, 5, 10, 11: the rest
+
+def test_auto_dtype_takes_bf16_only_where_it_is_not_emulated(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert runtime.amp_dtype_for("auto", "cuda") == torch.float16  # a V100 / T4: fp16 and the gradient scaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert runtime.amp_dtype_for("auto", "cuda") == torch.bfloat16  # Ampere and later
+    assert runtime.amp_dtype_for("auto", "cpu") is None
+
+
+def test_temp_names_differ_across_hosts_with_the_same_pid(monkeypatch):
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    names = []
+    for host in ("node-a", "node-b"):
+        monkeypatch.setattr(runtime.socket, "gethostname", lambda host=host: host)
+        names.append(runtime.temp_path("/cache/gpt2/model.safetensors"))
+    assert names[0] != names[1] and all("4242" in n for n in names)
+
+
+def test_local_rank_zero_downloads_before_the_other_ranks(monkeypatch):
+    events = []
+    monkeypatch.setattr(runtime.dist, "barrier", lambda: events.append("barrier"))
+    for local_rank in (0, 1):
+        with runtime.local_rank_zero_first(runtime.Dist(rank=local_rank, local_rank=local_rank, world_size=2)):
+            events.append(f"download {local_rank}")
+    assert events == ["download 0", "barrier", "barrier", "download 1"]
+    with runtime.local_rank_zero_first(runtime.Dist()):  # a single process: no barrier
+        events.append("alone")
+    assert events[-1] == "alone" and events.count("barrier") == 2
+
+
+def test_pretrained_weights_load_without_a_random_init(tmp_path, monkeypatch):
+    """Meta device + assign=True: no init kernel touches real memory, and the head is tied again."""
+    torch.manual_seed(0)
+    src = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=67))
+    state = {k: v for k, v in src.state_dict().items() if k != "lm_head.weight"}
+    initialized = []
+    real = torch.nn.init.normal_
+
+    def spy(*args, **kw):
+        initialized.append((args[0] if args else kw["tensor"]).device.type)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", spy)
+    model = GPT.from_state(src.config, state)
+    assert set(initialized) == {"meta"}
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert all(p.device.type == "cpu" and p.requires_grad for p in model.parameters())
+
+
+def test_best_checkpoint_has_no_optimizer_state_and_the_kl_reference_trains_dtype(tmp_path):
+    out = tmp_path / "out"
+    T.train(tiny_run(tmp_path, max_steps=2, eval_interval=1))
+    best, last = load_checkpoint(str(out / "best.pt")), load_checkpoint(str(out / "ckpt.pt"))
+    assert "optimizer" not in best and "optimizer" in last
+    assert os.path.getsize(out / "best.pt") < 0.5 * os.path.getsize(out / "ckpt.pt")
+    s = T.setup(resolve(tiny_run(tmp_path / "kl", kl_coef=0.1, dtype="bfloat16")), runtime.Dist())
+    assert {p.dtype for p in s.ref.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in s.model.parameters()} == {torch.float32}
+
+
+def test_fine_tuning_on_a_gpu_gets_bigger_micro_batches():
+    ft = T.TrainConfig(init_from="gpt2")
+    assert resolve(ft).micro_batch_size == 8  # CPU: the paper's 8
+    assert resolve(ft, "cuda", 1).micro_batch_size == 32
+    assert resolve(ft, "cuda", 8).micro_batch_size == 16  # 128 examples over 8 GPUs: no accumulation
+    assert resolve(T.TrainConfig(init_from="gpt2", micro_batch_size=4), "cuda", 1).micro_batch_size == 4
+    assert resolve(T.TrainConfig(), "cuda", 1).micro_batch_size == 0  # from scratch: the whole batch
+
+
+def test_the_next_step_is_collated_in_a_background_thread(tmp_path, monkeypatch):
+    threads = []
+    prepare = T.prepare
+
+    def spy(s, ids):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return prepare(s, ids)
+
+    monkeypatch.setattr(T, "prepare", spy)
+    T.train(tiny_run(tmp_path, max_steps=3))
+    assert threads[0] and not any(threads[1:]) and len(threads) == 3  # only the first step waits for collate
+
+
+# ----------------------------------------------------------------------------- the GPU benchmark, on the CPU
+
+def bench_gpu():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import bench_gpu
+    return bench_gpu
+
+
+def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+    """scripts/bench_gpu.py --device cpu --smoke: every mix and variant (compiled ones traced on the eager
+    backend), the reference if transformers is installed, the JSON file; so the script cannot rot unrun."""
+    B = bench_gpu()
+    result = B.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(tmp_path / "bench.json")])
+    rows = {(r["mix"], r["variant"]): r for r in result["rows"]}
+    ours = ("unpacked", "packed", "unpacked compiled", "packed compiled")
+    assert {(m, v) for m in B.MIXES for v in ours} <= rows.keys()
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] is None and r["peak_gib"] is None for r in rows.values())
+    assert rows[("t1024", "packed")]["useful_fraction"] == 1.0 and rows[("lima", "packed")]["useful_fraction"] < 1.0
+    assert rows[("t1024", "packed")]["tokens"] == 4 * 128  # 2 micro-batches of 2 examples of block_size tokens
+    assert json.load(open(tmp_path / "bench.json"))["rows"] == result["rows"]
+    assert any(line.startswith("lima, packed vs unpacked") for line in result["targets"])
+
+
+def test_gpu_benchmark_targets_read_the_best_variant():
+    B = bench_gpu()
+    row = lambda mix, variant, tps, mfu=None: dict(mix=mix, variant=variant, tokens_per_s=tps, mfu=mfu)
+    rows = [row("t1024", "packed", 100, 0.38), row("t1024", "packed compiled", 120, 0.456),
+            row("alpaca", "unpacked", 130, None), row("alpaca", "packed compiled", 140), row("alpaca", "hf-sdpa", 100),
+            row("lima", "unpacked", 100), row("lima", "unpacked compiled", 110), row("lima", "packed", 150)]
+    assert B.targets(rows) == ["MFU on t1024 packed: 45.6% (target 40%): met",
+                               "alpaca, ours (packed compiled) vs hf-sdpa: 1.40x (target 1.3x): met",
+                               "lima, packed vs unpacked: 1.36x (target 1.5x): missed"]
+
+
+def test_cuda_setup_turns_on_tf32_and_finds_the_peak_of_the_precision(monkeypatch, capsys):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    cuda = runtime.Dist(device="cuda:0")
+    assert T.set_up_device(T.TrainConfig(), cuda, None) == 495e12  # float32 runs: TF32 matmuls, TF32 peak
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert T.set_up_device(T.TrainConfig(), cuda, torch.bfloat16) == 989e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert T.set_up_device(T.TrainConfig(), cuda, torch.float16) is None
+    assert capsys.readouterr().out.count("MFU not logged") == 1
+
+
+def test_pytorch_bin_checkpoints_are_memory_mapped(tmp_path, monkeypatch):
+    import checkpoint
+    torch.save({"w": torch.ones(3)}, tmp_path / "pytorch_model.bin")
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    assert checkpoint.read_weight_file(str(tmp_path / "pytorch_model.bin"))["w"].sum() == 3
+    assert seen == [dict(map_location="cpu", weights_only=True, mmap=True)]
