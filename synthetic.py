@@ -1,14 +1,14 @@
 """The built-in task: recall facts of a small made-up world, where loss over instructions decides the outcome.
 
-A world maps 260 keys (a letter and a digit) to made-up four-letter words. Every instruction states a few facts
-and then asks for one more, written as a statement cut just before its value:
+A world maps keys (a letter and a digit; 120 by default, at most 260) to made-up four-letter words. Every
+instruction states a few facts and then asks for one more, written as a statement cut just before its value:
 
-    user:      S9=tami, Y2=bosi, K0=mure, D4=vela, A7=poku, R1=lodi, F3=nema, T8=kisu, Y3=
-    assistant: lomo
+    user:      L1=bugo, S6=bodo, R5=zilo, V2=tira, I5=bupi, S1=nage, M1=pibi, J8=dugi, D6=
+    assistant: kote
 
 The keys are split once. Training examples ask about training keys; held-out examples ask about the other keys,
 so no training *answer* ever gives a held-out value. Training *instructions* state each held-out fact a fixed
-number of times (`mentions`), in exactly the form the question takes ("Y3=lomo"). IT puts no loss on
+number of times (`mentions`), in exactly the form the question takes ("D6=kote"). IT puts no loss on
 instructions and cannot learn those values: its held-out exact match is 0 by construction, and what it can
 show is how well it learned the format and how much it memorized. IM trains on every statement, so it can
 recall them when asked. That is one of the two ways IM helps, extra supervision from facts the instructions

@@ -63,6 +63,9 @@ def report(means: dict[float, float]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip() + "\n\nusage: python scripts/prompt_weight.py OUT_DIR/results.json")
+        return
     if len(argv) != 1:
         raise UserError("usage: python scripts/prompt_weight.py OUT_DIR/results.json (written by scripts/compare.py)")
     if not os.path.isfile(argv[0]):
