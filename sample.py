@@ -1,6 +1,6 @@
 """Talk to a trained model: one answer to --prompt, or a chat that keeps the whole conversation.
 
-    python sample.py --ckpt out --prompt "Tell me Kane's tool."     # one answer, streamed as it is generated
+    python sample.py --ckpt out --prompt "L1=bugo, S6=bodo, D6="     # one answer, streamed as it is generated
     python sample.py --ckpt out                                     # chat: empty line or /reset starts over, /quit
     python sample.py --ckpt out --temperature 0.8 --top_p 0.9       # sampled instead of greedy
 
