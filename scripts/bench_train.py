@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 import train as T  # noqa: E402
 from data import collate, useful_fraction  # noqa: E402
+from model import get_tokenizer  # noqa: E402
 from runtime import Dist, UserError, autodetect_device, opt, parse_config, run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +88,7 @@ def tokenizer_for(kind: str) -> str | None:
     if os.path.isfile(os.path.join(GPT2_BPE, "encoder.json")):
         return GPT2_BPE
     try:
-        T.get_tokenizer("gpt2")
+        get_tokenizer("gpt2")
         return "gpt2"
     except UserError:
         return None
