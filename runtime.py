@@ -251,7 +251,7 @@ def write_atomic(path: str, write: Callable[[Any], None]) -> None:
     over `path`, then the directory fsynced, so a crash or power loss leaves the old file or the whole new one,
     never an empty or partial one. On failure the temp file is removed and a UserError names the path."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.{os.getpid()}.tmp"  # unique: two processes writing the same file never share a temp file
+    tmp = temp_path(path)  # unique per host and process: two writers of the same file never share a temp file
     try:
         os.makedirs(directory, exist_ok=True)
         with open(tmp, "wb") as f:

@@ -24,6 +24,7 @@ instruction lengthen the instructions without changing what is asked.
 """
 from __future__ import annotations
 
+import itertools
 import random
 import string
 from typing import Iterator
@@ -50,14 +51,6 @@ def split_keys(world: dict[str, str], n_heldout: int, world_seed: int = 0) -> tu
         raise UserError(f"--synth_heldout must be between 1 and {len(world) - 1}, got {n_heldout}")
     keys = random.Random(world_seed + 1).sample(sorted(world), len(world))
     return keys[n_heldout:], keys[:n_heldout]
-
-
-def cycle(keys: list[str], n: int, rng: random.Random) -> list[str]:
-    """n keys from shuffled rounds through all of them, so that each is drawn equally often (within one)."""
-    out: list[str] = []
-    while len(out) < n:
-        out += rng.sample(keys, len(keys))
-    return out[:n]
 
 
 def instruction(stated: list[str], asked: str, world: dict[str, str]) -> str:
@@ -103,6 +96,7 @@ def stated_keys(dealt: list[str], stream: Iterator[str], n_facts: int, asked: st
 
 
 def endless(keys: list[str], rng: random.Random) -> Iterator[str]:
+    """Keys in shuffled rounds through all of them, so that each is drawn equally often (within one)."""
     while True:
         yield from rng.sample(keys, len(keys))
 
@@ -121,7 +115,7 @@ def synthetic_split(n_train: int = 200, n_heldout: int = 40, n_facts: int = 8, m
     train_keys, heldout = split_keys(world, n_heldout, world_seed)
     # one random stream per part, so a knob changes only its own part: the questions asked in training do not
     # depend on n_facts or mentions, and the held-out examples depend on n_facts alone
-    asked = cycle(train_keys, n_train, random.Random(f"asked-{seed}"))  # n_train=50 asks the first 50 of 200
+    asked = list(itertools.islice(endless(train_keys, random.Random(f"asked-{seed}")), n_train))  # n_train=50 asks the first 50 of 200
     rng = random.Random(f"stated-{seed}")
     dealt = deal_mentions(heldout, mentions, n_train, n_facts, rng)
     stream = endless(train_keys, rng)

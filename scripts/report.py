@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # draw to files; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import write_text_atomic  # noqa: E402
+from runtime import write_atomic, write_text_atomic  # noqa: E402
 
 # (key in a record's "metrics", column title, True if lower is better); the summary table's columns in order
 METRICS = [("heldout_loss", "held-out output loss ↓", True), ("train_loss", "train output loss", True),
@@ -179,15 +179,9 @@ def plot_curves(records: list[dict], path: str) -> None:
 
 
 def save_figure(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", dpi=110)
+    """A PNG written atomically, like every other file the scripts write."""
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-
-
-def write_text(path: str, text: str) -> None:
-    """Atomic: a reader never sees half a file, even if the run is killed while writing."""
-    write_text_atomic(path, text)
 
 
 def paired_summary(records: list[dict]) -> dict:
@@ -206,6 +200,6 @@ def write_results(out_dir: str, records: list[dict], info: dict, wall_s: float |
     """results.json, summary.md and curves.png from the records so far (called after every run)."""
     results = {"data": info, "gains_over_it": paired_summary(records), "verdict": verdict_lines(records),
                "wall_s": wall_s, "runs": records}
-    write_text(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1) + "\n")
-    write_text(os.path.join(out_dir, "summary.md"), summary_markdown(records, info))
+    write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1) + "\n")
+    write_text_atomic(os.path.join(out_dir, "summary.md"), summary_markdown(records, info))
     plot_curves(records, os.path.join(out_dir, "curves.png"))

@@ -36,7 +36,7 @@ from compare import CompareConfig  # noqa: E402
 from report import mean_std, plt  # noqa: E402
 from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments, load_conversations  # noqa: E402
 from model import get_tokenizer  # noqa: E402
-from runtime import UserError, opt, run_cli  # noqa: E402
+from runtime import UserError, opt, run_cli, write_text_atomic  # noqa: E402
 
 DEFAULT_POINTS = {"examples": [50, 100, 200, 400], "ratio": [1, 2, 4, 8]}
 # (metric, title, lower is better); the gain is signed so that a positive gain means IM did better
@@ -95,7 +95,7 @@ def write_ratio_subsets(base, bins: int, out_dir: str) -> list[str]:
     paths = []
     for b, subset in enumerate(ratio_bins(convs, [example_ratio(c, tok) for c in convs], bins)):
         path = os.path.join(out_dir, "data", f"ratio_bin{b}.jsonl")
-        report.write_text(path, "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in subset))
+        write_text_atomic(path, "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in subset))
         paths.append(path)
     return paths
 
@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         records, info = run_point(cfg, label, point_base)
         rows.append(point_row(label, records, info))
         points.append({**rows[-1], "data": info, "runs": records})
-        report.write_text(os.path.join(cfg.out_dir, "sweep.json"),
+        write_text_atomic(os.path.join(cfg.out_dir, "sweep.json"),
                            json.dumps({"factor": cfg.factor, "points": points}, indent=1) + "\n")
-        report.write_text(os.path.join(cfg.out_dir, "sweep.md"), sweep_markdown(cfg.factor, rows))
+        write_text_atomic(os.path.join(cfg.out_dir, "sweep.md"), sweep_markdown(cfg.factor, rows))
         plot_gains(cfg.factor, rows, os.path.join(cfg.out_dir, "sweep.png"))
     print(sweep_markdown(cfg.factor, rows))
     print(f"wrote {cfg.out_dir}/sweep.json, sweep.md, sweep.png in {time.perf_counter() - t0:.0f} s")

@@ -411,3 +411,31 @@ def test_cli_errors_exit_2(tmp_path, monkeypatch, capsys):
     p = subprocess.run([sys.executable, "eval.py", "--ckpt", "gpt2", "--data", str(tmp_path / "missing.json")],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "IMGPT_CACHE": str(tmp_path)})
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+
+
+def test_train_exact_match_is_token_exact_from_the_training_prefix(tok):
+    """metrics.exact_match_rate (train.py's held-out and memorization exact match): greedy answers from each
+    example's own training prefix must equal the answer and stop at end-of-text."""
+    import metrics
+    convs = [[{"role": "user", "content": f"K{i}="}, {"role": "assistant", "content": a}]
+             for i, a in enumerate(["abcd", "efgh", "ijkl"])]
+    examples, _ = data.encode_dataset(convs, tok, 64)
+    answers = {tuple(data.prompt_ids(c, tok)): tok.encode_ordinary(c[1]["content"]) for c in convs}
+
+    class Replies(torch.nn.Module):  # answers prompt i with replies[i], or the right answer
+        def __init__(self, replies):
+            super().__init__()
+            self.replies = replies
+
+        def generate(self, prompts, max_new, eos_id=None):
+            assert all(tuple(p) in answers for p in prompts), "generation must start from the training prefix"
+            out = [self.replies.get(i, answers[tuple(p)]) for i, p in
+                   ((int(tok.decode(p).split("K")[1].split("=")[0]), p) for p in prompts)]
+            return [o[:max_new] for o in out]
+
+    assert metrics.exact_match_rate(Replies({}), examples, 2, tok.eot_token) == 1.0
+    wrong = {0: tok.encode_ordinary("abce"), 1: tok.encode_ordinary("efghe")}  # a wrong letter; no stop at the end
+    assert metrics.exact_match_rate(Replies(wrong), examples, 2, tok.eot_token) == pytest.approx(1 / 3)
+    assert metrics.is_exact([1, 2], [1, 2, 9], [data.ASSISTANT, data.ASSISTANT, data.EOT])
+    assert not metrics.is_exact([1, 2, 3], [1, 2, 9], [data.ASSISTANT, data.ASSISTANT, data.EOT])
+    assert metrics.is_exact([1, 2, 3], [1, 2], [data.ASSISTANT, data.ASSISTANT])  # training cut the answer's end

@@ -225,7 +225,7 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(
                                                          fsync(fd)))
     monkeypatch.setattr(runtime.os, "replace", lambda a, b: (events.append(("replace", a)), replace(a, b)))
     runtime.write_text_atomic(str(tmp_path / "x.json"), "{}")
-    assert events == [("fsync", False), ("replace", f"{tmp_path / 'x.json'}.{os.getpid()}.tmp"), ("fsync", True)]
+    assert events == [("fsync", False), ("replace", runtime.temp_path(str(tmp_path / 'x.json'))), ("fsync", True)]
     assert (tmp_path / "x.json").read_text() == "{}" and os.listdir(tmp_path) == ["x.json"]
 
 
