@@ -28,7 +28,7 @@ import torch
 from formats import DATASETS, FORMATS, DataError, load_conversations  # noqa: F401 (data.X for users)
 from model import get_tokenizer
 from runtime import UserError, opt, parse_config, run_cli
-from synthetic import synthetic_split
+from synthetic import corpus_documents, probe_conversations, qa_split, synthetic_split, synthetic_world
 from tokenviz import ShowConfig, legend, render
 
 TEMPLATE, SYSTEM, USER, ASSISTANT, EOT = 0, 1, 2, 3, 4  # the segment of each token
@@ -36,6 +36,8 @@ PAD = -1
 LOSS_PRESETS = {"it": 0.0, "im": 1.0}  # --loss it|im: shorthands for prompt_loss_weight
 ROLE_TAGS = {"system": ("<|system|>\n", SYSTEM), "user": ("<|user|>\n", USER),
              "assistant": ("<|assistant|>\n", ASSISTANT)}  # role -> (the tag before its content, its segment)
+PLAIN_ROLES = {"text": ASSISTANT, "context": USER}  # plain text, no template: a document is all output (weight 1
+# under any loss); `context` is text to continue from (weight 0 under IT), as in a statement probe
 
 
 # ----------------------------------------------------------------------------- the template and the weights
@@ -56,6 +58,9 @@ def chat_pieces(messages: list[dict]) -> list[tuple[str, int]]:
             pieces.append((text, seg))
 
     for m in messages:
+        if m["role"] in PLAIN_ROLES:
+            add(m["content"], PLAIN_ROLES[m["role"]])
+            continue
         tag, seg = ROLE_TAGS[m["role"]]
         add(tag, TEMPLATE)
         add(m["content"], seg)
@@ -131,7 +136,7 @@ def prompt_ids(messages: list[dict], tok: tiktoken.Encoding, max_len: int | None
     same max_len the way training cut it (the answer counts for the cut): evaluation never sees a prompt cut that
     training did not cut, nor a longer one. An open conversation (no answer yet) is cut on its own.
     """
-    if messages and messages[-1]["role"] == "assistant":
+    if messages and messages[-1]["role"] in ("assistant", "text"):
         ids, segs = encode_segments(messages, tok, max_len)
         return ids[:answer_start(segs)]
     pieces = encode_pieces(messages + [{"role": "assistant", "content": ""}], tok)[:-1]  # drop the closing EOT
@@ -148,24 +153,43 @@ def has_output(segs: list[int]) -> bool:
     return any(s in (ASSISTANT, EOT) for s in segs[1:])
 
 
+def is_document(conv: list[dict]) -> bool:
+    """Plain text for language modelling: one `text` message (a line of a .txt file's paragraphs, or a `text` field)."""
+    return len(conv) == 1 and conv[0]["role"] == "text"
+
+
+def windows(ids: list[int], segs: list[int], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """A document cut into windows of max_len tokens that overlap by one: a window's last token is the next one's
+    first, which is context only (weight 0), so every token after the document's first is predicted exactly once."""
+    if len(ids) <= max_len:
+        return [(ids, segs)]
+    return [(ids[i:i + max_len], segs[i:i + max_len]) for i in range(0, len(ids) - 1, max_len - 1)]
+
+
 def encode_dataset(convs: list[list[dict]], tok: tiktoken.Encoding,
                    max_len: int | None) -> tuple[list[Example], dict]:
-    """Tokenize and truncate every conversation; drop those left with no output token to learn."""
+    """Tokenize every conversation and truncate it to max_len, dropping those left with no output token to learn;
+    a plain-text document (`is_document`) ends with end-of-text and is cut into windows instead, losing nothing."""
     stats = dict(examples=len(convs), kept=0, truncated=0, dropped=0,
                  prompt_tokens=0, output_tokens=0, template_tokens=0)
     names = {SYSTEM: "prompt_tokens", USER: "prompt_tokens", ASSISTANT: "output_tokens", EOT: "output_tokens",
              TEMPLATE: "template_tokens"}
     examples = []
     for msgs in convs:
-        pieces = encode_pieces(msgs, tok)
+        pieces = encode_pieces(msgs, tok) + ([([tok.eot_token], EOT)] if is_document(msgs) else [])
         for p, s in pieces:  # lengths before truncation: what the data is, not what fits
             stats[names[s]] += len(p)
-        ids, segs = truncate_pieces(pieces, max_len or 1 << 62)
-        stats["truncated"] += len(ids) < sum(len(p) for p, _ in pieces)
-        if has_output(segs):
-            examples.append(Example(ids, segs))
+        if is_document(msgs):
+            ids, segs = truncate_pieces(pieces, 1 << 62)
+            cut = windows(ids, segs, max_len or 1 << 62)
         else:
-            stats["dropped"] += 1
+            cut = [truncate_pieces(pieces, max_len or 1 << 62)]
+            stats["truncated"] += len(cut[0][0]) < sum(len(p) for p, _ in pieces)
+        for ids, segs in cut:
+            if has_output(segs):
+                examples.append(Example(ids, segs))
+            else:
+                stats["dropped"] += 1
     stats["kept"] = len(examples)
     return examples, stats
 
@@ -328,6 +352,7 @@ def split_and_subsample(convs: list, val_size: float, num_examples: int, seed: i
 
 
 # train.py's data settings and their defaults: the one place both train.py and eval.py turn them into a split
+SYNTHETIC = ("synthetic", "synthetic-corpus", "synthetic-qa")  # the built-in tasks: from scratch; pretraining; tuning
 SPLIT_DEFAULTS = dict(data="synthetic", format="", val_size=100, num_examples=0, seed=1337,
                       synth_examples=200, synth_heldout=40, synth_facts=8, synth_mentions=10, synth_keys=120,
                       synth_seed=0)
@@ -337,9 +362,16 @@ def load_split(settings: dict) -> tuple[list, list]:
     """(train, held-out) conversations from data settings (any others are ignored; missing ones take
     SPLIT_DEFAULTS). eval.py calls it with a checkpoint's saved config, so it scores exactly what training held out."""
     s = {**SPLIT_DEFAULTS, **{k: v for k, v in settings.items() if k in SPLIT_DEFAULTS}}
-    if s["data"] == "synthetic":  # its split is part of the task: held-out questions ask about held-out keys
+    if s["data"] in SYNTHETIC:  # their splits are part of the tasks: held-out questions ask about held-out keys
         if s["num_examples"]:
-            raise UserError("--num_examples subsamples a data file; the synthetic task's is --synth_examples")
+            raise UserError("--num_examples subsamples a data file; the synthetic tasks' is --synth_examples")
+        if s["data"] == "synthetic-corpus":  # plain text stating the whole world; held out: the statement probe
+            world = synthetic_world(s["synth_keys"])
+            return [[{"role": "text", "content": d}] for d in corpus_documents(world, seed=s["synth_seed"])], \
+                probe_conversations(world)
+        if s["data"] == "synthetic-qa":
+            return qa_split(s["synth_examples"], s["synth_heldout"], s["synth_facts"], s["synth_seed"],
+                            n_keys=s["synth_keys"])
         return synthetic_split(s["synth_examples"], s["synth_heldout"], s["synth_facts"], s["synth_mentions"],
                                s["synth_seed"], n_keys=s["synth_keys"])
     convs = load_conversations(s["data"], s["format"] or None)

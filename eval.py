@@ -37,7 +37,7 @@ import data
 import model as modeling
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
                         read_mmlu)
-from metrics import segment_losses
+from metrics import exact_match_rate, segment_losses
 from runtime import (Dist, UserError, all_reduce_sum, check_device, destroy_distributed, join_distributed, opt,
                      parse_config, run_cli, write_text_atomic)
 
@@ -95,7 +95,7 @@ class EvalConfig:
         check_device(self.device)
         for name in ("data", "train_data", "mmlu", "hellaswag"):  # fail before loading a model
             path = getattr(self, name)
-            if path not in ("", "from_ckpt", "synthetic", "none", *data.DATASETS) and not os.path.exists(path):
+            if path not in ("", "from_ckpt", "none", *data.SYNTHETIC, *data.DATASETS) and not os.path.exists(path):
                 raise UserError(f"--{name}: {path}: no such file or directory")
 
 
@@ -220,6 +220,18 @@ def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: 
             "prompt_loss": r["prompt_loss"], "output_tokens": r["output_tokens"], "truncated": stats["truncated"]}
 
 
+WORLD_TASKS = ("synthetic-corpus", "synthetic-qa")  # a base trained on the world's text, and its tuned models
+
+
+def probe_metrics(model, tok, saved: dict, cfg: EvalConfig, dist: Dist) -> dict:
+    """What a model trained on the built-in world knows of it, whatever it was tuned for: greedy completion of the
+    statement "K=" for every fact (synthetic.probe_conversations), token-exact as train.py scores it."""
+    probe = data.load_split({**saved, "data": "synthetic-corpus"})[1]
+    examples, _ = data.encode_dataset(probe, tok, None)
+    return {"facts": len(examples), "exact_match": exact_match_rate(model, examples, cfg.batch_size, tok.eot_token,
+                                                                    dist)}
+
+
 def new_token_budget(cfg: EvalConfig, references: list[str], tok) -> int:
     """--max_new_tokens, or (0) the longest reference answer plus 16 tokens. Each prompt then gets at most
     what is left of the context: generation never cuts a prompt to make room."""
@@ -232,7 +244,7 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
                        max_len: int | None = None) -> dict:
     """Answer each conversation's last instruction from its training prefix (cut at max_len exactly as training
     cut the example, if at all); score against its last answer."""
-    convs = [c for c in convs if c and c[-1]["role"] == "assistant"]
+    convs = [c for c in convs if c and c[-1]["role"] == "assistant" or len(c) > 1 and c[-1]["role"] == "text"]
     max_new = new_token_budget(cfg, [c[-1]["content"] for c in convs], tok)
     mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
     prompts = [data.prompt_ids(c, tok, max_len or model.config.block_size + 1) for c in mine]
@@ -305,8 +317,9 @@ def source_split(name: str, saved: dict | None) -> tuple[list, list] | None:
     defaults). None for a file name: a file is used whole."""
     if name in ("", "from_ckpt"):
         return data.load_split(saved) if saved is not None else None
-    if name == "synthetic":
-        return data.load_split(saved if saved is not None and saved.get("data") == "synthetic" else {})
+    if name in data.SYNTHETIC:
+        return data.load_split({**(saved if saved is not None and saved.get("data") in data.SYNTHETIC else {}),
+                                "data": name})
     return None
 
 
@@ -318,7 +331,7 @@ def conversation_sets(cfg: EvalConfig, saved: dict | None) -> tuple[list, list]:
     heldout = split[1] if split else data.load_conversations(cfg.data, cfg.format or None)
     if cfg.train_data == "none":
         train = []
-    elif cfg.train_data in ("", "from_ckpt", "synthetic"):
+    elif cfg.train_data in ("", "from_ckpt", *data.SYNTHETIC):
         train_split = split if cfg.train_data == "" and split else source_split(cfg.train_data, saved)
         train = train_split[0] if train_split else []
     else:
@@ -346,6 +359,8 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
         if train:
             metrics["train"] = loss_metrics(net, tok, train, cfg, dist, max_len)
             metrics["heldout"]["gap_vs_train"] = metrics["heldout"]["output_loss"] - metrics["train"]["output_loss"]
+    if cfg.loss and (saved or {}).get("data") in WORLD_TASKS:
+        metrics["probe"] = probe_metrics(net, tok, saved, cfg, dist)
     if cfg.generate:
         metrics["generate"] = generation_metrics(net, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False,
                                                  max_len=max_len)

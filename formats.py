@@ -23,18 +23,23 @@ class DataError(UserError):
 
 # ----------------------------------------------------------------------------- files -> records -> messages
 
-def read_records(path: str) -> list[tuple[str, object]]:
-    """(where, record) for each record of a JSON array or JSONL file; `where` is `file:line` or `file: record [i]`."""
+def read_text(path: str) -> str:
+    """A file's UTF-8 text; errors name the file (and the line of a byte that is not UTF-8)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+
+
+def read_records(path: str) -> list[tuple[str, object]]:
+    """(where, record) for each record of a JSON array or JSONL file; `where` is `file:line` or `file: record [i]`."""
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     if text.lstrip().startswith("["):  # one JSON array; otherwise one JSON object per line
@@ -133,6 +138,17 @@ def from_messages(rec: dict, where: str) -> list[list[dict]]:
     return [msgs]
 
 
+def from_text(rec: dict, where: str) -> list[list[dict]]:
+    """Plain text for language modelling (continued pretraining): one document, every token learned."""
+    return [[{"role": "text", "content": _text(rec, "text", where)}]]
+
+
+def text_documents(text: str) -> list[list[dict]]:
+    """A .txt file's documents: its paragraphs (separated by blank lines), each a `text` document."""
+    paragraphs = [p.strip("\n") for p in text.replace("\r\n", "\n").split("\n\n")]
+    return [[{"role": "text", "content": p}] for p in paragraphs if p.strip()]
+
+
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant"}
 
@@ -158,7 +174,7 @@ FORMATS = {"messages": ({"messages"}, from_messages), "sharegpt": ({"conversatio
            "dolly": ({"instruction", "response"}, from_dolly),
            "prompt_completion": ({"prompt", "completion"}, from_prompt_completion),
            "question_answer": ({"question", "answer"}, from_question_answer),
-           "alpaca": ({"instruction", "output"}, from_alpaca)}
+           "alpaca": ({"instruction", "output"}, from_alpaca), "text": ({"text"}, from_text)}
 
 
 def detect_format(rec: dict, where: str) -> str:
@@ -172,6 +188,8 @@ def detect_format(rec: dict, where: str) -> str:
 
 def check_conversation(msgs: list[dict], where: str) -> list[dict]:
     """Drop trailing turns with no answer after them (ShareGPT dumps have some); require one assistant turn."""
+    if len(msgs) == 1 and msgs[0]["role"] == "text":  # a plain-text document: all of it is learned
+        return msgs
     while msgs and msgs[-1]["role"] != "assistant":
         msgs = msgs[:-1]
     if not msgs:
@@ -188,6 +206,11 @@ def load_conversations(path_or_name: str, fmt: str | None = None) -> list[list[d
         raise DataError(f"{path}: no such file (known dataset names: {', '.join(DATASETS)})")
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if path.endswith(".txt"):  # plain text, not JSON
+        convs = text_documents(read_text(path))
+        if not convs:
+            raise DataError(f"{path}: no text")
+        return convs
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no records")

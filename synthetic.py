@@ -124,3 +124,63 @@ def synthetic_split(n_train: int = 200, n_heldout: int = 40, n_facts: int = 8, m
     everything = endless(sorted(world), val_rng)
     val = [conversation(stated_keys([], everything, n_facts, k, val_rng), k, world) for k in heldout]
     return train, val
+
+
+# ----------------------------------------------------------------------------- the pretrained regime
+# The paper tunes a model that already knows the world. Here a base model first learns every fact of the world from
+# plain text (`corpus_documents`, python train.py --data synthetic-corpus), then a few instruction examples teach it
+# to answer questions (`qa_split`, --data synthetic-qa --init_from that base). The held-out questions ask about facts
+# the base knows but no instruction example asked about, and no instruction states: IM can gain nothing there from
+# extra supervision, only from how the tuning changes what the base already knows.
+
+STATEMENTS = ("{k}={v}", "{k} is {v}", "the value of {k} is {v}", "Q: What is {k}?\nA: {k} is {v}")  # in the corpus
+QUESTION = "Q: What is {k}?"  # how an instruction asks: the corpus's question (as on a FAQ page)
+ANSWER = "{k} is {v}"  # how an answer replies: the corpus's answer
+
+
+def corpus_documents(world: dict[str, str], repeats: int = 16, per_doc: int = 8, seed: int = 0) -> list[str]:
+    """Plain-text documents stating every fact of the world in every phrasing `repeats` times, one statement per
+    line, 1 to `per_doc` to a document, in shuffled order: each fact is stated in many places and contexts, so that
+    a model learns the fact rather than where it stood."""
+    rng = random.Random(f"corpus-{seed}")
+    lines = [s.format(k=k, v=v) for _ in range(repeats) for k, v in world.items() for s in STATEMENTS]
+    rng.shuffle(lines)
+    docs, at = [], 0
+    while at < len(lines):
+        n = rng.randint(1, per_doc)
+        docs.append("\n".join(lines[at:at + n]))
+        at += n
+    return docs
+
+
+def probe_conversations(world: dict[str, str], keys: list[str] | None = None) -> list[list[dict]]:
+    """The statement probe: plain text "D6=" to complete with "kote" (no template; `context` is weight-0 text)."""
+    return [[{"role": "context", "content": f"{k}="}, {"role": "text", "content": world[k]}]
+            for k in (keys if keys is not None else sorted(world))]
+
+
+def qa_split(n_train: int = 50, n_heldout: int = 40, n_facts: int = 8, seed: int = 0, world_seed: int = 0,
+             n_keys: int = 120) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(training, held-out) question-answering conversations about the world, for tuning a base that knows it:
+
+        user:      L1=bugo, S6=bodo, R5=zilo, V2=tira, I5=bupi, S1=nage, M1=pibi, J8=dugi. What is D6?
+        assistant: kote
+
+    Training questions ask about training keys, held-out ones about the held-out keys; every instruction states
+    n_facts training facts (none held out, none asked). The same key split as `synthetic_split`."""
+    if n_train < 1 or n_facts < 0:
+        raise UserError(f"--synth_examples must be >= 1 and --synth_facts >= 0, got {n_train} and {n_facts}")
+    world = synthetic_world(n_keys, world_seed)
+    train_keys, heldout = split_keys(world, n_heldout, world_seed)
+    if n_facts >= len(train_keys):
+        raise UserError(f"--synth_facts {n_facts}: only {len(train_keys)} training facts to state")
+
+    def ask(key: str, rng: random.Random) -> list[dict]:
+        stated = rng.sample([k for k in train_keys if k != key], n_facts)
+        context = "".join(f"{k}={world[k]}\n" for k in stated)  # one statement a line, as in the corpus
+        return [{"role": "user", "content": context + QUESTION.format(k=key)},
+                {"role": "assistant", "content": ANSWER.format(k=key, v=world[key])}]
+
+    asked = list(itertools.islice(endless(train_keys, random.Random(f"asked-{seed}")), n_train))
+    rng, val_rng = random.Random(f"qa-stated-{seed}"), random.Random(f"qa-heldout-{seed}")
+    return [ask(k, rng) for k in asked], [ask(k, val_rng) for k in heldout]

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import check_training_checkpoint, rng_state, tokenizer_record
-from data import Batch, Example, collate, micro_batches
+from data import SYNTHETIC, Batch, Example, answer_start, collate, micro_batches
 from loss import StepLoss, mark_dynamic, run_micro_batches, step_batches, step_totals
 from metrics import exact_match_rate, segment_losses
 from mfu import training_flops
@@ -66,7 +66,8 @@ def evaluate(model: GPT, val: list[Example], train_sample: list[Example], bs: in
              "train_output_loss": t["output_loss"], "train_prompt_loss": t["prompt_loss"]}
         if eos_id is not None:
             r["val_exact_match"] = exact_match_rate(model, val, bs, eos_id, d)
-            r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, d)
+            if any(answer_start(e.segs) for e in train_sample):  # plain text has no prompt to answer
+                r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, d)
     return r
 
 
@@ -237,7 +238,7 @@ def eval_and_save(s: Session) -> dict:
     """Score the model, log it, keep best.pt by held-out output loss, and save ckpt.pt."""
     flush(s)  # a diverged step stops the run here, before it could reach a checkpoint
     bs = max(1, s.cfg.micro_batch_size or s.cfg.batch_size // s.d.world_size)
-    eos = s.tok.eot_token if s.cfg.data == "synthetic" else None  # one-word answers
+    eos = s.tok.eot_token if s.cfg.data in SYNTHETIC else None  # one-word answers
     r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype, eos)}
     if not s.val:
         r["val_output_loss"] = r["val_prompt_loss"] = None

@@ -159,6 +159,8 @@ def flatten_metrics(report: dict) -> dict:
         flat.update(train_loss=m["train"]["output_loss"], gap=m["heldout"]["output_loss"] - m["train"]["output_loss"])
     if "generate" in m:
         flat.update({k: m["generate"][k] for k in ("exact_match", "bleu", "rouge_l")})
+    if "probe" in m:  # the pretrained regime: how much of the base's knowledge the tuning left
+        flat["knowledge"] = m["probe"]["exact_match"]
     if "memorization" in m:
         flat.update(memorization_bleu=m["memorization"]["bleu"],
                     memorization_exact_match=m["memorization"]["exact_match"])

@@ -21,6 +21,7 @@ from runtime import write_atomic, write_text_atomic  # noqa: E402
 METRICS = [("heldout_loss", "held-out output loss ↓", True), ("train_loss", "train output loss", True),
            ("gap", "gap (held-out − train)", True), ("exact_match", "held-out exact match ↑", False),
            ("memorization_exact_match", "memorization exact match", False),
+           ("knowledge", "knowledge kept (probe exact match) ↑", False),
            ("bleu", "BLEU ↑", False), ("rouge_l", "ROUGE-L ↑", False),
            ("memorization_bleu", "memorization BLEU", False)]
 LONG_ONLY = ("bleu", "rouge_l", "memorization_bleu")  # n-gram overlap says nothing about one-word answers
@@ -106,7 +107,10 @@ def describe_setup(records: list[dict], d: dict) -> str:
     t = r["train_settings"]
     data = (f"synthetic ({t['synth_facts']} stated facts per instruction; each held-out fact stated "
             f"{t['synth_mentions']} times in training instructions, never asked in training)"
-            if t["data"] == "synthetic" else t["data"])
+            if t["data"] == "synthetic" else
+            f"synthetic-qa (questions about facts the base learned from text; {t['synth_facts']} training facts "
+            f"stated per instruction; held-out questions ask facts no training example asked or stated)"
+            if t["data"] == "synthetic-qa" else t["data"])
     sizes = ", ".join(f"{k} {t[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size") if t[k])
     model = t["init_from"] if t["init_from"] != "scratch" else f"{t['model']} from scratch ({sizes or 'preset'})"
     which = "best (lowest held-out loss)" if r["eval_settings"][0]["ckpt"].endswith("best.pt") else "last"
@@ -117,7 +121,8 @@ def describe_setup(records: list[dict], d: dict) -> str:
 
 
 VERDICT_METRICS = (("heldout_loss", "held-out output loss", True), ("exact_match", "held-out exact match", False),
-                   ("memorization_exact_match", "memorization exact match (lower: less copying)", True))
+                   ("memorization_exact_match", "memorization exact match (lower: less copying)", True),
+                   ("knowledge", "knowledge kept (statement probe exact match)", False))
 
 
 def verdict_lines(records: list[dict]) -> list[str]:

@@ -41,7 +41,8 @@ from runtime import UserError, opt, run_cli, write_text_atomic  # noqa: E402
 DEFAULT_POINTS = {"examples": [50, 100, 200, 400], "ratio": [1, 2, 4, 8]}
 # (metric, title, lower is better); the gain is signed so that a positive gain means IM did better
 GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_match", "exact match: IM − IT", False),
-         ("memorization_exact_match", "memorization exact match: IT − IM", True)]
+         ("memorization_exact_match", "memorization exact match: IT − IM", True),
+         ("knowledge", "knowledge kept (probe): IM − IT", False)]
 
 
 @dataclass
@@ -66,10 +67,12 @@ class SweepConfig(CompareConfig):
 
 def point_settings(factor: str, value: int, base) -> dict:
     """The train settings of one synthetic or subsample point; everything else stays as in `base`."""
-    if base.data != "synthetic":
+    if base.data not in ("synthetic", "synthetic-qa"):
         return {"num_examples": value}
     if factor == "examples":  # the held-out set and its mentions in training instructions stay as they are
         return {"synth_examples": value}
+    if base.data == "synthetic-qa":  # tuning a base: instructions state training facts only
+        return {"synth_facts": value}
     # held-out facts stated in proportion to the facts per instruction (default 8 facts: 10 mentions)
     return {"synth_facts": value, "synth_mentions": max(1, round(base.synth_mentions * value / base.synth_facts))}
 
@@ -102,7 +105,7 @@ def write_ratio_subsets(base, bins: int, out_dir: str) -> list[str]:
 
 def plan_points(cfg: SweepConfig, base) -> list[tuple[str, object]]:
     """(label, TrainConfig) of each point."""
-    if cfg.factor == "ratio" and base.data != "synthetic":
+    if cfg.factor == "ratio" and base.data not in ("synthetic", "synthetic-qa"):
         if cfg.points:
             raise UserError("--points sets synthetic facts per instruction; with --data FILE use --bins")
         paths = write_ratio_subsets(base, cfg.bins, cfg.out_dir)
@@ -146,12 +149,17 @@ def sweep_markdown(factor: str, rows: list[dict]) -> str:
     lines = [f"# IM vs IT against {factor}", "",
              "Gain > 0 means IM did better. Gains are paired by seed, mean ± std over seeds; the words say whether "
              "|mean| exceeds that std.", "", head, "|" + "---|" * 11]
+    knows = any(r["gains"].get("knowledge", {}).get("seeds") for r in rows)  # tuned from a base: knowledge kept
+    if knows:
+        lines[-2:] = [head + " knowledge kept IT | IM |", "|" + "---|" * 13]
     for r in rows:
         loss, em = r["gains"]["heldout_loss"], r["gains"]["exact_match"]
         mem = r["gains"].get("memorization_exact_match", {"it": float("nan"), "im": float("nan")})
+        know = r["gains"].get("knowledge", {"it": float("nan"), "im": float("nan")})
         lines.append(f"| {r['point']} | {r['train_examples']} | {r['ratio']:.2f} | {loss['it']:.3f} | {loss['im']:.3f} "
                      f"| {loss['mean']:+.3f} ± {loss['std']:.3f} ({call(loss)}) | {em['it']:.3f} | {em['im']:.3f} "
-                     f"| {em['mean']:+.3f} ± {em['std']:.3f} ({call(em)}) | {mem['it']:.3f} | {mem['im']:.3f} |")
+                     f"| {em['mean']:+.3f} ± {em['std']:.3f} ({call(em)}) | {mem['it']:.3f} | {mem['im']:.3f} |"
+                     + (f" {know['it']:.3f} | {know['im']:.3f} |" if knows else ""))
     return "\n".join(lines) + "\n"
 
 

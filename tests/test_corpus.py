@@ -1,0 +1,166 @@
+"""Plain text and the pretrained regime: documents cut into windows with every token learned once; a corpus that
+states every fact of the world; the statement probe; the question-answering split tuned from a base."""
+import json
+import os
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+import data
+import synthetic
+import train as T
+from checkpoint import byte_tokenizer
+from data import ASSISTANT, EOT, USER
+from metrics import exact_match_rate
+from model import load_checkpoint
+
+TOK = byte_tokenizer()
+TEXT = "The first paragraph is here.\nIt has two lines.\n\n\nThe second one is a little longer than the first one is."
+
+
+def write(path, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+def text_file(tmp_path) -> str:
+    return write(tmp_path / "corpus.txt", "\n\n".join(f"Document {i}: " + "word " * (3 + 7 * i) for i in range(12)))
+
+
+# ----------------------------------------------------------------------------- plain text: windows, weights 1
+
+def test_txt_paragraphs_and_jsonl_text_fields_are_documents(tmp_path):
+    txt = data.load_conversations(write(tmp_path / "a.txt", TEXT))
+    assert txt == [[{"role": "text", "content": "The first paragraph is here.\nIt has two lines."}],
+                   [{"role": "text", "content": TEXT.split("\n\n\n")[1]}]]
+    jsonl = write(tmp_path / "a.jsonl", "\n".join(json.dumps({"text": t}) for t in TEXT.split("\n\n\n")))
+    assert data.load_conversations(jsonl) == [[{"role": "text", "content": t}] for t in TEXT.split("\n\n\n")]
+
+
+@pytest.mark.parametrize("max_len", [2, 3, 7, 16, 1000])
+def test_documents_are_windows_in_which_every_token_is_learned_once_with_weight_1(max_len):
+    docs = [[{"role": "text", "content": t}] for t in TEXT.split("\n\n\n")]
+    examples, stats = data.encode_dataset(docs, TOK, max_len)
+    stream = [TOK.encode_ordinary(d[0]["content"]) + [TOK.eot_token] for d in docs]
+    assert all(len(e.ids) <= max_len for e in examples)
+    for plw in (0.0, 1.0):  # IT and IM alike: a document is all output
+        targets = []  # (token, weight) of every predicted position, in order
+        for e in examples:
+            w = data.loss_weights(e.segs, plw)
+            assert w[0] == 0 and all(x == 1.0 for x in w[1:])
+            targets += list(zip(e.ids[1:], w[1:]))
+        # each document's tokens after its first, each exactly once: windows overlap by one token, lose none
+        assert [t for t, _ in targets] == [t for doc in stream for t in doc[1:]]
+    assert stats["output_tokens"] == sum(map(len, stream)) and stats["dropped"] == 0
+    assert examples[0].segs[-1] == (EOT if max_len >= len(stream[0]) else ASSISTANT)
+    assert sum(len(e.ids) - 1 for e in examples) == sum(len(s) - 1 for s in stream)
+
+
+def test_windows_overlap_by_exactly_one_token():
+    ids = list(range(10))
+    cut = data.windows(ids, [ASSISTANT] * 10, 4)
+    assert [w for w, _ in cut] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert [w for w, _ in data.windows(ids[:9], [ASSISTANT] * 9, 4)] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8]]
+    assert data.windows(ids, [ASSISTANT] * 10, 10) == [(ids, [ASSISTANT] * 10)]
+
+
+def text_run(data_path: str, out_dir: str, **kw) -> T.TrainConfig:
+    base = dict(out_dir=out_dir, data=data_path, val_size=3, n_layer=2, n_head=2, n_embd=32, block_size=16,
+                batch_size=4, micro_batch_size=4, max_steps=6, lr=1e-3, eval_interval=3, eval_examples=0, train_eval_size=4, seed=0,
+                dropout=0.1, device="cpu", threads=1)
+    return T.TrainConfig(**{**base, **kw})
+
+
+def test_plain_text_trains_evaluates_and_resumes_exactly(tmp_path):
+    """A .txt corpus longer than the context: windows; held-out loss per token; 4 steps + resume + 2 = 6 steps."""
+    corpus = text_file(tmp_path)
+    full = T.train(text_run(corpus, str(tmp_path / "full")))
+    log = [r["eval"] for r in map(json.loads, open(tmp_path / "full" / "log.jsonl")) if "eval" in r]
+    assert [r["step"] for r in log] == [0, 3, 6]
+    assert log[-1]["val_output_loss"] < log[0]["val_output_loss"]  # every held-out token is an output token
+    assert full["steps"] == 6
+    T.train(text_run(corpus, str(tmp_path / "part"), stop_step=4))
+    T.train(text_run("ignored", str(tmp_path / "part"), init_from="resume"))
+    a = load_checkpoint(str(tmp_path / "full" / "ckpt.pt"))["model"]
+    b = load_checkpoint(str(tmp_path / "part" / "ckpt.pt"))["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- the corpus and the probe
+
+def test_corpus_states_every_fact_in_every_phrasing_repeatedly():
+    world = synthetic.synthetic_world(120)
+    docs = synthetic.corpus_documents(world, repeats=3, per_doc=5)
+    statements = lambda doc: doc.replace("\nA: ", " A: ").split("\n")  # a question and its answer are one
+    lines = [s.replace(" A: ", "\nA: ") for d in docs for s in statements(d)]
+    assert all(1 <= len(statements(d)) <= 5 for d in docs)
+    assert Counter(lines) == Counter({s.format(k=k, v=v): 3 for k, v in world.items() for s in synthetic.STATEMENTS})
+    assert len(set(docs)) > len(docs) * 0.9  # shuffled: not the same documents over and over
+    assert docs == synthetic.corpus_documents(world, repeats=3, per_doc=5)
+
+
+def test_probe_prompts_a_statement_and_expects_its_value():
+    world = {"A1": "bodo", "B2": "kite"}
+    probe = synthetic.probe_conversations(world)
+    (ex, *_), _ = data.encode_dataset(probe, TOK, 100)
+    assert TOK.decode(ex.ids) == "A1=bodo" and ex.segs == [USER] * 3 + [ASSISTANT] * 4
+    assert data.prompt_ids(probe[0], TOK) == TOK.encode_ordinary("A1=")
+    assert data.loss_weights(ex.segs, 0.0)[3:] == [1.0] * 4  # the value is the scored output
+
+
+class Knows(torch.nn.Module):
+    """A stand-in model that completes "K=" with its own idea of K's value (then keeps talking)."""
+
+    def __init__(self, beliefs: dict[str, str]):
+        super().__init__()
+        self.beliefs = beliefs
+
+    def generate(self, prompts, max_new_tokens, eos_id=None):
+        out = []
+        for p in prompts:
+            key = TOK.decode(p).removesuffix("=")
+            out.append(TOK.encode_ordinary(self.beliefs.get(key, "") + "\nZ9=")[:max_new_tokens])
+        return out
+
+
+def test_probe_exact_match_on_a_hand_made_model():
+    world = {"A1": "bodo", "B2": "kite", "C3": "mura", "D4": "sela"}
+    examples, _ = data.encode_dataset(synthetic.probe_conversations(world), TOK, 100)
+    beliefs = {"A1": "bodo", "B2": "kito", "C3": "mura"}  # one wrong value, one fact unknown
+    assert exact_match_rate(Knows(beliefs), examples, 3, TOK.eot_token) == 0.5
+    assert exact_match_rate(Knows(world), examples, 3, TOK.eot_token) == 1.0
+    assert exact_match_rate(Knows({k: v[:3] for k, v in world.items()}), examples, 3, TOK.eot_token) == 0.0
+
+
+def test_load_split_gives_the_corpus_and_the_probe_of_the_whole_world():
+    train, probe = data.load_split({"data": "synthetic-corpus", "synth_keys": 30})
+    world = synthetic.synthetic_world(30)
+    assert all(data.is_document(d) for d in train) and len(probe) == 30
+    assert {c[0]["content"][:-1]: c[1]["content"] for c in probe} == world
+
+
+# ----------------------------------------------------------------------------- tuning from the base: questions
+
+QA = re.compile(r"((?:[A-Z][0-9]=[a-z]{4}\n)*)Q: What is ([A-Z][0-9])\?")
+
+
+def test_qa_split_asks_known_facts_and_holds_out_keys_never_asked_or_stated():
+    world = synthetic.synthetic_world(120)
+    train_keys, heldout = synthetic.split_keys(world, 40)
+    train, val = synthetic.qa_split(60, 40, 6)
+    assert len(train) == 60 and [QA.fullmatch(c[0]["content"])[2] for c in val] == heldout
+    for conv in train + val:
+        m = QA.fullmatch(conv[0]["content"])
+        key, facts = m[2], re.findall(r"([A-Z][0-9])=([a-z]{4})", conv[0]["content"])
+        assert conv[1]["content"] == f"{key} is {world[key]}" and len(facts) == 6
+        assert all(world[k] == v and k in train_keys and k != key for k, v in facts)  # only training facts stated
+    assert {QA.fullmatch(c[0]["content"])[2] for c in train} <= set(train_keys)
+    assert len({QA.fullmatch(c[0]["content"])[2] for c in train}) == 60  # 60 of the 80 training keys, once each
+    more, _ = synthetic.qa_split(100, 40, 6)
+    short, short_val = synthetic.qa_split(60, 40, 0)
+    asked = lambda convs: [QA.fullmatch(c[0]["content"])[2] for c in convs]
+    assert asked(more)[:60] == asked(train) and asked(short) == asked(train)  # the knobs hold the questions
+    assert short_val[0][0]["content"] == f"Q: What is {heldout[0]}?"
