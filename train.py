@@ -370,6 +370,7 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
     summary = {"steps": prog.step, "total_steps": s.total, "finished": prog.step >= s.total,
                "time_s": time.perf_counter() - t0, "train_examples": len(s.train), "val_examples": len(s.val),
                "world_size": s.d.world_size, "accum": s.accum,
+               "plain_text": not any(answer_start(e.segs) for e in s.train),  # no instruction to answer: language modelling
                "tokens_per_s": sum(s.speeds) / max(1, len(s.speeds)),
                "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
                "history": prog.history, "config": asdict(cfg)}

@@ -26,7 +26,9 @@ def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, 
     origin = "from scratch" if cfg.init_from == "scratch" else f"from {cfg.init_from}"
     n = max(stats["examples"], 1)
     ratio = stats["prompt_tokens"] / max(stats["output_tokens"], 1)
+    plain = stats["prompt_tokens"] == stats["template_tokens"] == 0
     lines = [
+        "plain text: loss on every token (language modelling; --loss does not apply)" if plain else
         f"{loss_name(cfg.prompt_loss_weight)}",
         f"model: {origin}, {mc.n_layer} layers x {mc.n_embd} wide, {n_params:,} parameters, context {cfg.block_size}",
         f"data: {cfg.data}, {n_train} train / {n_val} held-out examples, {stats['prompt_tokens'] / n:.0f} instruction"
@@ -37,7 +39,7 @@ def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, 
         + (f", resuming at step {resumed_at}" if resumed_at is not None else ""),
         f"files: {cfg.out_dir}/ (ckpt.pt, best.pt, log.jsonl, summary.json with every setting)",
     ]
-    if cfg.prompt_loss_weight == 0:
+    if cfg.prompt_loss_weight == 0 and not plain:
         lines.append("note: IT never trains on the instructions, so the held-out *prompt* loss (val_prompt_loss) "
                      "is not optimized and may rise; compare runs by val_output_loss")
     return lines
@@ -75,6 +77,11 @@ def summary_lines(summary: dict, cfg: TrainConfig, argv: list[str] | None) -> li
                  f"{out}/log.jsonl")
     if not summary["finished"]:
         lines.append(f"next: python train.py --init_from resume --out_dir {shlex.quote(out)}   # continue the run")
+        return lines
+    if summary.get("plain_text"):  # a base model: what comes next is instruction tuning
+        data = "synthetic-qa" if cfg.data == "synthetic-corpus" else "your_instructions.json"
+        lines.append(f"next: python scripts/compare.py --init_from {shlex.quote(out)} --data {data}   # tune this base: "
+                     f"IT vs IM")
         return lines
     lines.append(f"next: python eval.py --ckpt {shlex.quote(out)} --generate   # exact match, BLEU, ROUGE-L")
     if argv is not None and cfg.init_from != "resume":

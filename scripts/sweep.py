@@ -49,7 +49,8 @@ GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_matc
 class SweepConfig(CompareConfig):
     out_dir: str = opt("out/sweep", "where sweep.json, sweep.md, sweep.png and one folder per point go")
     factor: str = opt("examples", "examples (training set size) or ratio (instruction/output length)")
-    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,8 facts)", low=1)
+    points: list[int] = opt([], "values of the factor ('' = examples 50,100,200,400; ratio 1,2,4,8 facts; "
+                                "synthetic-qa's ratio may start at 0 facts: the question alone)", low=0)
     bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio", low=2)
     seeds: int = opt(2, "runs per mode and point", low=1)
 
@@ -59,8 +60,8 @@ class SweepConfig(CompareConfig):
             raise UserError(f"--factor must be examples or ratio, got {self.factor!r}")
         if not {"it", "im"} <= set(compare.all_modes(self)):
             raise UserError("--modes must include it and im: the gain is measured between them")
-        if any(p < 1 for p in self.points) or self.bins < 2:
-            raise UserError("--points must be >= 1 and --bins >= 2")
+        if any(p < (self.factor == "examples") for p in self.points) or self.bins < 2:
+            raise UserError("--points must be >= 1 (facts: >= 0) and --bins >= 2")
 
 
 # ----------------------------------------------------------------------------- the points

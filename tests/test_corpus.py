@@ -164,3 +164,27 @@ def test_qa_split_asks_known_facts_and_holds_out_keys_never_asked_or_stated():
     asked = lambda convs: [QA.fullmatch(c[0]["content"])[2] for c in convs]
     assert asked(more)[:60] == asked(train) and asked(short) == asked(train)  # the knobs hold the questions
     assert short_val[0][0]["content"] == f"Q: What is {heldout[0]}?"
+
+
+# ----------------------------------------------------------------------------- the two README commands, small
+
+def test_pretrain_then_compare_it_and_im_from_the_base(tmp_path, monkeypatch):
+    """README's pair: train.py --data synthetic-corpus, then compare.py --init_from that base --data synthetic-qa.
+    The tuned runs start from the base's weights, are scored on the questions and keep the probe's number."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import compare
+    small = dict(n_layer=1, n_head=2, n_embd=32, synth_keys=24, synth_heldout=4, eval_interval=0, threads=1)
+    base = T.train(T.TrainConfig(out_dir=str(tmp_path / "base"), data="synthetic-corpus", max_steps=3, **small))
+    assert base["plain_text"] and set(base["final"]) >= {"val_exact_match", "val_output_loss"}
+    assert "train_exact_match" not in base["final"]  # plain text has no prompt to answer
+    monkeypatch.chdir(tmp_path)
+    records = compare.main(["--init_from", "base", "--data", "synthetic-qa", "--out_dir", "cmp", "--seeds", "1",
+                            "--jobs", "1", "--max_steps", "2", "--synth_examples", "10", "--synth_facts", "2",
+                            "--synth_keys", "24", "--synth_heldout", "4", "--eval_interval", "0"])
+    assert [r["mode"] for r in records] == ["it", "im"]
+    for r in records:
+        assert 0 <= r["metrics"]["knowledge"] <= 1 and "exact_match" in r["metrics"]
+        assert r["train_settings"]["lr"] == 3e-4 and r["train_settings"]["batch_size"] == 16  # the tuning recipe
+    results = json.load(open(tmp_path / "cmp" / "results.json"))
+    assert "knowledge" in results["runs"][0]["metrics"]
