@@ -21,7 +21,7 @@ SCRATCH_RECIPE = dict(batch_size=32, micro_batch_size=0, epochs=0.0, max_steps=4
 PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0, lr=2e-5, min_lr_ratio=0.0,
                     schedule="linear", warmup_ratio=0.03, weight_decay=0.0, eval_interval=50, threads=0)
 # The pretrained regime of the built-in world, on a CPU: pretraining on its corpus needs twice the steps to know
-# every fact (the statement probe reaches 1.0 near step 650); tuning that base on a few questions takes small,
+# every fact (the statement probe reaches 1.0 at step 600); tuning that base on a few questions takes small,
 # gentle steps (at 1e-3 both losses erase what the base knew). Measured in README "From scratch vs pretrained".
 CORPUS_RECIPE = {**SCRATCH_RECIPE, "max_steps": 800}
 BASE_TUNING_RECIPE = {**SCRATCH_RECIPE, "batch_size": 16, "max_steps": 300, "lr": 3e-4}

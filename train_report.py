@@ -26,7 +26,7 @@ def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, 
     origin = "from scratch" if cfg.init_from == "scratch" else f"from {cfg.init_from}"
     n = max(stats["examples"], 1)
     ratio = stats["prompt_tokens"] / max(stats["output_tokens"], 1)
-    plain = stats["prompt_tokens"] == stats["template_tokens"] == 0
+    plain = stats["prompt_tokens"] == stats.get("template_tokens", 0) == 0 and stats["output_tokens"] > 0
     lines = [
         "plain text: loss on every token (language modelling; --loss does not apply)" if plain else
         f"{loss_name(cfg.prompt_loss_weight)}",

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import data
+import data_cli
 import synthetic
 import tokenviz
 from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example
@@ -442,7 +443,7 @@ def test_shared_alpaca_sets_load_and_batch_with_little_padding(shared_data, gpt2
     for path, n in ALPACA_SETS.items():
         convs = data.load_conversations(os.path.join(shared_data, path))
         assert len(convs) == n, path
-        row = data.dataset_stats(convs, tok, max_len=1024, batch_size=8)
+        row = data_cli.dataset_stats(convs, tok, max_len=1024, batch_size=8)
         assert row["dropped"] == 0 and row["IT weighted"] < row["IM weighted"] <= 1, path
         assert row["useful@8 packed"] >= 0.94, path  # length-grouped batches of 8, packed into rows
         if "seed_tasks" not in path:  # 175 examples with a long tail: padding alone reaches 0.815

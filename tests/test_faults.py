@@ -18,6 +18,7 @@ import torch
 import benchmarks as bm
 import checkpoint
 import data
+import data_cli
 import eval as ev
 import formats
 import runtime
@@ -244,7 +245,7 @@ def test_eval_out_that_is_a_directory(tmp_path):
 
 # ----------------------------------------------------------------------------- flags and config files
 
-CONFIGS = [T.TrainConfig, ev.EvalConfig, data.StatsConfig, compare.CompareConfig, sweep.SweepConfig]
+CONFIGS = [T.TrainConfig, ev.EvalConfig, data_cli.StatsConfig, compare.CompareConfig, sweep.SweepConfig]
 NEEDED = {ev.EvalConfig: {"ckpt": "gpt2"}}  # settings without which validate() stops first
 
 
