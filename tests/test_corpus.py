@@ -96,7 +96,7 @@ def test_corpus_states_every_fact_in_every_phrasing_repeatedly():
     docs = synthetic.corpus_documents(world, repeats=3, per_doc=5)
     statements = lambda doc: doc.replace("\nA: ", " A: ").split("\n")  # a question and its answer are one
     lines = [s.replace(" A: ", "\nA: ") for d in docs for s in statements(d)]
-    assert all(1 <= len(statements(d)) <= 5 for d in docs)
+    assert {len(statements(d)) for d in docs} == {1, 2, 3, 4, 5}  # documents of every size up to per_doc
     assert Counter(lines) == Counter({s.format(k=k, v=v): 3 for k, v in world.items() for s in synthetic.STATEMENTS})
     assert len(set(docs)) > len(docs) * 0.9  # shuffled: not the same documents over and over
     assert docs == synthetic.corpus_documents(world, repeats=3, per_doc=5)
