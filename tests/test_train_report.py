@@ -52,3 +52,17 @@ def test_summary_names_files_every_final_metric_and_next_commands():
     stopped = summary_lines(summary(finished=False), cfg, [])
     assert stopped[0].startswith("done: 250 of 400") and \
         stopped[-1] == "next: python train.py --init_from resume --out_dir out   # continue the run"
+
+
+def test_plain_text_says_every_token_is_learned_and_suggests_tuning_the_base():
+    cfg = resolve(TrainConfig(data="synthetic-corpus", out_dir="out/base"))
+    text = {"examples": 1735, "prompt_tokens": 0, "output_tokens": 114000, "template_tokens": 0, "truncated": 0,
+            "dropped": 0}
+    lines = startup_lines(cfg, GPTConfig.preset("tiny"), 1, 1735, 120, text, 1, 1, 800, "cpu", None)
+    assert lines[0] == "plain text: loss on every token (language modelling; --loss does not apply)"
+    assert len(lines) == 5 and not any(line.startswith("note: IT") for line in lines)
+    assert cfg.max_steps == 800  # the corpus recipe: twice the steps, so the base knows every fact
+    done = summary_lines({**summary(val_exact_match=1.0), "plain_text": True}, cfg, [])
+    assert done[-1] == ("next: python scripts/compare.py --init_from out/base --data synthetic-qa --synth_examples 40"
+                        "   # tune this base: IT vs IM")
+    assert resolve(TrainConfig(init_from="out/base", data="synthetic-qa")).lr == 3e-4  # the base-tuning recipe
