@@ -12,6 +12,8 @@ What it measures, under the training template (data.chat_pieces):
 - generate: answers to the held-out instructions from the prefix training used (greedy, or sampled with
   --temperature); exact match (GSM8K-style `#### <number>` references: the final numbers), BLEU, ROUGE-L F1.
 - memorization: greedy answers to the TRAINING instructions, scored against the training answers (paper Table 2).
+- probe (a model trained on the built-in world: synthetic-corpus, or synthetic-qa from such a base): how many of
+  the world's facts it still completes, greedy and token-exact ("D6=" -> "kote"): what a tuning kept of the base.
 - mmlu / hellaswag: multiple-choice accuracy by log-likelihood, as lm-evaluation-harness defines acc and acc_norm.
 Scales: losses in nats; exact match and accuracies in [0, 1]; BLEU and ROUGE-L in [0, 100]. Results go next to
 the checkpoint scored (out/eval.json), unless --out says otherwise.
@@ -47,7 +49,8 @@ class EvalConfig:
     ckpt: str = opt("", "model to evaluate: a training out_dir (its last ckpt.pt; pass out/best.pt for the best), "
                         "a checkpoint file, a Hugging Face GPT-2 directory, or a name like gpt2")
     data: str = opt("", "held-out conversations: '' (or from_ckpt) = the held-out split of the checkpoint's "
-                        "training data, as train.py made it; 'synthetic' = the built-in task's split; or a file (all)")
+                        "training data, as train.py made it; synthetic, synthetic-corpus or synthetic-qa = that built-in "
+                        "task's split; or a file (all)")
     train_data: str = opt("", "training conversations (train loss, memorization): '' = the training split of the "
                               "same source (none for a file without a train.py checkpoint); from_ckpt; synthetic; "
                               "a file; or none")

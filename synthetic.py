@@ -138,7 +138,7 @@ QUESTION = "Q: What is {k}?"  # how an instruction asks: the corpus's question (
 ANSWER = "{k} is {v}"  # how an answer replies: the corpus's answer
 
 
-def corpus_documents(world: dict[str, str], repeats: int = 16, per_doc: int = 8, seed: int = 0) -> list[str]:
+def corpus_documents(world: dict[str, str], repeats: int = 16, per_doc: int = 12, seed: int = 0) -> list[str]:
     """Plain-text documents stating every fact of the world in every phrasing `repeats` times, one statement per
     line, 1 to `per_doc` to a document, in shuffled order: each fact is stated in many places and contexts, so that
     a model learns the fact rather than where it stood."""

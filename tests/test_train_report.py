@@ -61,7 +61,7 @@ def test_plain_text_says_every_token_is_learned_and_suggests_tuning_the_base():
     lines = startup_lines(cfg, GPTConfig.preset("tiny"), 1, 1735, 120, text, 1, 1, 800, "cpu", None)
     assert lines[0] == "plain text: loss on every token (language modelling; --loss does not apply)"
     assert len(lines) == 5 and not any(line.startswith("note: IT") for line in lines)
-    assert cfg.max_steps == 800  # the corpus recipe: twice the steps, so the base knows every fact
+    assert (cfg.max_steps, cfg.batch_size) == (1000, 24)  # the corpus recipe: the base knows every fact
     done = summary_lines({**summary(val_exact_match=1.0), "plain_text": True}, cfg, [])
     assert done[-1] == ("next: python scripts/compare.py --init_from out/base --data synthetic-qa --synth_examples 40"
                         "   # tune this base: IT vs IM")
