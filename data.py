@@ -55,6 +55,8 @@ def chat_pieces(messages: list[dict]) -> list[tuple[str, int]]:
     for m in messages:
         if m["role"] in PLAIN_ROLES:
             add(m["content"], PLAIN_ROLES[m["role"]])
+            if is_document(messages):  # a document ends, as GPT-2's training text did, with end-of-text
+                add("<|endoftext|>", EOT)
             continue
         tag, seg = ROLE_TAGS[m["role"]]
         add(tag, TEMPLATE)
@@ -171,7 +173,7 @@ def encode_dataset(convs: list[list[dict]], tok: tiktoken.Encoding,
              TEMPLATE: "template_tokens"}
     examples = []
     for msgs in convs:
-        pieces = encode_pieces(msgs, tok) + ([([tok.eot_token], EOT)] if is_document(msgs) else [])
+        pieces = encode_pieces(msgs, tok)
         for p, s in pieces:  # lengths before truncation: what the data is, not what fits
             stats[names[s]] += len(p)
         if is_document(msgs):
