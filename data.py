@@ -151,7 +151,7 @@ def has_output(segs: list[int]) -> bool:
 
 
 def is_document(conv: list[dict]) -> bool:
-    """Plain text for language modelling: one `text` message (a line of a .txt file's paragraphs, or a `text` field)."""
+    """Plain text for language modelling: one `text` message (a paragraph of a .txt file, or a record's `text`)."""
     return len(conv) == 1 and conv[0]["role"] == "text"
 
 

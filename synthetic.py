@@ -159,12 +159,12 @@ def probe_conversations(world: dict[str, str], keys: list[str] | None = None) ->
             for k in (keys if keys is not None else sorted(world))]
 
 
-def qa_split(n_train: int = 50, n_heldout: int = 40, n_facts: int = 8, seed: int = 0, world_seed: int = 0,
+def qa_split(n_train: int = 40, n_heldout: int = 40, n_facts: int = 8, seed: int = 0, world_seed: int = 0,
              n_keys: int = 120) -> tuple[list[list[dict]], list[list[dict]]]:
     """(training, held-out) question-answering conversations about the world, for tuning a base that knows it:
 
-        user:      L1=bugo, S6=bodo, R5=zilo, V2=tira, I5=bupi, S1=nage, M1=pibi, J8=dugi. What is D6?
-        assistant: kote
+        user:      P0=lula\nO7=daku\nB8=funu\nH2=mesa\nQ9=bafi\nH7=peti\nZ2=beme\nG1=guti\nQ: What is D6?
+        assistant: D6 is kote
 
     Training questions ask about training keys, held-out ones about the held-out keys; every instruction states
     n_facts training facts (none held out, none asked). The same key split as `synthetic_split`."""

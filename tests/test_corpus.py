@@ -40,6 +40,17 @@ def test_txt_paragraphs_and_jsonl_text_fields_are_documents(tmp_path):
     assert data.load_conversations(jsonl) == [[{"role": "text", "content": t}] for t in TEXT.split("\n\n\n")]
 
 
+@pytest.mark.parametrize("content, message", [
+    ("\n\n  \n", r"empty.txt: no text"),
+    ('{"text": "fine"}\n{"text": 5}\n', r"empty.txt:2: field 'text' must be a string, got int"),
+    (b"caf\xe9", r"empty.txt:1: not UTF-8 text")])
+def test_bad_text_files_name_the_file_line_and_field(tmp_path, content, message):
+    path = tmp_path / ("empty.txt" if isinstance(content, bytes) or "{" not in content else "empty.jsonl")
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(data.DataError, match=message.replace("empty.txt", path.name)):
+        data.load_conversations(str(path))
+
+
 @pytest.mark.parametrize("max_len", [2, 3, 7, 16, 1000])
 def test_documents_are_windows_in_which_every_token_is_learned_once_with_weight_1(max_len):
     docs = [[{"role": "text", "content": t}] for t in TEXT.split("\n\n\n")]
