@@ -374,6 +374,19 @@ def load_checkpoint(path: str) -> dict:
     return payload
 
 
+def saved_train_config(ckpt: str) -> dict | None:
+    """The TrainConfig saved in a train.py checkpoint (a file, or an out_dir's ckpt.pt); None for pretrained weights
+    (a name or a Hugging Face directory)."""
+    path = os.path.join(ckpt, "ckpt.pt") if os.path.isdir(ckpt) else ckpt
+    if not os.path.isfile(path):
+        return None
+    try:  # mmap: read the small config without loading the weights and optimizer state a second time
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # e.g. a legacy (non-zip) file: fall back to a plain load, with its clear errors
+        payload = load_checkpoint(path)
+    return payload.get("config") if isinstance(payload, dict) else None
+
+
 TRAINING_KEYS = {"model": dict, "model_config": dict, "tokenizer": (str, dict), "config": dict, "optimizer": dict,
                  "scaler": dict, "step": int, "data_state": dict, "rng": list, "best_val_loss": (int, float),
                  "history": list}

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import checkpoint as ckpt_io
 import model as modeling
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
                         read_mmlu)
@@ -302,18 +303,6 @@ def benchmark_questions(cfg: EvalConfig) -> dict[str, list[Question]]:
     return questions
 
 
-def saved_train_config(ckpt: str) -> dict | None:
-    """The TrainConfig saved in a train.py checkpoint; None for pretrained weights (a name or an HF dir)."""
-    path = os.path.join(ckpt, "ckpt.pt") if os.path.isdir(ckpt) else ckpt
-    if not os.path.isfile(path):
-        return None
-    try:  # mmap: read the small config without loading the weights and optimizer state a second time
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # e.g. a legacy (non-zip) file: fall back to a plain load, with its clear errors
-        payload = modeling.load_checkpoint(path)
-    return payload.get("config")
-
-
 def source_split(name: str, saved: dict | None) -> tuple[list, list] | None:
     """(train, held-out) of a split source: '' / from_ckpt = the data the checkpoint was trained on (None without a
     saved config); 'synthetic' = the built-in task (the checkpoint's settings if trained on it, else train.py's
@@ -347,7 +336,7 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     Returns {"ckpt", "config", "metrics": {task: {...}}, "file"}."""
     dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
     cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt))
-    saved = saved_train_config(cfg.ckpt)
+    saved = ckpt_io.saved_train_config(cfg.ckpt)
     has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
     if not has_data and (cfg.generate or cfg.memorization):
         raise UserError(f"--generate/--memorization need --data: {cfg.ckpt} holds no training config to take it from")

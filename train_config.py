@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from checkpoint import saved_train_config
 from data import SPLIT_DEFAULTS
 from model import GPTConfig
 from runtime import UserError, check_device, opt
@@ -132,8 +133,19 @@ class TrainConfig:
             if not ok:
                 raise UserError(message)
         check_device(c.device)
+        check_same_world(c)
         if c.init_from == "scratch":
             scratch_config(c, vocab_size=257)
+
+
+def check_same_world(cfg: TrainConfig) -> None:
+    """Questions about the built-in world only make sense to a base that learned the same world."""
+    if cfg.data != "synthetic-qa" or cfg.init_from in ("scratch", "resume"):
+        return
+    base = saved_train_config(cfg.init_from)
+    if base and base.get("data") in ("synthetic-corpus", "synthetic-qa") and base.get("synth_keys") != cfg.synth_keys:
+        raise UserError(f"--synth_keys {cfg.synth_keys}: the base {cfg.init_from} learned a world of "
+                        f"{base.get('synth_keys')} keys; tune it with --synth_keys {base.get('synth_keys')}")
 
 
 def recipe_for(cfg: TrainConfig) -> dict:

@@ -15,6 +15,7 @@ from checkpoint import byte_tokenizer
 from data import ASSISTANT, EOT, USER
 from metrics import exact_match_rate
 from model import load_checkpoint
+from runtime import UserError
 
 TOK = byte_tokenizer()
 TEXT = "The first paragraph is here.\nIt has two lines.\n\n\nThe second one is a little longer than the first one is."
@@ -199,3 +200,7 @@ def test_pretrain_then_compare_it_and_im_from_the_base(tmp_path, monkeypatch):
         assert r["train_settings"]["lr"] == 3e-4 and r["train_settings"]["batch_size"] == 16  # the tuning recipe
     results = json.load(open(tmp_path / "cmp" / "results.json"))
     assert "knowledge" in results["runs"][0]["metrics"]
+    with pytest.raises(UserError, match=r"--synth_keys 30: the base base learned a world of 24 keys; tune it with "
+                                         r"--synth_keys 24"):  # a world the base never saw: refused before any work
+        T.train(T.TrainConfig(init_from="base", data="synthetic-qa", synth_keys=30, out_dir="other-world"))
+    assert not os.path.exists(tmp_path / "other-world")
