@@ -38,6 +38,7 @@ from tqdm import tqdm
 import data
 import checkpoint as ckpt_io
 import model as modeling
+import synthetic
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
                         read_mmlu)
 from metrics import exact_match_rate, segment_losses
@@ -227,13 +228,20 @@ def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: 
 WORLD_TASKS = ("synthetic-corpus", "synthetic-qa")  # a base trained on the world's text, and its tuned models
 
 
+PROBE_DEPTHS = (8, 20)  # statements of other facts before "K=": as deep as an 8- and a 16-fact instruction asks
+
+
 def probe_metrics(model, tok, saved: dict, cfg: EvalConfig, dist: Dist) -> dict:
     """What a model trained on the built-in world knows of it, whatever it was tuned for: greedy completion of the
-    statement "K=" for every fact (synthetic.probe_conversations), token-exact as train.py scores it."""
-    probe = data.load_split({**saved, "data": "synthetic-corpus"})[1]
-    examples, _ = data.encode_dataset(probe, tok, None)
-    return {"facts": len(examples), "exact_match": exact_match_rate(model, examples, cfg.batch_size, tok.eot_token,
-                                                                    dist)}
+    statement "K=" for every fact (synthetic.probe_conversations), token-exact as train.py scores it; alone, and
+    after PROBE_DEPTHS lines of other statements."""
+    world = synthetic.synthetic_world({**data.SPLIT_DEFAULTS, **saved}["synth_keys"])
+    r = {"facts": len(world)}
+    for depth in (0, *PROBE_DEPTHS):
+        examples, _ = data.encode_dataset(synthetic.probe_conversations(world, lines_before=depth), tok, None)
+        rate = exact_match_rate(model, examples, cfg.batch_size, tok.eot_token, dist)
+        r["exact_match" if depth == 0 else f"after_{depth}_lines"] = rate
+    return r
 
 
 def new_token_budget(cfg: EvalConfig, references: list[str], tok) -> int:

@@ -153,9 +153,15 @@ def corpus_documents(world: dict[str, str], repeats: int = 16, per_doc: int = 12
     return docs
 
 
-def probe_conversations(world: dict[str, str], keys: list[str] | None = None) -> list[list[dict]]:
-    """The statement probe: plain text "D6=" to complete with "kote" (no template; `context` is weight-0 text)."""
-    return [[{"role": "context", "content": f"{k}="}, {"role": "text", "content": world[k]}]
+def probe_conversations(world: dict[str, str], keys: list[str] | None = None,
+                        lines_before: int = 0) -> list[list[dict]]:
+    """The statement probe: plain text "D6=" to complete with "kote" (no template; `context` is weight-0 text).
+    With lines_before, after that many statements of other facts ("P0=lula\n..."): does the knowledge hold deep
+    into a context, where an instruction's question stands?"""
+    rng = random.Random(f"probe-{lines_before}")
+    return [[{"role": "context", "content": "".join(f"{c}={world[c]}\n" for c in
+                                                    rng.sample([c for c in sorted(world) if c != k], lines_before))
+              + f"{k}="}, {"role": "text", "content": world[k]}]
             for k in (keys if keys is not None else sorted(world))]
 
 

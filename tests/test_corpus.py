@@ -123,6 +123,16 @@ def test_probe_prompts_a_statement_and_expects_its_value():
     assert data.loss_weights(ex.segs, 0.0)[3:] == [1.0] * 4  # the value is the scored output
 
 
+def test_probe_deep_in_a_context_states_other_true_facts_first():
+    world = synthetic.synthetic_world(30)
+    for conv in synthetic.probe_conversations(world, lines_before=8):
+        *before, asked = conv[0]["content"].split("\n")
+        key = asked.removesuffix("=")
+        facts = [line.split("=") for line in before]
+        assert len(facts) == 8 and all(world[k] == v and k != key for k, v in facts)
+        assert conv[1]["content"] == world[key]
+
+
 class Knows(torch.nn.Module):
     """A stand-in model that completes "K=" with its own idea of K's value (then keeps talking)."""
 
