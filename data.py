@@ -22,7 +22,8 @@ import numpy as np
 import tiktoken
 import torch
 
-from formats import DATASETS, FORMATS, DataError, load_conversations  # noqa: F401 (data.X for users)
+from formats import (DATASETS, FORMATS, DataError, ends_with_answer, is_document,  # noqa: F401 (data.X for users)
+                     load_conversations)
 from runtime import UserError, run_cli
 from synthetic import corpus_documents, probe_conversations, qa_split, synthetic_split, synthetic_world
 
@@ -133,7 +134,7 @@ def prompt_ids(messages: list[dict], tok: tiktoken.Encoding, max_len: int | None
     same max_len the way training cut it (the answer counts for the cut): evaluation never sees a prompt cut that
     training did not cut, nor a longer one. An open conversation (no answer yet) is cut on its own.
     """
-    if messages and messages[-1]["role"] in ("assistant", "text"):
+    if ends_with_answer(messages):
         ids, segs = encode_segments(messages, tok, max_len)
         return ids[:answer_start(segs)]
     pieces = encode_pieces(messages + [{"role": "assistant", "content": ""}], tok)[:-1]  # drop the closing EOT
@@ -148,11 +149,6 @@ class Example:
 
 def has_output(segs: list[int]) -> bool:
     return any(s in (ASSISTANT, EOT) for s in segs[1:])
-
-
-def is_document(conv: list[dict]) -> bool:
-    """Plain text for language modelling: one `text` message (a paragraph of a .txt file, or a record's `text`)."""
-    return len(conv) == 1 and conv[0]["role"] == "text"
 
 
 def windows(ids: list[int], segs: list[int], max_len: int) -> list[tuple[list[int], list[int]]]:
@@ -350,6 +346,7 @@ def split_and_subsample(convs: list, val_size: float, num_examples: int, seed: i
 
 # train.py's data settings and their defaults: the one place both train.py and eval.py turn them into a split
 SYNTHETIC = ("synthetic", "synthetic-corpus", "synthetic-qa")  # the built-in tasks: from scratch; pretraining; tuning
+WORLD_TASKS = SYNTHETIC[1:]  # the pretrained regime: a base learns the world from text, then is tuned on questions
 SPLIT_DEFAULTS = dict(data="synthetic", format="", val_size=100, num_examples=0, seed=1337,
                       synth_examples=200, synth_heldout=40, synth_facts=8, synth_mentions=10, synth_keys=120,
                       synth_seed=0)

@@ -225,9 +225,6 @@ def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: 
             "prompt_loss": r["prompt_loss"], "output_tokens": r["output_tokens"], "truncated": stats["truncated"]}
 
 
-WORLD_TASKS = ("synthetic-corpus", "synthetic-qa")  # a base trained on the world's text, and its tuned models
-
-
 PROBE_DEPTHS = (8, 20)  # statements of other facts before "K=": as deep as an 8- and a 16-fact instruction asks
 
 
@@ -256,7 +253,7 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
                        max_len: int | None = None) -> dict:
     """Answer each conversation's last instruction from its training prefix (cut at max_len exactly as training
     cut the example, if at all); score against its last answer."""
-    convs = [c for c in convs if c and c[-1]["role"] == "assistant" or len(c) > 1 and c[-1]["role"] == "text"]
+    convs = [c for c in convs if data.ends_with_answer(c)]
     max_new = new_token_budget(cfg, [c[-1]["content"] for c in convs], tok)
     mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
     prompts = [data.prompt_ids(c, tok, max_len or model.config.block_size + 1) for c in mine]
@@ -359,7 +356,7 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
         if train:
             metrics["train"] = loss_metrics(net, tok, train, cfg, dist, max_len)
             metrics["heldout"]["gap_vs_train"] = metrics["heldout"]["output_loss"] - metrics["train"]["output_loss"]
-    if cfg.loss and (saved or {}).get("data") in WORLD_TASKS:
+    if cfg.loss and (saved or {}).get("data") in data.WORLD_TASKS:
         metrics["probe"] = probe_metrics(net, tok, saved, cfg, dist)
     if cfg.generate:
         metrics["generate"] = generation_metrics(net, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False,

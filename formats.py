@@ -186,9 +186,20 @@ def detect_format(rec: dict, where: str) -> str:
                     f"(alpaca), messages, conversations, prompt+completion; or pass --format ({', '.join(FORMATS)})")
 
 
+def is_document(conv: list[dict]) -> bool:
+    """Plain text for language modelling: one `text` message (a paragraph of a .txt file, or a record's `text`)."""
+    return len(conv) == 1 and conv[0]["role"] == "text"
+
+
+def ends_with_answer(conv: list[dict]) -> bool:
+    """The conversation ends with what the model should produce: an assistant turn, or text after a context (a
+    probe). A document alone has no prompt to answer."""
+    return bool(conv) and (conv[-1]["role"] == "assistant" or conv[-1]["role"] == "text" and len(conv) > 1)
+
+
 def check_conversation(msgs: list[dict], where: str) -> list[dict]:
     """Drop trailing turns with no answer after them (ShareGPT dumps have some); require one assistant turn."""
-    if len(msgs) == 1 and msgs[0]["role"] == "text":  # a plain-text document: all of it is learned
+    if is_document(msgs):  # plain text: all of it is learned
         return msgs
     while msgs and msgs[-1]["role"] != "assistant":
         msgs = msgs[:-1]

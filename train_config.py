@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from checkpoint import saved_train_config
-from data import SPLIT_DEFAULTS
+from data import SPLIT_DEFAULTS, WORLD_TASKS
 from model import GPTConfig
 from runtime import UserError, check_device, opt
 
@@ -143,7 +143,7 @@ def check_same_world(cfg: TrainConfig) -> None:
     if cfg.data != "synthetic-qa" or cfg.init_from in ("scratch", "resume"):
         return
     base = saved_train_config(cfg.init_from)
-    if base and base.get("data") in ("synthetic-corpus", "synthetic-qa") and base.get("synth_keys") != cfg.synth_keys:
+    if base and base.get("data") in WORLD_TASKS and base.get("synth_keys") != cfg.synth_keys:
         raise UserError(f"--synth_keys {cfg.synth_keys}: the base {cfg.init_from} learned a world of "
                         f"{base.get('synth_keys')} keys; tune it with --synth_keys {base.get('synth_keys')}")
 

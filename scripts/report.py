@@ -105,12 +105,11 @@ def describe_setup(records: list[dict], d: dict) -> str:
     """The data (dataset_info's facts) and the training settings that all runs shared, in two lines."""
     r = records[0]
     t = r["train_settings"]
-    data = (f"synthetic ({t['synth_facts']} stated facts per instruction; each held-out fact stated "
-            f"{t['synth_mentions']} times in training instructions, never asked in training)"
-            if t["data"] == "synthetic" else
-            f"synthetic-qa (questions about facts the base learned from text; {t['synth_facts']} training facts "
-            f"stated per instruction; held-out questions ask facts no training example asked or stated)"
-            if t["data"] == "synthetic-qa" else t["data"])
+    data = {"synthetic": f"synthetic ({t['synth_facts']} stated facts per instruction; each held-out fact stated "
+                         f"{t['synth_mentions']} times in training instructions, never asked in training)",
+            "synthetic-qa": f"synthetic-qa (questions about facts the base learned from text; {t['synth_facts']} "
+                            f"training facts stated per instruction; held-out questions ask facts no training "
+                            f"example asked or stated)"}.get(t["data"], t["data"])
     sizes = ", ".join(f"{k} {t[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size") if t[k])
     model = t["init_from"] if t["init_from"] != "scratch" else f"{t['model']} from scratch ({sizes or 'preset'})"
     which = "best (lowest held-out loss)" if r["eval_settings"][0]["ckpt"].endswith("best.pt") else "last"

@@ -38,6 +38,7 @@ from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments, load_conversatio
 from model import get_tokenizer  # noqa: E402
 from runtime import UserError, opt, run_cli, write_text_atomic  # noqa: E402
 
+KNOB_TASKS = ("synthetic", "synthetic-qa")  # built-in tasks whose examples and facts are knobs, not subsets
 DEFAULT_POINTS = {"examples": [50, 100, 200, 400], "ratio": [1, 2, 4, 8]}
 # (metric, title, lower is better); the gain is signed so that a positive gain means IM did better
 GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_match", "exact match: IM − IT", False),
@@ -68,7 +69,7 @@ class SweepConfig(CompareConfig):
 
 def point_settings(factor: str, value: int, base) -> dict:
     """The train settings of one synthetic or subsample point; everything else stays as in `base`."""
-    if base.data not in ("synthetic", "synthetic-qa"):
+    if base.data not in KNOB_TASKS:
         return {"num_examples": value}
     if factor == "examples":  # the held-out set and its mentions in training instructions stay as they are
         return {"synth_examples": value}
@@ -106,7 +107,7 @@ def write_ratio_subsets(base, bins: int, out_dir: str) -> list[str]:
 
 def plan_points(cfg: SweepConfig, base) -> list[tuple[str, object]]:
     """(label, TrainConfig) of each point."""
-    if cfg.factor == "ratio" and base.data not in ("synthetic", "synthetic-qa"):
+    if cfg.factor == "ratio" and base.data not in KNOB_TASKS:
         if cfg.points:
             raise UserError("--points sets synthetic facts per instruction; with --data FILE use --bins")
         paths = write_ratio_subsets(base, cfg.bins, cfg.out_dir)
@@ -145,14 +146,12 @@ def point_row(label: str, records: list[dict], info: dict) -> dict:
 
 
 def sweep_markdown(factor: str, rows: list[dict]) -> str:
+    knows = any(r["gains"].get("knowledge", {}).get("seeds") for r in rows)  # tuned from a base: knowledge kept
     head = ("| point | train examples | instr/output ratio | held-out loss IT | IM | gain (IT − IM) | "
-            "exact match IT | IM | gain (IM − IT) | memorization EM IT | IM |")
+            "exact match IT | IM | gain (IM − IT) | memorization EM IT | IM |" + (" knowledge kept IT | IM |" * knows))
     lines = [f"# IM vs IT against {factor}", "",
              "Gain > 0 means IM did better. Gains are paired by seed, mean ± std over seeds; the words say whether "
-             "|mean| exceeds that std.", "", head, "|" + "---|" * 11]
-    knows = any(r["gains"].get("knowledge", {}).get("seeds") for r in rows)  # tuned from a base: knowledge kept
-    if knows:
-        lines[-2:] = [head + " knowledge kept IT | IM |", "|" + "---|" * 13]
+             "|mean| exceeds that std.", "", head, "|" + "---|" * (13 if knows else 11)]
     for r in rows:
         loss, em = r["gains"]["heldout_loss"], r["gains"]["exact_match"]
         mem = r["gains"].get("memorization_exact_match", {"it": float("nan"), "im": float("nan")})

@@ -71,6 +71,15 @@ def test_documents_are_windows_in_which_every_token_is_learned_once_with_weight_
     assert sum(len(e.ids) - 1 for e in examples) == sum(len(s) - 1 for s in stream)
 
 
+def test_a_document_ends_with_end_of_text_wherever_it_is_encoded():
+    """data.py show (encode_example) and training (encode_dataset) see the same tokens: the text, then EOT."""
+    doc = [{"role": "text", "content": "Some text."}]
+    ids, weights = data.encode_example(doc, TOK, 0.0)
+    assert ids == TOK.encode_ordinary("Some text.") + [TOK.eot_token] and weights == [0.0] + [1.0] * 10
+    (example,), _ = data.encode_dataset([doc], TOK, None)
+    assert example.ids == ids
+
+
 def test_windows_overlap_by_exactly_one_token():
     ids = list(range(10))
     cut = data.windows(ids, [ASSISTANT] * 10, 4)
