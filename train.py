@@ -116,8 +116,9 @@ class Session:
 
 
 def reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Sum over ranks (NCCL needs the tensor on the GPU); returns a CPU tensor."""
-    return all_reduce_sum(t.to(d.device) if d.enabled and d.device.startswith("cuda") else t).cpu()
+    """Sum over ranks, on this rank's device (NCCL only takes GPU tensors, gloo CPU ones); the result stays there,
+    so the caller reads it together with the other device numbers, in one wait."""
+    return all_reduce_sum(t.to(d.device, non_blocking=True))
 
 
 def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
@@ -192,10 +193,11 @@ def flush(s: Session, collective: bool = True) -> list[dict]:
     if not s.pending:
         return []
     recs, s.pending = s.pending, []
-    sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step
+    sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step, on the device
     if collective:
         sums = reduce(sums, s.d)
-    values = torch.cat([sums, torch.stack([r["grad_norm"] for r in recs]).double().unsqueeze(1)], 1).tolist()
+    norms = torch.stack([r["grad_norm"] for r in recs]).to(sums.device).double().unsqueeze(1)  # (k, 1)
+    values = torch.cat([sums, norms], 1).tolist()  # (k, 3): the one read of the device
     dt = (time.perf_counter() - s.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
     s.clock = time.perf_counter()
     for rec, (ce, kl, grad_norm) in zip(recs, values):
@@ -257,11 +259,15 @@ def eval_and_save(s: Session) -> dict:
     return r
 
 
-def stop_requested(signals: StopAtStepBoundary, d: Dist) -> bool:
+def stop_requested(signals: StopAtStepBoundary, d: Dist, step: int, interval: int) -> bool:
     """Whether any rank got the signal: all ranks then stop at the same step (a rank that stopped alone would
-    leave the others waiting in a collective)."""
+    leave the others waiting in a collective). Under torchrun the ranks agree by an all-reduce, which waits for
+    the device: only every `interval` steps (the log interval, where flush waits anyway), so a signal stops the
+    run within `interval` steps and no other step syncs. A single process checks its flag at every step."""
     if not d.enabled:
         return signals.requested
+    if step % interval:
+        return False
     return reduce(torch.tensor([float(signals.requested)]), d).item() > 0
 
 
@@ -344,7 +350,7 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
     try:
         s.clock = time.perf_counter()
         while prog.step < stop:
-            if signals is not None and stop_requested(signals, s.d):  # a signal came during the last step: stop here
+            if signals is not None and stop_requested(signals, s.d, prog.step, cfg.log_interval):  # a signal came during the last step: stop here
                 flush(s)
                 save(s, "ckpt.pt")
                 if s.d.is_main:
