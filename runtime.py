@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import errno
 import json
 import math
@@ -214,17 +215,24 @@ def temp_path(path: str) -> str:
     return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
 
 
+# How long the other ranks wait for local rank 0's download (gpt2-xl is 6 GB): their own barrier, in a gloo group
+# with this timeout, not the NCCL group's default of 10 minutes, which a slow download would exceed and kill the job.
+DOWNLOAD_TIMEOUT = datetime.timedelta(hours=2)
+
+
 @contextlib.contextmanager
 def local_rank_zero_first(d: "Dist"):
     """Run the block on each node's local rank 0 first (it downloads), then on the other ranks (they find
-    the files in the cache): one download per node instead of one per process."""
+    the files in the cache): one download per node instead of one per process. The ranks wait for each other in
+    a gloo group made for it, with DOWNLOAD_TIMEOUT (every rank must enter: new_group is a collective)."""
+    group = dist.new_group(backend="gloo", timeout=DOWNLOAD_TIMEOUT) if d.enabled else None
     if d.enabled and d.local_rank != 0:
-        dist.barrier()
+        dist.barrier(group=group)
     try:
         yield
     finally:
         if d.enabled and d.local_rank == 0:
-            dist.barrier()
+            dist.barrier(group=group)
 
 
 def download(url: str, path: str) -> None:

@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from checkpoint import check_training_checkpoint, rng_state, tokenizer_record
 from data import SYNTHETIC, Batch, Example, answer_start, collate, micro_batches
-from loss import StepLoss, mark_dynamic, run_micro_batches, step_batches, step_totals
+from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, sum_totals
 from metrics import exact_match_rate, segment_losses
 from mfu import training_flops
-from model import GPT, load_checkpoint, model_from_payload, save_checkpoint
+from model import GPT, load_checkpoint, model_from_payload, save_checkpoint, varlen_problem
 from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
 from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
                      join_distributed, local_rank_zero_first, parse_config, run_cli, validate, write_text_atomic)
@@ -100,6 +100,7 @@ class Session:
     pending: list = dataclasses.field(default_factory=list)  # step records whose device numbers are unread
     clock: float = 0.0  # when the pending steps began
     speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
+    totals: object = None  # loss.example_totals of the training set: each step adds up its rows
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -159,8 +160,7 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
     lr = lr_at(s.prog.step, s.total, cfg.lr, cfg.min_lr, math.ceil(cfg.warmup_ratio * s.total), cfg.schedule)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
-    weight_sum, n_examples, tokens, weighted = step_totals(s.train, ids, cfg.prompt_loss_weight,
-                                                           cfg.template_loss_weight)
+    weight_sum, n_examples, tokens, weighted = sum_totals(s.totals, ids)
     norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum
     batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
@@ -287,6 +287,10 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
     amp_dtype = amp_dtype_for(cfg.dtype, device_type)
     peak = set_up_device(cfg, d, amp_dtype)
+    if cfg.pack and device_type == "cuda" and (why := varlen_problem(amp_dtype is not None, cfg.dropout)):
+        cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update
+        if d.is_main:
+            print(f"--pack: {why}; training on padded rows instead (the same updates, slower)")
     with local_rank_zero_first(d):  # one download per node; the other ranks then read the cache
         if ckpt is None:
             model, tok = build_model(cfg)
@@ -303,8 +307,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     model.to(d.device).train()
-    if ref is not None:  # frozen: held in the training dtype, half the memory of float32 under autocast
-        ref.to(d.device, dtype=amp_dtype or torch.float32).eval().requires_grad_(False)
+    if ref is not None:  # frozen, in float32 as the model is: at step 0 both run the same computation, KL exactly 0
+        ref.to(d.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
     engine = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
     if cfg.compile:
         engine = torch.compile(engine)
@@ -320,7 +324,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
-                train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak)
+                train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak,
+                totals=example_totals(train_ex, cfg.prompt_loss_weight, cfg.template_loss_weight))
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in

@@ -109,6 +109,8 @@ class _Sim:
 
     def python_api(self, func, args, kwargs):
         T = torch.Tensor
+        leaves = tree_flatten((args, kwargs))[0]
+        check_generator([t for t in leaves if isinstance(t, torch.Tensor)], leaves)  # the Python objects: here
         if func == T.device.__get__:  # property getters are new method-wrappers on each access: ==, not is
             return CUDA0
         if func == T.is_cuda.__get__:
@@ -229,7 +231,40 @@ def parse_to(args, kwargs):
     return (torch.device(device) if device is not None else None), dtype, kwargs.get("copy", False)
 
 
-FACTORY_ARG_DEVICE = "device"
+class SimGenerator(torch._C.Generator):
+    """torch.Generator(device="cuda"): a CPU generator marked as CUDA's, so that a sampler given the wrong one
+    raises as CUDA does ("Expected a 'cuda' device type for generator")."""
+
+    def __new__(cls, device="cpu"):
+        g = super().__new__(cls, "cpu")
+        g.sim_cuda = is_cuda_device(device)
+        return g
+
+
+def check_generator(tensors, leaves) -> None:
+    on_cuda = any(isinstance(t, CudaTensor) for t in tensors)
+    for g in leaves:
+        if isinstance(g, torch._C.Generator) and getattr(g, "sim_cuda", False) != on_cuda:
+            raise RuntimeError(f"Expected a '{'cuda' if on_cuda else 'cpu'}' device type for generator but found "
+                               f"'{'cpu' if on_cuda else 'cuda'}'")
+
+
+def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), **kw):
+    """torch.nn.attention.varlen.varlen_attn as CUDA runs it: CUDA tensors, int32 offsets on the GPU, bf16/fp16,
+    an Ampere or newer GPU; computed here as dense attention inside each document (its result, not its speed)."""
+    if not all(isinstance(t, CudaTensor) for t in (query, key, value, cu_seq_q)):
+        raise RuntimeError("varlen_attn: FlashAttention only runs on CUDA tensors")
+    if torch.cuda.get_device_capability() < (8, 0):
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
+    if query.dtype not in (torch.float16, torch.bfloat16) or cu_seq_q.dtype != torch.int32:
+        raise RuntimeError(f"FlashAttention only support fp16 and bf16 data type (got {query.dtype}, offsets "
+                           f"{cu_seq_q.dtype})")
+    assert window_size == (-1, 0), window_size  # causal: all that imgpt asks for
+    N = query.size(0)
+    doc = torch.searchsorted(cu_seq_q[1:].long(), torch.arange(N, device=query.device), right=True)  # (N,)
+    mask = (doc[:, None] == doc[None, :]) & torch.ones(N, N, dtype=torch.bool, device=query.device).tril()
+    q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (nh, N, hs)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)  # (N, nh, hs)
 
 
 class _FactoryMode(TorchFunctionMode):
@@ -239,6 +274,8 @@ class _FactoryMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         T = torch.Tensor
+        leaves = tree_flatten((args, kwargs))[0]
+        check_generator([t for t in leaves if isinstance(t, torch.Tensor)], leaves)
         plain = args and isinstance(args[0], torch.Tensor) and not isinstance(args[0], CudaTensor)
         if func in (T.to, T.cuda) and plain:
             return SIM.move(func, args, kwargs)
@@ -275,8 +312,11 @@ class CudaSim:
         fake_rng = lambda: rng.setdefault("state", torch.get_rng_state().clone())
         mp.setattr(c, "is_available", lambda: True)
         mp.setattr(c, "device_count", lambda: self.devices)
-        mp.setattr(c, "current_device", lambda: 0)
-        mp.setattr(c, "set_device", lambda device: None)
+        current = [0]
+        mp.setattr(c, "current_device", lambda: current[0])
+        mp.setattr(c, "set_device", lambda device: current.__setitem__(0, torch.device("cuda", device).index
+                                                                      if isinstance(device, int) else
+                                                                      torch.device(device).index or 0))
         mp.setattr(c, "_lazy_init", lambda: None)
         mp.setattr(c, "is_initialized", lambda: True)
         mp.setattr(c, "get_device_name", lambda device=None: self.name)
@@ -304,6 +344,10 @@ class CudaSim:
         mp.setattr(torch, "is_autocast_enabled",
                    lambda device_type=None: real_enabled("cpu" if device_type == "cuda" else device_type)
                    if device_type is not None else real_enabled())
+        self._patch_grouping()
+        mp.setattr(torch, "Generator", SimGenerator)
+        import torch.nn.attention.varlen as varlen
+        mp.setattr(varlen, "varlen_attn", varlen_attn)
         real_pin = torch.Tensor.pin_memory  # modes are per thread; collate pins in a background thread
         mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: t if not isinstance(t, CudaTensor) else real_pin(t))
         self._patch_collectives()
@@ -315,6 +359,24 @@ class CudaSim:
     def __exit__(self, *exc) -> None:
         self.mode.__exit__(*exc)
         SIM.active, SIM.backend = False, "gloo"
+
+    def _patch_grouping(self) -> None:
+        """torch groups tensors by device in C++, which sees the CPU underneath: the groups of CudaTensors are
+        keyed cuda:0 again (clip_grad_norm_ and the optimizers move their results to that device)."""
+        import torch.nn.utils.clip_grad as clip_grad
+        import torch.optim.optimizer as optimizer
+        import torch.utils._foreach_utils as foreach_utils
+        real = foreach_utils._group_tensors_by_device_and_dtype
+
+        def grouped(tensorlistlist, with_indices=False):
+            out = real(tensorlistlist, with_indices)
+            first = lambda lists: next((t for t in lists[0] if t is not None), None)  # noqa: E731
+            return {((CUDA0 if isinstance(first(v[0]), CudaTensor) else device), dtype): v
+                    for (device, dtype), v in out.items()}
+
+        for module in (foreach_utils, clip_grad, optimizer):
+            if hasattr(module, "_group_tensors_by_device_and_dtype"):
+                self.mp.setattr(module, "_group_tensors_by_device_and_dtype", grouped)
 
     # -------------------------------------------------------------------- checkpoints
 
