@@ -19,7 +19,6 @@ no out-of-memory; memory statistics are zeros), and torch.compile's CUDA backend
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -197,7 +196,7 @@ class _Sim:
         check = tensors
         if name == "aten::copy_":  # copies may cross devices
             check = []
-        elif name in ("aten::index.Tensor", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"):
+        elif name in ("aten::index", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"):
             check = [args[0]] + ([args[2]] if len(args) > 2 else [])  # indices may be on the CPU, as on CUDA
         cpu = [t for t in check if not isinstance(t, CudaTensor) and t.dim() > 0]
         if cpu and any(isinstance(t, CudaTensor) for t in check):
@@ -207,8 +206,6 @@ class _Sim:
             self.count(name)
         unwrap = lambda t: t._data if isinstance(t, CudaTensor) else t
         out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
-        if func._schema.is_mutable and name != "aten::copy_":
-            pass
         return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out) if name not in (
             "aten::_local_scalar_dense", "aten::is_nonzero") else out
 
@@ -434,12 +431,3 @@ class CudaSim:
 
         for name in ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor"):
             checked(name)
-
-
-@contextlib.contextmanager
-def no_sim_counting():
-    SIM.in_api += 1
-    try:
-        yield
-    finally:
-        SIM.in_api -= 1

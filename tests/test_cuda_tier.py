@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -57,6 +58,7 @@ def test_the_simulator_refuses_what_cuda_refuses(sim):
     x.tolist(), bool(x.sum() > 0), x.cpu(), x.sum().item(), x[x > 0]
     assert sim.syncs == ["tolist", "bool", "cpu", "item", "aten::index"]
     assert type(x.cpu()) is torch.Tensor and type(x.to("cpu").to("cuda")) is CudaTensor
+    assert x[torch.tensor([0, 2])].shape == (2, 4)  # CPU indices into a CUDA tensor: allowed, as on CUDA
     net = torch.nn.Linear(4, 2).to("cuda")
     assert net.weight.device.type == "cuda" and net(x).device.type == "cuda"
     with pytest.raises(RuntimeError, match="same device"):
@@ -341,3 +343,46 @@ def test_two_ranks_on_cuda_reduce_on_the_device_and_stop_at_the_same_step(tmp_pa
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=2e-2), key
     stopped = [open(tmp_path / f"stopped-{r}").read() for r in (0, 1)]
     assert stopped == ["2", "2"]  # asked during step 1: both finish step 2, the next log interval, and stop
+
+
+# ----------------------------------------------------------------------------- the review's other items
+
+def test_loss_totals_are_counted_once_per_dataset(tmp_path, monkeypatch):
+    """A step adds up its examples' precounted rows (a Python loop over every example's weights, on every rank
+    and every step, cost more than collating); the sums are those of counting the step's weights directly."""
+    import loss as L
+    calls = []
+    real = L.example_totals
+    monkeypatch.setattr(T, "example_totals", lambda ex, *a: calls.append(len(ex)) or real(ex, *a))
+    T.train(tiny_run(tmp_path, max_steps=3, loss="im"))
+    assert calls == [20]  # once, over the 20 training examples
+    s = T.setup(resolve(tiny_run(tmp_path / "again", prompt_loss_weight=0.3)), runtime.Dist())
+    for ids in T.plan_epoch(s.cfg, s.train, 0):
+        w = [np.asarray(L.loss_weights(s.train[i].segs, 0.3)[1:], dtype=np.float64) for i in ids]
+        assert L.sum_totals(s.totals, ids) == pytest.approx(
+            (sum(float(x.sum()) for x in w), len(ids), sum(len(x) for x in w), sum(int((x != 0).sum()) for x in w)),
+            rel=1e-12)
+
+
+def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path):
+    """eval.py under torchrun: local rank 0 reads (downloads) the model and data first, the others after it."""
+    import model as modeling
+    inside, entered = [], []
+    real_load = modeling.load_model
+
+    class Ordered:
+        def __init__(self, d):
+            entered.append(d.local_rank)
+
+        def __enter__(self):
+            inside.append(True)
+
+        def __exit__(self, *exc):
+            inside.pop()
+
+    monkeypatch.setattr(ev, "local_rank_zero_first", Ordered)
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: (bool(inside) or pytest.fail("outside")) and
+                        real_load(*a, **k))
+    ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cpu", out=str(tmp_path / "e.json"))),
+                runtime.Dist(rank=3, local_rank=1, world_size=1))
+    assert entered == [1]
