@@ -94,10 +94,11 @@ def test_training_on_cuda_logs_evaluates_and_saves(tmp_path, sim, mode, monkeypa
         assert load_checkpoint(str(out / "ckpt.pt"))["scaler"]["scale"] > 0
 
 
-def test_a_cuda_training_step_never_waits_and_flush_reads_once(tmp_path, sim):
-    """No host sync from the batches' copy to the optimizer step (the varlen path included); then flush reads
-    every pending step's numbers with one tolist."""
-    s = T.setup(resolve(tiny_run(tmp_path, device="cuda", pack=True), "cuda"), runtime.Dist(device="cuda:0"))
+@pytest.mark.parametrize("kw", [dict(pack=True), dict(dtype="float16", kl_coef=0.1, loss_reduction="sequence")])
+def test_a_cuda_training_step_never_waits_and_flush_reads_once(tmp_path, sim, kw):
+    """No host sync from the batches' copy to the optimizer step (the varlen path; the gradient scaler, the KL
+    reference), then flush reads every pending step's numbers with one tolist."""
+    s = T.setup(resolve(tiny_run(tmp_path, device="cuda", **kw), "cuda"), runtime.Dist(device="cuda:0"))
     plan = T.plan_epoch(s.cfg, s.train, 0)
     assert all(isinstance(p, CudaTensor) for p in s.model.parameters())
     sim.reset()
@@ -386,3 +387,16 @@ def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path
     ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cpu", out=str(tmp_path / "e.json"))),
                 runtime.Dist(rank=3, local_rank=1, world_size=1))
     assert entered == [1]
+
+
+def test_bench_train_switches_the_step_totals_with_the_loss():
+    """bench_train.py alternates IT and IM in one session: the precounted totals follow the prompt weight."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import bench_train
+    import loss as L
+    cfg = make_config(bench_train.BenchConfig, dict(sizes=["tiny"], device="cpu"))
+    s = bench_train.session(cfg, "tiny")
+    for loss, weight in (("im", 1.0), ("it", 0.0), ("im", 1.0)):
+        bench_train.use(s, loss, True)
+        assert (s.totals == L.example_totals(s.train, weight)).all()
+    assert s.totals[:, 0].sum() > L.example_totals(s.train, 0.0)[:, 0].sum()  # IM weighs the instructions too
