@@ -405,14 +405,16 @@ def check_training_checkpoint(payload: dict, path: str) -> None:
 
 
 def rng_state() -> dict:
-    """Every random stream training draws from (dropout, NEFTune noise), as weights_only-loadable values."""
+    """Every random stream training draws from (dropout, NEFTune noise), as weights_only-loadable values. On CUDA,
+    this process's own GPU only (the one it draws from), so a resume on a machine with fewer GPUs still fits."""
     version, state, gauss = random.getstate()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    cuda = [torch.cuda.get_rng_state()] if torch.cuda.is_available() else []
     return {"torch": torch.get_rng_state(), "cuda": cuda, "python": [version, list(state), gauss]}
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    if s["cuda"] and torch.cuda.is_available():  # older checkpoints hold every visible GPU's: take this one's
+        here = torch.cuda.current_device()
+        torch.cuda.set_rng_state(s["cuda"][here if len(s["cuda"]) > here else 0])
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))

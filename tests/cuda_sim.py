@@ -329,8 +329,14 @@ class CudaSim:
         mp.setattr(c, "manual_seed_all", lambda seed: None)
         mp.setattr(c, "get_rng_state", lambda device=None: fake_rng().clone())
         mp.setattr(c, "get_rng_state_all", lambda: [fake_rng().clone() for _ in range(self.devices)])
-        mp.setattr(c, "set_rng_state", lambda state, device=None: rng.__setitem__("state", state.clone()))
-        mp.setattr(c, "set_rng_state_all", lambda states: rng.__setitem__("state", states[0].clone()))
+        def set_rng(state, device="cuda"):
+            index = device if isinstance(device, int) else (torch.device(device).index or 0)
+            if index >= self.devices:
+                raise RuntimeError("CUDA error: invalid device ordinal")
+            rng["state"] = state.clone()
+
+        mp.setattr(c, "set_rng_state", set_rng)
+        mp.setattr(c, "set_rng_state_all", lambda states: [set_rng(st, i) for i, st in enumerate(states)])
         real_autocast, real_enabled = torch.autocast, torch.is_autocast_enabled
         # autocast("cuda") would only switch the CUDA dispatch key, which our CPU-backed tensors lack: the
         # CPU's autocast casts them instead (same dtypes; the CPU's op lists)
@@ -390,7 +396,8 @@ class CudaSim:
                                    "map_location=torch.device('cpu') to map your storages to the CPU.")
             return obj  # loaded "on cuda" as CPU storage (the tensors come back plain: a known simplification)
 
-        registry = list(S._package_registry)
+        tag.cuda_sim = True  # a second simulator in the same test replaces the first one's entry
+        registry = [entry for entry in S._package_registry if not getattr(entry[1], "cuda_sim", False)]
         self.mp.setattr(S, "_package_registry", registry)
         S.register_package(1, tag, deserialize)
         real_save = torch.save

@@ -120,6 +120,16 @@ def test_resume_from_a_cuda_checkpoint_is_exact(tmp_path, sim):
     assert b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_resume_on_a_machine_with_fewer_gpus(tmp_path, monkeypatch):
+    """A checkpoint of a process that saw 2 GPUs resumes where 1 is visible: each process keeps only its own GPU's
+    random state (all visible GPUs' states made set_rng_state_all fail: "key 'rng' is not a saved random state")."""
+    with CudaSim(monkeypatch, devices=2):
+        T.train(tiny_run(tmp_path, device="cuda", max_steps=4, stop_step=2))
+    with CudaSim(monkeypatch, devices=1):
+        T.train(tiny_run(tmp_path, device="cuda", init_from="resume"))
+    assert load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))["step"] == 4
+
+
 def test_checkpoint_sizes_are_what_readme_states(tmp_path, sim):
     """ckpt.pt: 12 bytes a parameter (weights and Adam's two moments, float32), best.pt: 4 (README's bytes per
     run for the paper recipe's evaluations, every 200 steps, come from these)."""
