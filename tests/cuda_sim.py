@@ -13,9 +13,17 @@ as CUDA allows them: they are scalars); `.numpy()` raises; `.item()`, `.tolist()
 "cuda" tensors carry the "cuda:0" location tag, so loading them without map_location fails on a CPU-only machine
 as it does for real; collectives refuse CPU tensors when the simulated backend is NCCL.
 
-What it cannot see: kernels (no CUDA kernel runs: FlashAttention, fused optimizers and cuBLAS numerics are the
-CPU's), streams and asynchronous errors, NCCL itself (collectives run on gloo underneath), memory (no allocator,
-no out-of-memory; memory statistics are zeros), and torch.compile's CUDA backend (inductor/triton).
+What it cannot see: kernels (no CUDA kernel runs: FlashAttention and its varlen kernel, fused optimizers and cuBLAS
+numerics are the CPU's; autocast uses the CPU's cast lists), streams and asynchronous errors, NCCL itself
+(collectives run on gloo underneath; torch's C++ DDP cannot read these tensors, so tests use a stand-in), memory (no
+allocator, no out-of-memory; memory statistics are zeros; pinning is a no-op), and torch.compile (dynamo does not
+trace these tensors; inductor/triton never run). Modes are per thread: a background thread's factory calls with
+device="cuda" are not simulated (imgpt's prefetch thread only collates and pins, on the CPU).
+
+How: CudaTensor is a wrapper subclass whose real device is the CPU (so autograd and C++ code run) while Python sees
+cuda:0 (__torch_function__ answers .device, .is_cuda, ...); __torch_dispatch__ checks placement and unwraps;
+a TorchFunctionMode turns device="cuda" factories and .to("cuda") into CudaTensors; monkeypatches make torch.cuda,
+torch.autocast("cuda"), torch.Generator(device="cuda"), checkpoints' location tags and collectives answer as on a GPU.
 """
 from __future__ import annotations
 
