@@ -357,8 +357,11 @@ class CudaSim:
                    if device_type is not None else real_enabled())
         self._patch_grouping()
         mp.setattr(torch, "Generator", SimGenerator)
-        import torch.nn.attention.varlen as varlen
-        mp.setattr(varlen, "varlen_attn", varlen_attn)
+        try:  # torch >= 2.10; an older torch has no varlen kernel to simulate (imgpt then trains padded)
+            import torch.nn.attention.varlen as varlen
+            mp.setattr(varlen, "varlen_attn", varlen_attn)
+        except ImportError:
+            pass
         real_pin = torch.Tensor.pin_memory  # modes are per thread; collate pins in a background thread
         mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: t if not isinstance(t, CudaTensor) else real_pin(t))
         self._patch_collectives()
