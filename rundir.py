@@ -69,6 +69,7 @@ def restore(ckpt: dict, path: str, optimizer: torch.optim.Optimizer, scaler: tor
                 load(ckpt[key])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path}: key {key!r} does not fit this model ({type(e).__name__}: {e})") from None
+    check_moments(optimizer, path)
     if len(ckpt["rng"]) == d.world_size:  # else the streams restart from the seed: not bit-exact
         try:
             set_rng_state(ckpt["rng"][d.rank])
@@ -76,6 +77,18 @@ def restore(ckpt: dict, path: str, optimizer: torch.optim.Optimizer, scaler: tor
             raise CheckpointError(f"{path}: key 'rng' is not a saved random state ({type(e).__name__})") from None
     return Progress(ckpt["step"], ckpt["data_state"]["epoch"], ckpt["data_state"]["index"], ckpt["best_val_loss"],
                     ckpt["history"])
+
+
+def check_moments(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Each loaded moment has its parameter's shape: load_state_dict does not check, and the fused AdamW kernel,
+    given a moment of the wrong size, writes outside it (seen here: the process died of heap corruption)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, v in optimizer.state.get(p, {}).items():
+                if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != p.shape):
+                    shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                    raise CheckpointError(f"{path}: key 'optimizer' does not fit this model (a moment {name!r} of "
+                                          f"{shape} for a parameter of {tuple(p.shape)})")
 
 
 def resume_tokenizer(ckpt: dict, path: str, vocab_size: int):

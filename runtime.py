@@ -123,12 +123,12 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise UserError(f"{path}: config file not found")
     try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8-sig")  # a UTF-8 BOM (Windows editors write one) is neither TOML nor JSON
         if path.endswith(".toml"):
             import tomllib
-            with open(path, "rb") as f:
-                return tomllib.load(f)
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return tomllib.loads(text)
+        data = json.loads(text)
     except Exception as e:  # tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError
         raise UserError(f"{path}: cannot parse config: {e}") from None
     if not isinstance(data, dict):
