@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from checkpoint import CheckpointError, set_rng_state, tokenizer_from_record
-from runtime import Dist, UserError, check_output_dir, validate
+from runtime import Dist, UserError, check_output_dir, remove_stale_temps, validate
 from train_config import TrainConfig
 
 
@@ -39,6 +39,7 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
     if found and cfg.init_from != "resume" and not cfg.overwrite:
         raise UserError(f"--out_dir {cfg.out_dir} holds a training run ({', '.join(found)}): --init_from resume "
                         "continues it, --overwrite replaces it, or choose another --out_dir")
+    remove_stale_temps(cfg.out_dir)  # half-written files of a run killed with -9: the whole ones stayed in place
 
 
 def resume_config(saved: dict, given: TrainConfig, path: str) -> tuple[TrainConfig, list[str]]:

@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -212,6 +213,31 @@ def temp_path(path: str) -> str:
     """Where a file is written before its rename: unique per host and process, since two nodes sharing a
     filesystem may run the same pid and each would otherwise rename (or delete) the other's half-written file."""
     return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Remove the temp files (temp_path) that processes of this host which no longer run left in `directory`
+    (killed with -9, or a power loss, mid-write); returns their paths. Another host's are left alone: whether its
+    process still runs cannot be told from here."""
+    pattern = re.compile(rf".+\.{re.escape(socket.gethostname())}\.(\d+)\.tmp")
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        found = pattern.fullmatch(name)
+        if found and not process_alive(int(found.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 @contextlib.contextmanager
