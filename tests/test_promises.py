@@ -1,0 +1,318 @@
+"""README's "What imgpt promises", each tried against the ways a small code change would break it. Every test here
+asserts what a user would see: the files on disk and their bytes, a marker file that a payload would create, the
+one error line, best.pt's step and loss. So a test fails when its promise does, whichever function the change is
+in. scripts/mutate.py applies such changes one at a time and runs these tests (see README, "Contributing").
+"""
+import builtins
+import bz2
+import copy
+import errno
+import io
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import benchmarks as bm
+import checkpoint
+import eval as ev
+import export
+import formats
+import runtime
+import sample
+import train as T
+from checkpoint import CheckpointError
+from model import load_checkpoint, save_checkpoint
+from runtime import UserError, make_config, parse_config
+from test_faults import HELLASWAG, cli_error
+from test_model import write_tiny_bpe
+from test_train import data_file, one_thread, tiny  # noqa: F401 (fixtures)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import compare  # noqa: E402
+import report  # noqa: E402
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.fixture(scope="module")
+def stopped_run(data_file, tmp_path_factory) -> str:
+    """A run of 4 steps stopped after 2 (ckpt.pt, best.pt, log.jsonl, summary.json): copy it before changing it."""
+    out = str(tmp_path_factory.mktemp("stopped"))
+    T.train(tiny(data_file, out, max_steps=4, stop_step=2, eval_interval=1))
+    return out
+
+
+def copy_run(run: str, to) -> str:
+    shutil.copytree(run, str(to), dirs_exist_ok=True)
+    return str(to)
+
+
+def files(directory) -> dict[str, bytes]:
+    return {name: open(os.path.join(directory, name), "rb").read() for name in sorted(os.listdir(directory))}
+
+
+# ----------------------------------------------------------------------------- 1. a mistake is one line
+
+def set_path(keys: tuple, value):
+    """A change to the checkpoint: ckpt[k1][k2]... = value (value None: delete the key)."""
+    def change(ckpt: dict) -> None:
+        for k in keys[:-1]:
+            ckpt = ckpt[k]
+        if value is None:
+            del ckpt[keys[-1]]
+        else:
+            ckpt[keys[-1]] = value() if callable(value) else value
+    return change
+
+
+def first_moment(value):
+    """A change to the first parameter's AdamW moment exp_avg."""
+    def change(ckpt: dict) -> None:
+        state = ckpt["optimizer"]["state"]
+        state[min(state)]["exp_avg"] = value() if callable(value) else value
+    return change
+
+
+# every key train.py --init_from resume reads, and the words its one line must hold
+RESUME_READS = ("model", "model_config", "tokenizer", "config", "optimizer", "scaler", "step", "data_state", "rng",
+                "best_val_loss", "history")
+WRONG_KIND = {"model": [], "model_config": "gpt2", "tokenizer": 5, "config": [], "optimizer": [], "scaler": [],
+              "step": "2", "data_state": [0, 0], "rng": {}, "best_val_loss": "low", "history": {}}
+CORRUPTIONS = ([(f"no {k}", set_path((k,), None), f"'{k}'") for k in RESUME_READS]
+               + [(f"{k} of the wrong kind", set_path((k,), v), f"'{k}'") for k, v in WRONG_KIND.items()]
+               + [("step True", set_path(("step",), True), "'step'"),
+                  ("step negative", set_path(("step",), -1), "'step'"),
+                  ("a weight not a tensor", set_path(("model", "transformer.wte.weight"), "x"),
+                   "transformer.wte.weight"),
+                  ("a weight missing", set_path(("model", "transformer.wpe.weight"), None), "transformer.wpe.weight"),
+                  ("a weight of the wrong shape", set_path(("model", "transformer.wpe.weight"), lambda: torch.zeros(3)),
+                   "transformer.wpe.weight"),
+                  ("model_config n_head 3", set_path(("model_config", "n_head"), 3), "model config"),
+                  ("model_config n_layer text", set_path(("model_config", "n_layer"), "x"), "model config"),
+                  ("config unknown setting", set_path(("config", "bogus"), 1), "'config'"),
+                  ("config lr negative", set_path(("config", "lr"), -1.0), "'config'"),
+                  ("optimizer empty", set_path(("optimizer",), {}), "'optimizer'"),
+                  ("optimizer groups cut", lambda c: c["optimizer"].update(param_groups=c["optimizer"]["param_groups"][:1]),
+                   "'optimizer'"),
+                  ("optimizer state text", first_moment("x"), "'optimizer'"),
+                  ("optimizer moment of the wrong shape",
+                   first_moment(lambda: torch.zeros(3)), "'optimizer'"),
+                  ("data_state without index", set_path(("data_state", "index"), None), "'data_state'"),
+                  ("data_state without epoch", set_path(("data_state", "epoch"), None), "'data_state'"),
+                  ("data_state index text", set_path(("data_state", "index"), "1"), "'data_state'"),
+                  ("data_state index negative", set_path(("data_state", "index"), -1), "'data_state'"),
+                  ("data_state epoch negative", set_path(("data_state", "epoch"), -1), "'data_state'"),
+                  ("rng of nothing", set_path(("rng",), [{}]), "'rng'"),
+                  ("rng not a state", set_path(("rng",), ["x"]), "'rng'"),
+                  ("rng torch text", set_path(("rng", 0, "torch"), "x"), "'rng'"),
+                  ("rng torch too short", set_path(("rng", 0, "torch"), lambda: torch.zeros(3, dtype=torch.uint8)),
+                   "'rng'"),
+                  ("rng python garbage", set_path(("rng", 0, "python"), [3, [1, 2], None]), "'rng'"),
+                  ("rng python missing", set_path(("rng", 0, "python"), None), "'rng'"),
+                  ("tokenizer unknown", set_path(("tokenizer",), "no-such-tokenizer"), "'tokenizer'"),
+                  ("tokenizer record broken", set_path(("tokenizer",), {"vocab.json": "{"}), "'tokenizer'"),
+                  ("tokenizer record without merges", set_path(("tokenizer",), {"vocab.json": "{}"}), "'tokenizer'")])
+
+
+@pytest.mark.parametrize("how, change, words", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_every_checkpoint_field_resume_reads_is_one_line_naming_file_and_key(stopped_run, tmp_path, monkeypatch,
+                                                                           capsys, how, change, words):
+    """Each field resume reads, missing, of the wrong kind or holding nonsense: exit 2 with one line that starts
+    with the checkpoint's path and names the key; nothing else written, the checkpoint left as it was."""
+    ckpt = load_checkpoint(os.path.join(stopped_run, "ckpt.pt"))
+    change(ckpt)
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, ckpt)
+    before = files(tmp_path)
+    err = cli_error(T.main, ["train.py", "--init_from=resume", f"--out_dir={tmp_path}"], monkeypatch, capsys)
+    assert err.startswith(f"error: {path}: ") and words in err, err
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("program", ["eval", "sample", "export"])
+def test_a_damaged_checkpoint_is_one_line_in_every_program(stopped_run, tmp_path, monkeypatch, capsys, program):
+    ckpt = load_checkpoint(os.path.join(stopped_run, "ckpt.pt"))
+    ckpt["model"]["transformer.h.0.attn.c_attn.weight"] = "not a tensor"
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, ckpt)
+    main, argv = {"eval": (ev.main, ["eval.py", f"--ckpt={path}"]),
+                  "sample": (sample.main, ["sample.py", f"--ckpt={path}", "--prompt=hi"]),
+                  "export": (export.main, ["export.py", f"--ckpt={path}", f"--out_dir={tmp_path / 'hf'}"])}[program]
+    err = cli_error(main, argv, monkeypatch, capsys)
+    assert err.startswith(f"error: {path}: ") and "transformer.h.0.attn.c_attn.weight" in err, err
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+# ----------------------------------------------------------------------------- 2. checkpoints are atomic
+
+WRITER = """
+import os, socket, sys, time
+sys.path.insert(0, {root!r})
+import runtime
+host, target, go = sys.argv[1:4]
+socket.gethostname = lambda: host  # two nodes sharing a file system ...
+os.getpid = lambda: 4242  # ... whose writers happen to have the same pid
+def write(f):
+    f.write(host.encode() * 1000)
+    f.flush()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    f.write(b"end")
+runtime.write_atomic(target, write)
+"""
+
+
+def test_two_writers_of_one_file_on_two_hosts_with_one_pid_never_share_a_temp_file(tmp_path):
+    """Both write the same file at the same time: two temp files exist side by side (a shared temp name would
+    interleave or truncate their bytes), and the file that stays is one writer's whole text."""
+    target, go = tmp_path / "ckpt.pt", tmp_path / "go"
+    script = WRITER.format(root=ROOT)
+    writers = [subprocess.Popen([sys.executable, "-c", script, host, str(target), str(go)]) for host in ("nodeA", "nodeB")]
+    deadline, temps = time.time() + 60, []
+    while time.time() < deadline and len(temps) < 2 and all(w.poll() is None for w in writers):
+        temps = [n for n in os.listdir(tmp_path) if n != "ckpt.pt"]
+        time.sleep(0.05)
+    go.write_text("")
+    assert [w.wait(timeout=60) for w in writers] == [0, 0]
+    assert sorted(temps) == ["ckpt.pt.nodeA.4242.tmp", "ckpt.pt.nodeB.4242.tmp"]
+    assert target.read_bytes() in (b"nodeA" * 1000 + b"end", b"nodeB" * 1000 + b"end")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "go"]
+
+
+def test_the_temp_file_is_named_as_the_docs_say(tmp_path, monkeypatch):
+    """checkpoint.py and README name the temp file `<name>.<host>.<pid>.tmp`: the name written is that one."""
+    seen, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(a), replace(a, b)))
+    save_checkpoint(str(tmp_path / "ckpt.pt"), {"w": torch.zeros(2)})
+    assert seen == [str(tmp_path / f"ckpt.pt.{socket.gethostname()}.{os.getpid()}.tmp")]
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert "<name>.<host>.<pid>.tmp" in checkpoint.__doc__ and "<name>.<host>.<pid>.tmp" in readme
+
+
+KILLED_WRITER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import runtime
+target, ready = sys.argv[1:3]
+def write(f):
+    f.write(b"half of a new checkpoint")
+    f.flush()
+    open(ready, "w").close()
+    time.sleep(600)
+runtime.write_atomic(target, write)
+"""
+
+
+def test_kill_9_mid_write_keeps_the_old_file_and_the_next_start_removes_the_temp_file(stopped_run, tmp_path):
+    """kill -9 while ckpt.pt is rewritten: the old ckpt.pt stays whole, its temp file stays behind until train.py
+    next starts in that out_dir, which removes it (but not the temp file of a process that still runs, nor one of
+    another host), and resumes from the old checkpoint."""
+    out = copy_run(stopped_run, tmp_path / "run")
+    old = (tmp_path / "run" / "ckpt.pt").read_bytes()
+    ready = tmp_path / "ready"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER.format(root=ROOT), os.path.join(out, "ckpt.pt"),
+                               str(ready)])
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline and writer.poll() is None:
+        time.sleep(0.05)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    stale = f"ckpt.pt.{socket.gethostname()}.{writer.pid}.tmp"
+    assert (tmp_path / "run" / "ckpt.pt").read_bytes() == old and (tmp_path / "run" / stale).exists()
+    alive = f"notes.txt.{socket.gethostname()}.{os.getppid()}.tmp"  # our parent runs: its file may be mid-write
+    other_host = f"ckpt.pt.{socket.gethostname()}x.{writer.pid}.tmp"
+    for name in (alive, other_host):
+        (tmp_path / "run" / name).write_text("mid-write")
+    summary = T.train(tiny("", out, init_from="resume"))
+    assert summary["steps"] == 4 and summary["finished"]
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tmp")) == sorted([alive, other_host])
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up after `room` bytes: the write that overflows writes what fits, then fails."""
+    room = 64
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        left = self.room - self.tell()
+        if len(b) > left:
+            super().write(b[:max(left, 0)])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(b)
+
+
+def disk_fills_while_writing(monkeypatch, target) -> None:
+    """Every file opened for writing whose path starts with `target` (the file, or any temp file beside it named
+    after it) is on a full disk: however a program writes `target`, the write fails half-way."""
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kw):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(str(target)) and set(mode) & set("wax+"):
+            raw = FullDisk(os.fspath(file), mode.replace("b", "").replace("t", ""))
+            if "b" in mode:
+                return raw
+            return io.TextIOWrapper(io.BufferedWriter(raw), encoding=kw.get("encoding") or "utf-8")
+        return real_open(file, mode, *args, **kw)
+
+    monkeypatch.setattr(builtins, "open", open_)
+
+
+def assert_kept(directory, name: str, old: bytes) -> None:
+    assert open(os.path.join(directory, name), "rb").read() == old, f"{name} was damaged"
+    assert [n for n in os.listdir(directory) if n.startswith(name) and n != name] == [], "a temp file stayed"
+
+
+@pytest.mark.parametrize("name", ["eval.json", "eval.heldout.jsonl"])
+def test_eval_results_survive_a_full_disk_mid_write(stopped_run, tmp_path, monkeypatch, name):
+    out = copy_run(stopped_run, tmp_path / "run")
+    old = b'{"an earlier evaluation": "whole"}\n' * 10
+    (tmp_path / "run" / name).write_bytes(old)
+    disk_fills_while_writing(monkeypatch, tmp_path / "run" / name)
+    cfg = make_config(ev.EvalConfig, {"ckpt": out, "device": "cpu", "generate": True, "limit": 2,
+                                      "max_new_tokens": 2})
+    with pytest.raises((UserError, OSError), match="No space left on device"):
+        ev.evaluate(cfg)
+    assert_kept(out, name, old)
+
+
+def test_summary_json_survives_a_full_disk_mid_write(stopped_run, tmp_path, monkeypatch):
+    out = copy_run(stopped_run, tmp_path / "run")
+    old = (tmp_path / "run" / "summary.json").read_bytes()
+    disk_fills_while_writing(monkeypatch, tmp_path / "run" / "summary.json")
+    with pytest.raises((UserError, OSError), match="No space left on device"):
+        T.train(tiny("", out, init_from="resume"))
+    assert_kept(out, "summary.json", old)
+
+
+def history_record(mode: str, seed: int, loss: float) -> dict:
+    return {"mode": mode, "seed": seed, "metrics": {"heldout_loss": loss, "exact_match": 0.5}, "steps": 2,
+            "time_s": {"train": 1.0, "eval": 0.5},
+            "history": [{"step": s, "train_output_loss": loss + 1 - s, "val_output_loss": loss + 2 - s} for s in (0, 1)],
+            "train_settings": {}, "eval_settings": [{"ckpt": "x/ckpt.pt"}]}
+
+
+COMPARISON = [history_record(m, s, v) for m, s, v in (("it", 0, 4.0), ("im", 0, 3.0), ("it", 1, 4.5), ("im", 1, 3.5))]
+INFO = {"train_examples": 10, "heldout_examples": 5, "ratio": 2.0, "output_tokens": 4}
+
+
+@pytest.mark.parametrize("name", ["results.json", "summary.md", "curves.png"])
+def test_comparison_results_survive_a_full_disk_mid_write(tmp_path, monkeypatch, name):
+    """compare.py and sweep.py write these after every run: a full disk at the third run keeps the second's."""
+    monkeypatch.setattr(report, "describe_setup", lambda records, info: "setup")
+    report.write_results(str(tmp_path), COMPARISON[:2], INFO)
+    old = (tmp_path / name).read_bytes()
+    disk_fills_while_writing(monkeypatch, tmp_path / name)
+    with pytest.raises((UserError, OSError), match="No space left on device"):
+        report.write_results(str(tmp_path), COMPARISON, INFO)
+    assert_kept(tmp_path, name, old)
