@@ -316,3 +316,144 @@ def test_comparison_results_survive_a_full_disk_mid_write(tmp_path, monkeypatch,
     with pytest.raises((UserError, OSError), match="No space left on device"):
         report.write_results(str(tmp_path), COMPARISON, INFO)
     assert_kept(tmp_path, name, old)
+
+
+# ----------------------------------------------------------------------------- 3. nothing good is replaced by something bad
+
+def poison(s: T.Session, where: str, value: float) -> None:
+    """Put one non-finite number into the first or the last parameter, or into an AdamW moment."""
+    params = list(s.model.parameters())
+    with torch.no_grad():
+        if where == "moment":
+            s.optimizer.state[params[-1]]["exp_avg_sq"].view(-1)[-1] = value
+        else:
+            (params[0] if where == "first weight" else params[-1]).view(-1)[-1] = value
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where, name", [("first weight", "ckpt.pt"), ("last weight", "ckpt.pt"),
+                                         ("last weight", "best.pt"), ("moment", "ckpt.pt")])
+def test_non_finite_weights_or_moments_never_replace_a_good_checkpoint(data_file, tmp_path, where, name, value):
+    s = T.setup(T.resolve(tiny(data_file, str(tmp_path), micro_batch_size=4)), T.Dist())
+    T.train_step(s, list(range(8)), T.prepare(s, list(range(8))))  # the optimizer now holds its moments
+    T.flush(s)
+    T.save(s, name, weights_only=name == "best.pt")
+    good = (tmp_path / name).read_bytes()
+    poison(s, where, value)
+    with pytest.raises(T.TrainingDiverged, match=f"NaN or inf at step 1: {name} not written"):
+        T.save(s, name, weights_only=name == "best.pt")
+    assert (tmp_path / name).read_bytes() == good
+    assert [n for n in os.listdir(tmp_path) if n.startswith(name)] == [name]
+
+
+INIT_FROM = ["scratch", "a checkpoint file", "a run's out_dir", "a Hugging Face directory", "gpt2"]
+
+
+@pytest.mark.parametrize("init_from", INIT_FROM)
+def test_a_rerun_with_any_init_from_refuses_to_overwrite_a_run(stopped_run, tmp_path, monkeypatch, capsys, init_from):
+    """Whatever the new run starts from, an out_dir holding a run is refused in one line and left byte for byte."""
+    out = copy_run(stopped_run, tmp_path / "run")
+    other = copy_run(stopped_run, tmp_path / "other")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": 257,
+                                                "n_positions": 64}))
+    source = {"scratch": "scratch", "a checkpoint file": os.path.join(other, "ckpt.pt"), "a run's out_dir": other,
+              "a Hugging Face directory": str(hf), "gpt2": "gpt2"}[init_from]
+    before = files(out)
+    err = cli_error(T.main, ["train.py", f"--init_from={source}", f"--out_dir={out}", "--data=synthetic",
+                             "--max_steps=1"], monkeypatch, capsys)
+    assert err.startswith(f"error: --out_dir {out} holds a training run (") and "--overwrite replaces it" in err
+    assert files(out) == before
+
+
+@pytest.mark.parametrize("name", T.RUN_FILES)
+def test_any_file_of_a_run_is_enough_to_refuse_a_rerun(stopped_run, tmp_path, monkeypatch, capsys, name):
+    shutil.copy(os.path.join(stopped_run, name), tmp_path / name)
+    err = cli_error(T.main, ["train.py", f"--out_dir={tmp_path}", "--max_steps=1"], monkeypatch, capsys)
+    assert err == (f"error: --out_dir {tmp_path} holds a training run ({name}): --init_from resume continues it, "
+                   "--overwrite replaces it, or choose another --out_dir\n")
+    assert os.listdir(tmp_path) == [name]
+
+
+# ----------------------------------------------------------------------------- 4. resume is exact
+
+BOUNCY = dict(max_steps=6, lr=0.3, eval_interval=1, dropout=0.1, neftune_alpha=5.0, micro_batch_size=4)
+TIMING = ("tokens_per_s", "step_time", "mfu", "time_s", "out_dir")  # and where the run was
+
+
+def without_timing(record):
+    if isinstance(record, dict):
+        return {k: without_timing(v) for k, v in record.items() if k not in TIMING}
+    if isinstance(record, list):
+        return [without_timing(v) for v in record]
+    return record
+
+
+def run_outcome(out: str) -> dict:
+    """What a run leaves for its user: both checkpoints' step, best loss, history and weights, summary.json and
+    log.jsonl (timings left out)."""
+    outcome = {}
+    for name in ("ckpt.pt", "best.pt"):
+        c = load_checkpoint(os.path.join(out, name))
+        outcome[name] = {"step": c["step"], "best_val_loss": c["best_val_loss"], "history": c["history"],
+                         "model": c["model"]}
+    with open(os.path.join(out, "summary.json")) as f:
+        outcome["summary.json"] = without_timing(json.load(f))
+    with open(os.path.join(out, "log.jsonl")) as f:
+        outcome["log.jsonl"] = [without_timing(json.loads(line)) for line in f]
+    return outcome
+
+
+def assert_same_outcome(got: dict, expected: dict) -> None:
+    for name in ("ckpt.pt", "best.pt"):
+        g, e = got[name], expected[name]
+        assert (g["step"], g["best_val_loss"], g["history"]) == (e["step"], e["best_val_loss"], e["history"]), name
+        assert all(torch.equal(g["model"][k], e["model"][k]) for k in e["model"]), name
+    assert got["summary.json"] == expected["summary.json"]
+    assert got["log.jsonl"] == expected["log.jsonl"]
+
+
+@pytest.fixture(scope="module")
+def bouncy_uninterrupted(data_file, tmp_path_factory) -> dict:
+    """6 steps at a learning rate so high that the held-out loss is lowest at step 1 and worse at every later
+    evaluation: best.pt must stay the step-1 model however the run is cut."""
+    out = str(tmp_path_factory.mktemp("bouncy"))
+    T.train(tiny(data_file, out, **BOUNCY))
+    outcome = run_outcome(out)
+    losses = [h["val_output_loss"] for h in outcome["ckpt.pt"]["history"]]
+    assert outcome["best.pt"]["step"] == 1 and min(losses[2:]) > losses[1], losses  # the premise of the tests below
+    return outcome
+
+
+def test_resume_leaves_best_pt_summary_and_log_as_the_uninterrupted_run(data_file, tmp_path, bouncy_uninterrupted):
+    out = str(tmp_path)
+    T.train(tiny(data_file, out, stop_step=3, **BOUNCY))
+    T.train(tiny("ignored: the data comes from the checkpoint's config", out, init_from="resume", eval_interval=None))
+    assert_same_outcome(run_outcome(out), bouncy_uninterrupted)
+
+
+def test_ctrl_c_then_resume_leaves_best_pt_summary_and_log_as_the_uninterrupted_run(data_file, tmp_path, monkeypatch,
+                                                                                  bouncy_uninterrupted):
+    """SIGINT during step 4's backward: the run saves ckpt.pt after step 4 (no evaluation), the resumed run
+    evaluates at steps 5 and 6 and keeps best.pt of step 1."""
+    setup = T.setup
+
+    def setup_with_interrupt(cfg, d):
+        s = setup(cfg, d)
+        fired = []
+
+        def interrupt(grad):
+            if s.prog.step == 3 and not fired:
+                fired.append(signal.raise_signal(signal.SIGINT))
+
+        list(s.model.parameters())[0].register_hook(interrupt)
+        return s
+
+    monkeypatch.setattr(T, "setup", setup_with_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(data_file, str(tmp_path), **BOUNCY))
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 4
+    monkeypatch.setattr(T, "setup", setup)
+    T.train(tiny(data_file, str(tmp_path), init_from="resume", eval_interval=None))
+    assert_same_outcome(run_outcome(str(tmp_path)), bouncy_uninterrupted)
