@@ -457,3 +457,175 @@ def test_ctrl_c_then_resume_leaves_best_pt_summary_and_log_as_the_uninterrupted_
     monkeypatch.setattr(T, "setup", setup)
     T.train(tiny(data_file, str(tmp_path), init_from="resume", eval_interval=None))
     assert_same_outcome(run_outcome(str(tmp_path)), bouncy_uninterrupted)
+
+
+# ----------------------------------------------------------------------------- 5. no code runs from a file
+
+class Touch:
+    """Unpickling this runs `touch marker`: a loader that ran it leaves the marker file behind."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(self.marker)}",))
+
+
+def code_checkpoint(path, marker) -> str:
+    """A checkpoint whose every part that some program reads first (weights, training config) holds code."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    torch.save({"model": Touch(marker), "model_config": {}, "config": Touch(marker), "tokenizer": "byte"}, path)
+    return str(path)
+
+
+def hf_code_dir(directory, marker) -> str:
+    os.makedirs(directory)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": 257, "n_positions": 64}, f)
+    torch.save({"transformer.wte.weight": Touch(marker)}, os.path.join(directory, "pytorch_model.bin"))
+    return str(directory)
+
+
+LOADERS = {  # every program that reads a checkpoint, and each way it can be named
+    "eval --ckpt FILE": lambda p, d, h: (ev.main, ["eval.py", f"--ckpt={p}", "--data=synthetic"]),
+    "eval --ckpt OUT_DIR": lambda p, d, h: (ev.main, ["eval.py", f"--ckpt={d}"]),
+    "eval --ckpt HF_DIR": lambda p, d, h: (ev.main, ["eval.py", f"--ckpt={h}", "--data=synthetic"]),
+    "train --init_from resume": lambda p, d, h: (T.main, ["train.py", "--init_from=resume", f"--out_dir={d}"]),
+    "train --init_from FILE": lambda p, d, h: (T.main, ["train.py", f"--init_from={p}", f"--out_dir={d}/new"]),
+    "train --init_from FILE --data synthetic-qa": lambda p, d, h: (
+        T.main, ["train.py", f"--init_from={p}", "--data=synthetic-qa", f"--out_dir={d}/new"]),
+    "train --init_from HF_DIR": lambda p, d, h: (T.main, ["train.py", f"--init_from={h}", f"--out_dir={d}/new"]),
+    "sample --ckpt FILE": lambda p, d, h: (sample.main, ["sample.py", f"--ckpt={p}", "--prompt=hi"]),
+    "export --ckpt FILE": lambda p, d, h: (export.main, ["export.py", f"--ckpt={p}", f"--out_dir={d}/hf-out"]),
+    "compare --init_from FILE": lambda p, d, h: (compare.main, ["compare.py", f"--init_from={p}", f"--out_dir={d}/cmp",
+                                                              "--data=synthetic"]),
+}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_no_program_runs_code_from_a_checkpoint(tmp_path, monkeypatch, capsys, loader):
+    """The payload would create a marker file when unpickled: every program refuses the file in one line, and the
+    marker never appears (a loader that ran the code and then refused the result would leave it)."""
+    marker = tmp_path / "pwned"
+    path = code_checkpoint(tmp_path / "run" / "ckpt.pt", marker)
+    main, argv = LOADERS[loader](path, str(tmp_path / "run"), hf_code_dir(str(tmp_path / "hf"), marker))
+    err = cli_error(main, argv, monkeypatch, capsys)
+    assert "refused: the file holds Python code (posix.system)" in err, err
+    assert not marker.exists(), "the file's code ran"
+
+
+def test_mmlu_choice_lists_and_config_files_never_run_code(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}') or ['a', 'b', 'c', 'd']"
+    with open(tmp_path / "redux.csv", "w", newline="") as f:
+        f.write('question,choices,answer\n"What?","' + code.replace('"', '""') + '",1\n')
+    err = cli_error(ev.main, ["eval.py", "--ckpt=gpt2", f"--mmlu={tmp_path / 'redux.csv'}"], monkeypatch, capsys)
+    assert "redux.csv:2: field 'choices': expected a list of strings" in err and not marker.exists()
+    for name, text in (("run.json", json.dumps({"lr": code})), ("run.toml", f"lr = {json.dumps(code)}\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=f"{name}: --lr: expected float"):
+            parse_config(T.TrainConfig, ["--config", str(tmp_path / name)])
+    with pytest.raises(UserError, match="--lr: expected float"):
+        parse_config(T.TrainConfig, [f"--lr={code}"])
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- 6. valid input is read
+
+ALPACA = [{"instruction": "Name a colour.", "input": "", "output": "Blue."},
+          {"instruction": "Add 2 and 3.", "input": "2, 3", "output": "5"}]
+DATA_FILES = {  # name -> its text, each a form that editors and exporters really write
+    "data.jsonl": "".join(json.dumps(r) + "\n" for r in ALPACA),
+    "data.json": json.dumps(ALPACA, indent=1),
+    "text.txt": "The first paragraph.\nIt has two lines.\n\nThe second paragraph.\n",
+    "text.jsonl": json.dumps({"text": "One document."}) + "\n" + json.dumps({"text": "Another."}) + "\n",
+}
+
+
+def variants(text: str) -> dict[str, bytes]:
+    """The same text as a Windows editor saves it (BOM, CRLF), without the last line break, and with blank lines
+    around it."""
+    return {"bom": BOM + text.encode(), "crlf": text.replace("\n", "\r\n").encode(),
+            "bom+crlf": BOM + text.replace("\n", "\r\n").encode(), "no final newline": text.rstrip("\n").encode(),
+            "blank lines around": ("\n" + text + "\n\n").encode()}
+
+
+@pytest.mark.parametrize("name", DATA_FILES)
+def test_every_data_format_reads_the_same_with_a_bom_crlf_or_no_final_newline(tmp_path, name):
+    (tmp_path / name).write_text(DATA_FILES[name], encoding="utf-8")
+    plain = formats.load_conversations(str(tmp_path / name))
+    for how, raw in variants(DATA_FILES[name]).items():
+        (tmp_path / how).mkdir()
+        (tmp_path / how / name).write_bytes(raw)
+        assert formats.load_conversations(str(tmp_path / how / name)) == plain, how
+
+
+MMLU = "question,A,B,C,D,answer\nWhat?,a,b,c,d,B\n\"Why, then?\",e,f,\"g, h\",i,3\n"
+MMLU_REDUX = "question,choices,answer\nWhat?,\"['a', 'b', 'c', 'd']\",1\n"
+HELLASWAG_JSONL = json.dumps({"ctx": "A man sits.", "endings": ["a", "b", "c", "d"], "label": 2}) + "\n"
+
+
+@pytest.mark.parametrize("name, text, read", [
+    ("mmlu.csv", MMLU, bm.read_mmlu_csv), ("redux.csv", MMLU_REDUX, bm.read_mmlu_csv),
+    ("hs.txt", HELLASWAG, bm.read_hellaswag), ("hs.jsonl", HELLASWAG_JSONL, bm.read_hellaswag),
+    ("hs.txt.bz2", HELLASWAG, bm.read_hellaswag)])
+def test_every_benchmark_format_reads_the_same_with_a_bom_or_crlf(tmp_path, name, text, read):
+    pack = bz2.compress if name.endswith(".bz2") else (lambda b: b)
+    (tmp_path / name).write_bytes(pack(text.encode()))
+    plain = read(str(tmp_path / name))
+    for how, raw in variants(text).items():
+        if how == "blank lines around" and name.endswith(("csv", "txt", "bz2")):
+            continue  # a blank first line is not a header, a blank line splits HellaSwag's 6-line records
+        (tmp_path / how).mkdir()
+        (tmp_path / how / name).write_bytes(pack(raw))
+        assert read(str(tmp_path / how / name)) == plain, how
+
+
+def test_config_files_with_a_bom_or_crlf_are_read(tmp_path):
+    for name, text in (("run.toml", 'lr = 0.01\ndata = "synthetic"\n'), ("run.json", '{"lr": 0.01, "data": "synthetic"}')):
+        for how, raw in variants(text).items():
+            (tmp_path / name).write_bytes(raw)
+            cfg = parse_config(T.TrainConfig, ["--config", str(tmp_path / name)])
+            assert (cfg.lr, cfg.data) == (0.01, "synthetic"), (name, how)
+
+
+def test_a_hugging_face_directory_with_bom_files_is_read(tmp_path):
+    """config.json, vocab.json and merges.txt as a Windows editor saves them: the same tokenizer and config."""
+    write_tiny_bpe(tmp_path / "plain")
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 32,
+                                                                "vocab_size": 260, "n_positions": 64}))
+    shutil.copytree(tmp_path / "plain", tmp_path / "bom")
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        (tmp_path / "bom" / name).write_bytes(BOM + (tmp_path / "plain" / name).read_bytes().replace(b"\n", b"\r\n"))
+    plain, bom = checkpoint.bpe_tokenizer(str(tmp_path / "plain")), checkpoint.bpe_tokenizer(str(tmp_path / "bom"))
+    assert plain._mergeable_ranks == bom._mergeable_ranks and bom.encode("hello world") == plain.encode("hello world")
+    assert checkpoint.read_json(str(tmp_path / "bom" / "config.json")) == checkpoint.read_json(
+        str(tmp_path / "plain" / "config.json"))
+
+
+def test_a_results_json_with_a_bom_is_read_by_compare_resume(tmp_path):
+    (tmp_path / "results.json").write_bytes(BOM + json.dumps({"runs": COMPARISON}).encode())
+    assert compare.load_records(str(tmp_path / "results.json")) == COMPARISON
+
+
+# ----------------------------------------------------------------------------- the comparison's verdict
+
+def test_it_and_im_gains_are_paired_by_seed_whatever_order_the_runs_came_in(tmp_path, monkeypatch):
+    """IM's runs finished in another seed order than IT's, and seed 3 only ran with IT: each gain compares the two
+    modes on the same seed (same initialization, same example order), and an unpaired seed is left out."""
+    it = {0: (4.0, 0.2), 1: (3.0, 0.5), 2: (2.0, 0.6), 3: (1.0, 0.9)}  # seed: (held-out loss, exact match)
+    im = {2: (1.9, 0.5), 0: (4.5, 0.4), 1: (2.5, 0.5)}
+    records = ([history_record("it", s, loss) | {"metrics": {"heldout_loss": loss, "exact_match": em}}
+                for s, (loss, em) in it.items()]
+               + [history_record("im", s, loss) | {"metrics": {"heldout_loss": loss, "exact_match": em}}
+                  for s, (loss, em) in im.items()])
+    monkeypatch.setattr(report, "describe_setup", lambda records, info: "setup")
+    report.write_results(str(tmp_path), records, INFO)
+    results = json.loads((tmp_path / "results.json").read_text())
+    loss, em = results["gains_over_it"]["im"]["heldout_loss"], results["gains_over_it"]["im"]["exact_match"]
+    assert loss["per_seed"] == pytest.approx({"0": -0.5, "1": 0.5, "2": 0.1})  # IT's loss minus IM's, per seed
+    assert em["per_seed"] == pytest.approx({"0": 0.2, "1": 0.0, "2": -0.1})  # IM's exact match minus IT's
+    assert (loss["min"], em["min"]) == pytest.approx((-0.5, -0.1))
+    verdict = (tmp_path / "summary.md").read_text()
+    assert "IM better on 2 of 3 seeds; IM's gain per seed -0.5, +0.5, +0.1)" in verdict
+    assert "IM better on 1 of 3 seeds; IM's gain per seed +0.2, +0, -0.1)" in verdict
