@@ -38,13 +38,14 @@ class Mutation:
 
 MUTATIONS = [
     # 1. A mistake is one line
-    Mutation(1, "checkpoint.py", 'if not all(type(payload["data_state"].get(k)) is int', "if False and all(type(payload['data_state'].get(k)) is int",
-             "resume no longer checks the data position"),
+    Mutation(1, "checkpoint.py", 'if not all(type(payload["data_state"].get(k)) is int',
+             "if False and all(type(payload['data_state'].get(k)) is int", "resume no longer checks the data position"),
     Mutation(1, "rundir.py", "    check_moments(optimizer, path)\n", "", "resume no longer checks the moments' shapes"),
     Mutation(1, "rundir.py", "except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:",
              "except (ValueError, TypeError, RuntimeError) as e:", "a random state missing a stream is a KeyError"),
-    Mutation(1, "checkpoint.py", 'if not_tensors := sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor)):',
-             "if not_tensors := []:", "weights that are not tensors reach .shape"),
+    Mutation(1, "checkpoint.py", "if not_tensors := sorted(k for k, v in state.items() if not isinstance(v, torch.",
+             "if not_tensors := [] and (v for k, v in state.items() if not isinstance(v, torch.",
+             "weights that are not tensors reach .shape"),
     Mutation(1, "checkpoint.py", 'if payload["step"] < 0:', "if False:", "a negative step is accepted"),
     # 2. Checkpoints are atomic
     Mutation(2, "runtime.py", 'return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"', 'return f"{path}.tmp"',
@@ -93,7 +94,8 @@ MUTATIONS = [
     Mutation(5, "benchmarks.py", "choices = ast.literal_eval(text.strip())", "choices = eval(text.strip())",
              "MMLU choice lists go through eval"),
     # 6. Valid input is read
-    Mutation(6, "formats.py", 'return raw.decode("utf-8-sig")', 'return raw.decode("utf-8")', "data files keep their BOM"),
+    Mutation(6, "formats.py", 'return raw.decode("utf-8-sig")', 'return raw.decode("utf-8")',
+             "data files keep their BOM"),
     Mutation(6, "benchmarks.py", 'encoding="utf-8-sig", errors="replace"', 'encoding="utf-8", errors="replace"',
              "benchmark files keep their BOM"),
     Mutation(6, "runtime.py", 'text = f.read().decode("utf-8-sig")', 'text = f.read().decode("utf-8")',
@@ -105,7 +107,8 @@ MUTATIONS = [
     Mutation(6, "formats.py", 'paragraphs = [p.strip("\\n") for p in text.replace("\\r\\n", "\\n").split("\\n\\n")]',
              'paragraphs = [p.strip("\\n") for p in text.split("\\n\\n")]', "CRLF text is one paragraph"),
     # 8. A comparison pairs runs by seed
-    Mutation(8, "scripts/report.py", "return {s: (va[s] - vb[s]) if lower_is_better else (vb[s] - va[s]) for s in va if s in vb}",
+    Mutation(8, "scripts/report.py",
+             "return {s: (va[s] - vb[s]) if lower_is_better else (vb[s] - va[s]) for s in va if s in vb}",
              "return {s: (x - y) if lower_is_better else (y - x) for s, x, y in zip(va, va.values(), vb.values())}",
              "gains paired by position, not by seed"),
 ]
@@ -162,7 +165,8 @@ def run_one(m: Mutation, tests: list[str], scratch: str, timeout: float) -> tupl
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("numbers", nargs="*", type=int, help="run only these mutations (see --list)")
     p.add_argument("--promise", type=int, action="append", help="run only the mutations of this promise")
     p.add_argument("--list", action="store_true", help="list the mutations and each promise's tests, run nothing")

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -103,8 +104,8 @@ CORRUPTIONS = ([(f"no {k}", set_path((k,), None), f"'{k}'") for k in RESUME_READ
                   ("config unknown setting", set_path(("config", "bogus"), 1), "'config'"),
                   ("config lr negative", set_path(("config", "lr"), -1.0), "'config'"),
                   ("optimizer empty", set_path(("optimizer",), {}), "'optimizer'"),
-                  ("optimizer groups cut", lambda c: c["optimizer"].update(param_groups=c["optimizer"]["param_groups"][:1]),
-                   "'optimizer'"),
+                  ("optimizer groups cut",
+                   lambda c: c["optimizer"].update(param_groups=c["optimizer"]["param_groups"][:1]), "'optimizer'"),
                   ("optimizer state text", first_moment("x"), "'optimizer'"),
                   ("optimizer moment of the wrong shape",
                    first_moment(lambda: torch.zeros(3)), "'optimizer'"),
@@ -178,7 +179,8 @@ def test_two_writers_of_one_file_on_two_hosts_with_one_pid_never_share_a_temp_fi
     interleave or truncate their bytes), and the file that stays is one writer's whole text."""
     target, go = tmp_path / "ckpt.pt", tmp_path / "go"
     script = WRITER.format(root=ROOT)
-    writers = [subprocess.Popen([sys.executable, "-c", script, host, str(target), str(go)]) for host in ("nodeA", "nodeB")]
+    writers = [subprocess.Popen([sys.executable, "-c", script, host, str(target), str(go)])
+               for host in ("nodeA", "nodeB")]
     deadline, temps = time.time() + 60, []
     while time.time() < deadline and len(temps) < 2 and all(w.poll() is None for w in writers):
         temps = [n for n in os.listdir(tmp_path) if n != "ckpt.pt"]
@@ -298,7 +300,8 @@ def test_summary_json_survives_a_full_disk_mid_write(stopped_run, tmp_path, monk
 def history_record(mode: str, seed: int, loss: float) -> dict:
     return {"mode": mode, "seed": seed, "metrics": {"heldout_loss": loss, "exact_match": 0.5}, "steps": 2,
             "time_s": {"train": 1.0, "eval": 0.5},
-            "history": [{"step": s, "train_output_loss": loss + 1 - s, "val_output_loss": loss + 2 - s} for s in (0, 1)],
+            "history": [{"step": s, "train_output_loss": loss + 1 - s, "val_output_loss": loss + 2 - s}
+                        for s in (0, 1)],
             "train_settings": {}, "eval_settings": [{"ckpt": "x/ckpt.pt"}]}
 
 
@@ -318,7 +321,7 @@ def test_comparison_results_survive_a_full_disk_mid_write(tmp_path, monkeypatch,
     assert_kept(tmp_path, name, old)
 
 
-# ----------------------------------------------------------------------------- 3. nothing good is replaced by something bad
+# ----------------------------------------------------------------------------- 3. nothing good is replaced by bad
 
 def poison(s: T.Session, where: str, value: float) -> None:
     """Put one non-finite number into the first or the last parameter, or into an AdamW moment."""
@@ -582,7 +585,8 @@ def test_every_benchmark_format_reads_the_same_with_a_bom_or_crlf(tmp_path, name
 
 
 def test_config_files_with_a_bom_or_crlf_are_read(tmp_path):
-    for name, text in (("run.toml", 'lr = 0.01\ndata = "synthetic"\n'), ("run.json", '{"lr": 0.01, "data": "synthetic"}')):
+    for name, text in (("run.toml", 'lr = 0.01\ndata = "synthetic"\n'),
+                       ("run.json", '{"lr": 0.01, "data": "synthetic"}')):
         for how, raw in variants(text).items():
             (tmp_path / name).write_bytes(raw)
             cfg = parse_config(T.TrainConfig, ["--config", str(tmp_path / name)])
@@ -629,3 +633,19 @@ def test_it_and_im_gains_are_paired_by_seed_whatever_order_the_runs_came_in(tmp_
     verdict = (tmp_path / "summary.md").read_text()
     assert "IM better on 2 of 3 seeds; IM's gain per seed -0.5, +0.5, +0.1)" in verdict
     assert "IM better on 1 of 3 seeds; IM's gain per seed +0.2, +0, -0.1)" in verdict
+
+
+# ----------------------------------------------------------------------------- the list itself
+
+def test_every_test_readme_names_for_a_promise_exists():
+    """README's promise list is what scripts/mutate.py runs: a renamed or misspelled test would silently guard
+    nothing."""
+    import mutate
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        tests = mutate.promise_tests(f.read())
+    assert sorted(tests) == list(range(1, 9))
+    for node in (n for names in tests.values() for n in names):
+        path, name = node.split("::")
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            assert re.search(rf"^def {name}\(", f.read(), re.M), f"README names {node}, which does not exist"
+    assert {m.promise for m in mutate.MUTATIONS} <= set(tests)
