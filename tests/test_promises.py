@@ -5,7 +5,6 @@ in. scripts/mutate.py applies such changes one at a time and runs these tests (s
 """
 import builtins
 import bz2
-import copy
 import errno
 import io
 import json
@@ -28,10 +27,8 @@ import checkpoint
 import eval as ev
 import export
 import formats
-import runtime
 import sample
 import train as T
-from checkpoint import CheckpointError
 from model import load_checkpoint, save_checkpoint
 from runtime import UserError, make_config, parse_config
 from test_faults import HELLASWAG, cli_error
