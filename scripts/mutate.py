@@ -106,6 +106,10 @@ MUTATIONS = [
              "return text.splitlines()", "JSONL split at U+2028 too"),
     Mutation(6, "formats.py", 'paragraphs = [p.strip("\\n") for p in text.replace("\\r\\n", "\\n").split("\\n\\n")]',
              'paragraphs = [p.strip("\\n") for p in text.split("\\n\\n")]', "CRLF text is one paragraph"),
+    Mutation(6, "checkpoint.py", 'with open(files[1], encoding="utf-8-sig") as f:',
+             'with open(files[1], encoding="utf-8") as f:', "merges.txt keeps its BOM"),
+    Mutation(6, "scripts/compare.py", 'with open(path, encoding="utf-8-sig") as f:',
+             'with open(path, encoding="utf-8") as f:', "compare.py --resume reads results.json with its BOM"),
     # 8. A comparison pairs runs by seed
     Mutation(8, "scripts/report.py",
              "return {s: (va[s] - vb[s]) if lower_is_better else (vb[s] - va[s]) for s in va if s in vb}",
