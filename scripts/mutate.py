@@ -62,6 +62,8 @@ MUTATIONS = [
              'open(os.path.join(out_dir, "results.json"), "w").write(', "results.json written in place"),
     Mutation(2, "scripts/report.py", 'write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))',
              'fig.savefig(path, format="png", dpi=110)', "figures written in place"),
+    Mutation(2, "scripts/sweep.py", 'write_text_atomic(os.path.join(cfg.out_dir, "sweep.json"),',
+             'open(os.path.join(cfg.out_dir, "sweep.json"), "w").write(', "sweep.json written in place"),
     Mutation(2, "rundir.py", "    remove_stale_temps(cfg.out_dir)", "    pass", "stale temp files stay"),
     Mutation(2, "runtime.py", "        with contextlib.suppress(FileNotFoundError):\n            os.remove(tmp)",
              "        pass", "a failed write leaves its temp file"),

@@ -318,6 +318,20 @@ def test_comparison_results_survive_a_full_disk_mid_write(tmp_path, monkeypatch,
     assert_kept(tmp_path, name, old)
 
 
+
+@pytest.mark.parametrize("name", ["sweep.json", "sweep.md", "sweep.png"])
+def test_sweep_results_survive_a_full_disk_mid_write(tmp_path, monkeypatch, name):
+    """sweep.py rewrites its files after every point: a full disk at the second point keeps the first's."""
+    import sweep
+    monkeypatch.setattr(sweep, "run_point", lambda cfg, label, base: (COMPARISON, INFO))
+    sweep.main(["--out_dir", str(tmp_path), "--points", "50"])
+    old = (tmp_path / name).read_bytes()
+    disk_fills_while_writing(monkeypatch, tmp_path / name)
+    with pytest.raises((UserError, OSError), match="No space left on device"):
+        sweep.main(["--out_dir", str(tmp_path), "--points", "50,100"])
+    assert_kept(tmp_path, name, old)
+
+
 # ----------------------------------------------------------------------------- 3. nothing good is replaced by bad
 
 def poison(s: T.Session, where: str, value: float) -> None:
