@@ -164,7 +164,7 @@ def run_one(m: Mutation, tests: list[str], scratch: str, timeout: float) -> tupl
     finally:
         with open(path, "w", encoding="utf-8") as f:
             f.write(original)
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.M)
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - |$)", done.stdout, re.M)
     if done.returncode == 0:
         return "survived", ""
     return "caught", failed[0] if failed else done.stdout.strip().splitlines()[-1]
