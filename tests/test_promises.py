@@ -178,7 +178,7 @@ def test_two_writers_of_one_file_on_two_hosts_with_one_pid_never_share_a_temp_fi
     script = WRITER.format(root=ROOT)
     writers = [subprocess.Popen([sys.executable, "-c", script, host, str(target), str(go)])
                for host in ("nodeA", "nodeB")]
-    deadline, temps = time.time() + 60, []
+    deadline, temps = time.time() + 120, []
     while time.time() < deadline and len(temps) < 2 and all(w.poll() is None for w in writers):
         temps = [n for n in os.listdir(tmp_path) if n != "ckpt.pt"]
         time.sleep(0.05)
@@ -222,7 +222,7 @@ def test_kill_9_mid_write_keeps_the_old_file_and_the_next_start_removes_the_temp
     ready = tmp_path / "ready"
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER.format(root=ROOT), os.path.join(out, "ckpt.pt"),
                                str(ready)])
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while not ready.exists() and time.time() < deadline and writer.poll() is None:
         time.sleep(0.05)
     os.kill(writer.pid, signal.SIGKILL)
