@@ -68,8 +68,9 @@ MUTATIONS = [
     Mutation(2, "runtime.py", "        with contextlib.suppress(FileNotFoundError):\n            os.remove(tmp)",
              "        pass", "a failed write leaves its temp file"),
     # 3. Nothing good is replaced by something bad
-    Mutation(3, "train.py", "if not torch.stack([torch.isfinite(t).all() for t in",
-             "if torch.stack([torch.isinf(t).any() for t in", "only inf is refused, NaN is saved"),
+    Mutation(3, "train.py", "if not torch.stack([torch.isfinite(t).all() for t in [*s.model.parameters(), *moments]])"
+             ".all():", "if torch.stack([torch.isinf(t).any() for t in [*s.model.parameters(), *moments]]).any():",
+             "only inf is refused, NaN is saved"),
     Mutation(3, "train.py", "[*s.model.parameters(), *moments]", "[next(s.model.parameters()), *moments]",
              "only the first parameter is checked"),
     Mutation(3, "train.py", "moments = [] if weights_only else [", "moments = [] if True else [",
