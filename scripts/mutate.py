@@ -5,6 +5,7 @@ that the tests README names for that promise notice. A break that passes them ma
     python scripts/mutate.py --list         # the mutations, numbered, and the tests each promise runs
     python scripts/mutate.py 3 7            # only mutations 3 and 7
     python scripts/mutate.py --promise 2    # only the mutations of promise 2
+    python scripts/mutate.py --file test_promises.py   # run only the named tests of that file: does it alone catch?
 
 Each mutation replaces one exact snippet of one file in a scratch copy of the repository (the working tree is never
 touched), runs `pytest -x` on the tests README's "What imgpt promises" names for that promise, and restores the
@@ -177,10 +178,13 @@ def main() -> None:
     p.add_argument("numbers", nargs="*", type=int, help="run only these mutations (see --list)")
     p.add_argument("--promise", type=int, action="append", help="run only the mutations of this promise")
     p.add_argument("--list", action="store_true", help="list the mutations and each promise's tests, run nothing")
+    p.add_argument("--file", help="of each promise's tests, run only those in this file (e.g. test_promises.py)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per mutation before it counts as a hang")
     args = p.parse_args()
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         tests = promise_tests(f.read())
+    if args.file:
+        tests = {n: [t for t in names if t.startswith(f"tests/{args.file}::")] for n, names in tests.items()}
     chosen = [(i, m) for i, m in enumerate(MUTATIONS, 1) if (not args.numbers or i in args.numbers)
               and (not args.promise or m.promise in args.promise)]
     if args.list:
@@ -193,7 +197,11 @@ def main() -> None:
     try:
         for i, m in chosen:
             t0 = time.perf_counter()
-            outcome, detail = run_one(m, tests.get(m.promise, []), scratch, args.timeout)
+            if not tests.get(m.promise):  # pytest would run every test it finds
+                outcomes.append("no tests")
+                print(f"{i:3d}. no tests for promise {m.promise}", flush=True)
+                continue
+            outcome, detail = run_one(m, tests[m.promise], scratch, args.timeout)
             outcomes.append(outcome)
             print(f"{i:3d}. {outcome:8s} promise {m.promise}, {m.path}: {m.what} ({time.perf_counter() - t0:.0f} s)"
                   + (f"  [{detail}]" if detail else ""), flush=True)
