@@ -164,6 +164,7 @@ os.getpid = lambda: 4242  # ... whose writers happen to have the same pid
 def write(f):
     f.write(host.encode() * 1000)
     f.flush()
+    open(go + "." + host, "w").close()  # mid-write now
     while not os.path.exists(go):
         time.sleep(0.01)
     f.write(b"end")
@@ -178,15 +179,15 @@ def test_two_writers_of_one_file_on_two_hosts_with_one_pid_never_share_a_temp_fi
     script = WRITER.format(root=ROOT)
     writers = [subprocess.Popen([sys.executable, "-c", script, host, str(target), str(go)])
                for host in ("nodeA", "nodeB")]
-    deadline, temps = time.time() + 120, []
-    while time.time() < deadline and len(temps) < 2 and all(w.poll() is None for w in writers):
-        temps = [n for n in os.listdir(tmp_path) if n != "ckpt.pt"]
+    deadline, ready = time.time() + 120, [tmp_path / "go.nodeA", tmp_path / "go.nodeB"]
+    while time.time() < deadline and not all(r.exists() for r in ready) and all(w.poll() is None for w in writers):
         time.sleep(0.05)
+    temps = [n for n in os.listdir(tmp_path) if n.startswith("ckpt.pt.")]  # both writers are mid-write
     go.write_text("")
     assert [w.wait(timeout=60) for w in writers] == [0, 0]
     assert sorted(temps) == ["ckpt.pt.nodeA.4242.tmp", "ckpt.pt.nodeB.4242.tmp"]
     assert target.read_bytes() in (b"nodeA" * 1000 + b"end", b"nodeB" * 1000 + b"end")
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "go"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "go", "go.nodeA", "go.nodeB"]
 
 
 def test_the_temp_file_is_named_as_the_docs_say(tmp_path, monkeypatch):
