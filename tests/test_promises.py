@@ -583,7 +583,7 @@ HELLASWAG_JSONL = json.dumps({"ctx": "A man sits.", "endings": ["a", "b", "c", "
 @pytest.mark.parametrize("name, text, read", [
     ("mmlu.csv", MMLU, bm.read_mmlu_csv), ("redux.csv", MMLU_REDUX, bm.read_mmlu_csv),
     ("hs.txt", HELLASWAG, bm.read_hellaswag), ("hs.jsonl", HELLASWAG_JSONL, bm.read_hellaswag),
-    ("hs.txt.bz2", HELLASWAG, bm.read_hellaswag)])
+    ("hs.txt.bz2", HELLASWAG, bm.read_hellaswag)], ids=["mmlu.csv", "redux.csv", "hs.txt", "hs.jsonl", "hs.txt.bz2"])
 def test_every_benchmark_format_reads_the_same_with_a_bom_or_crlf(tmp_path, name, text, read):
     pack = bz2.compress if name.endswith(".bz2") else (lambda b: b)
     (tmp_path / name).write_bytes(pack(text.encode()))
