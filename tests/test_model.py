@@ -252,6 +252,20 @@ def test_output_head_runs_only_on_positions_with_nonzero_weight(tiny):
                                   f"by target) before lm_head")
 
 
+@pytest.mark.ex4
+def test_without_skip_zero_the_output_head_runs_on_every_position(tiny):
+    """--no-skip_zero is bench_train's baseline: the head on every position, whatever the weights."""
+    rows = []
+    tiny.lm_head.register_forward_pre_hook(lambda m, args: rows.append(args[0].numel() // args[0].size(-1)))
+    idx, targets = torch.randint(0, 67, (2, 10)), torch.randint(0, 67, (2, 10))
+    weights = torch.zeros(2, 10)
+    weights[0, 6:] = 1.0  # 4 of 20 positions weigh anything
+    with torch.no_grad():
+        tiny.loss(idx, targets, weights, skip_zero=False)
+    assert rows == [20], (f"loss(skip_zero=False) of a (2, 10) batch with 4 nonzero weights ran the output head on "
+                          f"{rows} rows, expected [20]: every position")
+
+
 def test_neftune_noise_only_in_training_and_scaled_by_example_length(tiny):
     idx = torch.randint(0, 67, (1, 16))
     doc = torch.tensor([[0] * 4 + [1] * 12])
