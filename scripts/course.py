@@ -10,8 +10,8 @@
 A solution region is the few lines a student writes, between a line `# BEGIN SOLUTION exN: hint` and a line
 `# END SOLUTION`. The handout keeps both markers (so `reset` finds the region again) and puts in between
     raise NotImplementedError("Exercise N: hint (docs/assignments.md)")
-A line `# HANDOUT DOCSTRING exN: text` right above a docstring that gives the answer away makes the handout's
-docstring just "text". Graders are the tests marked `@pytest.mark.exN` (pytest.ini registers the markers);
+Lines `# HANDOUT DOCSTRING exN: text` right above a docstring that gives the answer away make the handout's
+docstring just their texts, one line each. Graders are the tests marked `@pytest.mark.exN` (pytest.ini registers the markers);
 wrong solutions are data, one module per mistake in scripts/wrong_solutions/ (see its README).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ INSTRUCTOR_ONLY = (WRONG_DIR + os.sep, os.path.join("tests", "test_course.py"), 
 SOURCES = re.compile(r"^(scripts/)?[^/]+\.py$")  # where regions live: the modules and scripts, not the tests
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION ex(\d+)(?::\s*(.*))?$")
 END = re.compile(r"^\s*# END SOLUTION$")
-DOCSTRING = re.compile(r"^(\s*)# HANDOUT DOCSTRING ex(\d+): (.*)$")
+DOCSTRING = re.compile(r"^(\s*)# HANDOUT DOCSTRING ex(\d+):(?: (.*))?$")
 TRACEBACK_LINE = re.compile(r"^\S+\.py:\d+: ")  # pytest --tb=line: "file:line: Error: message"
 
 
@@ -132,16 +132,23 @@ def docstring_end(lines: list[str], i: int) -> int:
 
 
 def reduce_docstrings(lines: list[str], exercise: int) -> list[str]:
-    """Each docstring under a `# HANDOUT DOCSTRING exN: text` line becomes text; the marker line goes."""
+    """Each docstring under `# HANDOUT DOCSTRING exN: text` lines becomes their texts, one line each; the markers
+    go."""
     out, i = [], 0
     while i < len(lines):
-        m = DOCSTRING.match(lines[i])
-        if m and int(m.group(2)) == exercise:
-            out.append(f'{m.group(1)}"""{m.group(3)}"""\n')
-            i = docstring_end(lines, i + 1) + 1
-        else:
+        texts = []
+        while i < len(lines) and (m := DOCSTRING.match(lines[i])) and int(m.group(2)) == exercise:
+            indent, i = m.group(1), i + 1
+            texts.append(m.group(3) or "")
+        if not texts:
             out.append(lines[i])
             i += 1
+            continue
+        if len(texts) == 1:
+            out.append(f'{indent}"""{texts[0]}"""\n')
+        else:
+            out += [f'{indent}"""{texts[0]}\n'] + [f"{indent}{t}\n".rstrip(" ") for t in texts[1:]] + [f'{indent}"""\n']
+        i = docstring_end(lines, i) + 1
     return out
 
 

@@ -20,10 +20,12 @@ def solution_lines() -> set[str]:
         lines = course.read(os.path.join(ROOT, rel))
         secret = {i for r in course.find_regions(lines, rel) for i in range(r.begin + 1, r.end)}
         for i, line in enumerate(lines):
-            if course.DOCSTRING.match(line):
+            if course.DOCSTRING.match(line) and not course.DOCSTRING.match(lines[i + 1]):  # the last marker line
                 secret |= set(range(i + 1, course.docstring_end(lines, i + 1) + 1))
         for i, line in enumerate(lines):
             (inside if i in secret else outside).add(line.strip())
+            if m := course.DOCSTRING.match(line):
+                outside.add((m.group(3) or "").strip())  # what the handout's docstring says instead is public
     return {line for line in inside - outside if len(line) >= 12 and not line.startswith(("#", '"""'))}
 
 
@@ -59,19 +61,21 @@ def test_reset_blanks_one_exercise_and_grade_scores_it(tmp_path):
     assert 'raise NotImplementedError("Exercise 6: ' in (tmp_path / "benchmarks.py").read_text()
     assert (tmp_path / "model.py").read_text() == open(os.path.join(ROOT, "model.py")).read()  # only exercise 6
     r = run(["grade", "6"], cwd=str(tmp_path))
-    assert r.returncode == 1 and "exercise 6, acc vs acc_norm: 0/10 (3 failing: " in r.stdout, r.stdout[-2000:]
+    assert r.returncode == 1 and "exercise 6, acc vs acc_norm: 0/10 (16 failing: " in r.stdout, r.stdout[-2000:]
+    assert "total:" not in r.stdout  # one exercise: its own line is the total
     assert "NotImplementedError: Exercise 6" in r.stdout  # grade N shows pytest's report: the hint and the line
 
 
 def test_check_flags_every_variant_its_grader_gets_wrong(monkeypatch, capsys):
     """check's bookkeeping, fast: a stand-in grader that passes everything, and reports what it was given. The
-    blank and each wrong solution must then be problems, the solution not. (The real graders run in CI's
-    `course.py check --jobs 2`, and in the grade test above.)"""
-    seen = []
+    blank and each wrong solution must then be problems, the solution and the solution with every other exercise
+    blanked not. (The real graders run in CI's `course.py check --jobs 2`, and in the grade test above.)"""
+    seen, others_blank = [], []
 
     def passes_everything(root, exercise, stop_first):
         code = "".join(r for r in course.read(os.path.join(root, "benchmarks.py")) if "return" in r or "raise" in r)
         seen.append(code)
+        others_blank.append('NotImplementedError("Exercise 5' in "".join(course.read(os.path.join(root, "model.py"))))
         return True, [], ""
 
     monkeypatch.setattr(course, "run_grader", passes_everything)
@@ -79,9 +83,11 @@ def test_check_flags_every_variant_its_grader_gets_wrong(monkeypatch, capsys):
         course.check([6], jobs=2)
     wrong = [name for name, _ in course.wrong_solutions(ROOT, 6)]
     assert str(e.value).splitlines()[1:] == [f"  exercise 6: the grader passes on {v}" for v in ["blank"] + wrong]
-    assert len(seen) == len(wrong) + 2 and sum('NotImplementedError("Exercise 6' in c for c in seen) == 1
+    assert len(seen) == len(wrong) + 3 and sum('NotImplementedError("Exercise 6' in c for c in seen) == 1
+    assert others_blank == [False] * (len(wrong) + 2) + [True]  # last: exercise 6 alone (it needs no other)
     assert sum(".encode()" in c for c in seen) == 1  # ex6_bytes was in place when its grader ran
-    assert "ex6 solution: PASSES" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ex6 solution: PASSES" in out and "ex6 solution with every other exercise blanked: PASSES" in out
 
 
 def test_regions_wrong_solutions_and_bad_input():
