@@ -1,6 +1,7 @@
 """scripts/course.py: the handout holds no solution, reset and grade work on a tree, check catches a grader that
 lets a wrong solution through. The full `course.py check` (36 grader runs, ~2.5 CPU-min) is its own CI step."""
 import os
+import re
 import subprocess
 import sys
 
@@ -115,6 +116,20 @@ def test_regions_wrong_solutions_and_bad_input():
         course.find_regions(["# END SOLUTION\n"], "x.py")
     r = run(["reset", "9"])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no exercise '9'" in r.stderr
+
+
+def test_assignments_table_and_order_follow_the_declared_prerequisites():
+    """docs/assignments.md's "needs" column is course.py's (check proves each grader needs no more), and the
+    recommended order puts every exercise after those it needs."""
+    with open(os.path.join(ROOT, "docs", "assignments.md"), encoding="utf-8") as f:
+        text = f.read()
+    rows = re.findall(r"^\| (\d) \| [^|]+ \| [^|]+ \| ([-\d, ]+) \| [^|]+ \|$", text, re.M)
+    table = {int(n): () if needs.strip() == "-" else tuple(int(x) for x in needs.split(",")) for n, needs in rows}
+    assert table == {n: e.needs for n, e in course.EXERCISES.items()}, table
+    order = [int(x) for x in re.search(r"in the order \*\*([\d, ]+)\*\*", text).group(1).split(",")]
+    assert sorted(order) == sorted(course.EXERCISES), order
+    for i, n in enumerate(order):
+        assert set(course.EXERCISES[n].needs) <= set(order[:i]), (n, course.EXERCISES[n].needs, order[:i])
 
 
 def test_handout_refuses_a_non_empty_directory(tmp_path):
