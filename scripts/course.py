@@ -240,7 +240,7 @@ def run_grader(root: str, exercise: Exercise, stop_first: bool) -> tuple[bool, l
     flags = ["-x", "--tb=line"] if stop_first else ["--tb=short"]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *flags, "-m", f"ex{exercise.number}",
            *exercise.tests]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "TQDM_DISABLE": "1"}  # no bars
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
     out = r.stdout + r.stderr
     if r.returncode == 5:

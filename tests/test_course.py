@@ -1,5 +1,5 @@
 """scripts/course.py: the handout holds no solution, reset and grade work on a tree, check catches a grader that
-lets a wrong solution through. The full `course.py check` (36 grader runs, ~2.5 CPU-min) is its own CI step."""
+lets a wrong solution through. The full `course.py check` (53 grader runs) is its own CI step."""
 import os
 import re
 import subprocess
