@@ -69,7 +69,8 @@ def test_acc_and_acc_norm_disagree_on_crafted_logprobs():
     # the long choice has the lower total (-6 < -4) but the higher per-character log-prob (-1 > -2)
     logprobs, choices = [-4.0, -6.0], ["ab", "abcdef"]
     assert bm.pick_acc(logprobs) == 0
-    assert bm.pick_acc_norm(logprobs, choices) == 1
+    picked = bm.pick_acc_norm(logprobs, choices)
+    assert picked == 1, f"choices {choices} with log-probs {logprobs}: pick_acc_norm picked {picked}, expected 1"
     assert bm.pick_acc([-1.0, -1.0, -2.0]) == 0  # ties: the first, like numpy's argmax
 
 
@@ -148,7 +149,9 @@ def test_choice_metrics_end_to_end_acc_vs_acc_norm(tok):
     # byte tokens: " a" is 2 tokens for 1 char (-2 log V per char), " abcd" 5 for 4 (-1.25 log V per char)
     q = bm.Question("Pick one:", ["a", "abcd"], gold=1)
     r = ev.choice_metrics(Uniform(), tok, [q, bm.Question("Again:", ["abcd", "a"], gold=0)], config(), Dist())
-    assert r == {"examples": 2, "acc": 0.0, "acc_norm": 1.0}
+    assert r == {"examples": 2, "acc": 0.0, "acc_norm": 1.0}, (
+        f"choices 'a' and 'abcd' under a model that finds every byte token equally likely, the gold one 'abcd': "
+        f"{r}, expected acc 0 and acc_norm 1")
     lps = bm.continuation_logprobs(Uniform(), bm.choice_pairs(q, tok, chat=False), 4, "cpu")
     assert lps == pytest.approx([-2 * math.log(257), -5 * math.log(257)])
 
