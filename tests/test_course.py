@@ -41,6 +41,7 @@ def test_handout_has_no_solution_text_no_history_and_no_instructor_files(tmp_pat
     assert len(secrets) > 20  # the regions of 7 exercises, and two docstrings of exercise 2
     assert "loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients" \
         in secrets
+    assert any(line.startswith("IT  0 ") for line in secrets)  # data.py's docstring: the weight table of exercise 1
     files = course.tree_files(str(tmp_path / "handout"))
     for rel in files:
         with open(tmp_path / "handout" / rel, encoding="utf-8", errors="replace") as f:
@@ -98,7 +99,11 @@ def test_regions_wrong_solutions_and_bad_input():
     issue_12_table = {"ex3_positions_ignore_padding", "ex3_mask_offset_plus_one", "ex3_mask_offset_minus_one",
                       "ex3_cache_never_advances", "ex4_head_then_index", "ex4_select_by_target", "ex5_ignores_start",
                       "ex5_padding_sees_nothing", "ex6_bytes", "ex6_last_on_ties"}
-    assert issue_12_table <= recorded, issue_12_table - recorded  # `check` proves each one caught
+    issue_20_table = {"ex2_forgets_norm", "ex2_kl_not_normalized", "ex2_kl_coef_ignored",
+                      "ex3_window_keeps_first_tokens", "ex3_window_one_short", "ex4_skips_whatever_skip_zero_says",
+                      "ex5_real_queries_see_padding", "ex6_ties_by_total_logprob", "ex6_float16",
+                      "ex6_empty_choice_unguarded"}
+    assert issue_12_table | issue_20_table <= recorded, (issue_12_table | issue_20_table) - recorded  # check: caught
     assert course.EXERCISES[7].tests == ()  # written: graded by the rubric, never "passes with no work"
     for n in course.EXERCISES:  # every wrong solution names a region that exists, compiles, keeps the markers
         for name, replace in course.wrong_solutions(ROOT, n):
