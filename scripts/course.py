@@ -11,8 +11,8 @@ A solution region is the few lines a student writes, between a line `# BEGIN SOL
 `# END SOLUTION`. The handout keeps both markers (so `reset` finds the region again) and puts in between
     raise NotImplementedError("Exercise N: hint (docs/assignments.md)")
 Lines `# HANDOUT DOCSTRING exN: text` right above a docstring that gives the answer away make the handout's
-docstring just their texts, one line each. Graders are the tests marked `@pytest.mark.exN` (pytest.ini registers the markers);
-wrong solutions are data, one module per mistake in scripts/wrong_solutions/ (see its README).
+docstring just their texts, one line each. Graders are the tests marked `@pytest.mark.exN` (pytest.ini registers
+the markers); wrong solutions are data, one module per mistake in scripts/wrong_solutions/ (see its README).
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def reduce_docstrings(lines: list[str], exercise: int) -> list[str]:
         if len(texts) == 1:
             out.append(f'{indent}"""{texts[0]}"""\n')
         else:
-            out += [f'{indent}"""{texts[0]}\n'] + [f"{indent}{t}\n".rstrip(" ") for t in texts[1:]] + [f'{indent}"""\n']
+            out += [f'{indent}"""{texts[0]}\n', *(f"{indent}{t}".rstrip() + "\n" for t in texts[1:]), f'{indent}"""\n']
         i = docstring_end(lines, i) + 1
     return out
 

@@ -176,5 +176,6 @@ def test_generate_past_the_block_size_slides_the_window(short_block, use_cache, 
                 want = short_block(torch.tensor([real[-8:]]))[0, -1]
                 diff = (logits[row] - want).abs().max().item()
                 assert diff < 1e-4, (
-                    f"generate({prompts}, use_cache={use_cache}), block_size 8, step {step}: row {row}'s logits (after "
-                    f"{real}) differ by {diff:.3f} from a forward of its last 8 tokens {real[-8:]}, expected below 1e-4")
+                    f"generate({prompts}, use_cache={use_cache}), block_size 8, step {step}: row {row}'s logits "
+                    f"(after {real}) differ by {diff:.3f} from a forward of its last 8 tokens {real[-8:]}, expected "
+                    f"below 1e-4")
