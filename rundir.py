@@ -41,21 +41,33 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
                         "continues it, --overwrite replaces it, or choose another --out_dir")
 
 
-def resume_config(saved: dict, given: TrainConfig, path: str) -> tuple[TrainConfig, list[str]]:
-    """The checkpoint's config (the run's definition) with the run-control flags given now; and the names of
-    other settings given now that differ from the checkpoint's, which are ignored."""
+RUN_CONTROL = ("out_dir", "stop_step", "log_interval", "device", "compile", "save", "threads", "eval_interval")
+LENGTH = ("max_steps", "epochs")  # a resumed run may get a new length: extending a finished run is common
+
+
+def resume_config(saved: dict, given: TrainConfig, path: str, typed: set[str] | None = None) -> TrainConfig:
+    """The checkpoint's config (the run's definition) with the settings the user gave now (`typed`: flags and
+    --config keys; None = those of `given` that differ from the defaults) that a resumed run can take: run control,
+    and a new length. Any other given setting that differs from the checkpoint's stops here, naming it."""
     if unknown := sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}):
         raise CheckpointError(f"{path}: key 'config' has setting(s) this train.py does not know: {', '.join(unknown)}")
-    cfg, default = TrainConfig(**saved), TrainConfig(init_from="resume")
+    default = TrainConfig()
+    if typed is None:
+        typed = {k for k, v in asdict(given).items() if v != getattr(default, k)}
+    typed = {k for k in typed if getattr(given, k) is not None} - {"init_from", "overwrite"}
     keep = {k: getattr(given, k) for k in ("out_dir", "stop_step", "log_interval", "device", "compile", "save")}
-    if given.threads is not None:
-        keep["threads"] = given.threads
-    if given.eval_interval is not None:
-        keep["eval_interval"] = given.eval_interval
-    ignored = [f"--{k}" for k, v in asdict(given).items() if k not in keep and k not in ("init_from", "overwrite")
-               and v != getattr(default, k) and v != saved.get(k)]
+    keep |= {k: getattr(given, k) for k in typed & {"threads", "eval_interval", *LENGTH}}
+    if typed & set(LENGTH) == {"epochs"}:  # the length given now replaces the checkpoint's, in its own unit
+        keep["max_steps"] = 0
+    elif typed & set(LENGTH) == {"max_steps"} or saved.get("max_steps"):
+        keep.setdefault("epochs", 0.0)  # older checkpoints kept the recipe's epochs beside max_steps
+    if conflict := sorted(k for k in typed - set(RUN_CONTROL) - set(LENGTH) if getattr(given, k) != saved.get(k)):
+        k = conflict[0]
+        raise UserError(f"--{k} {getattr(given, k)}: the run in {given.out_dir} was trained with {k} {saved.get(k)}, "
+                        f"and a resumed run keeps its settings (only its length and run control can change): drop "
+                        f"--{k}, or start a new run from its weights with --init_from {path} --out_dir NEW_DIR")
     try:
-        return validate(dataclasses.replace(cfg, **keep)), ignored
+        return validate(dataclasses.replace(TrainConfig(**saved), **keep))
     except UserError as e:
         raise CheckpointError(f"{path}: key 'config': {e}") from None
 

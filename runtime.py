@@ -169,6 +169,16 @@ def _given_flags(argv: Sequence[str] | None) -> set[str]:
     return flags | {f.removeprefix("no-") for f in flags}
 
 
+def given_settings(cls: type, argv: Sequence[str] | None = None) -> set[str]:
+    """The settings of `cls` the user gave: flags on the command line, and the keys of its --config file."""
+    argv = sys.argv[1:] if argv is None else argv
+    given = _given_flags(argv)
+    config_path = config_parser(cls).parse_known_args(argv)[0].config
+    if config_path:
+        given |= set(read_config_file(config_path))
+    return given & set(_field_types(cls))
+
+
 def make_config(cls: type[T], values: dict[str, Any]) -> T:
     """`cls(**values)` with unknown keys rejected and validated: for configs built in code or from files."""
     names = {f.name for f in dataclasses.fields(cls)}

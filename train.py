@@ -38,7 +38,8 @@ from mfu import training_flops
 from model import GPT, load_checkpoint, model_from_payload, save_checkpoint
 from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
 from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
-                     join_distributed, local_rank_zero_first, parse_config, run_cli, validate, write_text_atomic)
+                     given_settings, join_distributed, local_rank_zero_first, parse_config, run_cli, validate,
+                     write_text_atomic)
 from train_config import TrainConfig, resolve
 from build import build_data, build_model, lr_at, plan_epoch, set_up_device, split_sizes  # noqa: F401 (train.X)
 from train_report import startup_lines, summary_lines
@@ -265,16 +266,17 @@ def stop_requested(signals: StopAtStepBoundary, d: Dist) -> bool:
     return reduce(torch.tensor([float(signals.requested)]), d).item() > 0
 
 
-def setup(cfg: TrainConfig, d: Dist) -> Session:
-    """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint."""
-    ckpt, ignored, ckpt_path = None, [], os.path.join(cfg.out_dir, "ckpt.pt")
+def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
+    """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint. `typed`:
+    the settings the user gave (rundir.resume_config), which a resumed run takes or refuses."""
+    ckpt, ckpt_path = None, os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path)
         check_training_checkpoint(ckpt, ckpt_path)
     if d.is_main:
         prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
     if ckpt is not None:
-        cfg, ignored = resume_config(ckpt["config"], cfg, ckpt_path)
+        cfg = resume_config(ckpt["config"], cfg, ckpt_path, typed)
     device_type = torch.device(d.device).type
     cfg = resolve(cfg, device_type, d.world_size)
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
@@ -311,6 +313,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     random.seed(cfg.seed + d.rank)
     if ckpt is not None:
         prog = restore(ckpt, ckpt_path, optimizer, scaler, d)
+        check_length(cfg, prog.step, total)
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
@@ -322,11 +325,35 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(s.path(name))
             open(s.path("log.jsonl"), "w").close()
-        if ignored:
-            print(f"resuming with the checkpoint's settings; ignored: {' '.join(ignored)}")
+        else:  # the steps logged after the checkpoint run again: each step is logged once
+            keep_log_until(s.path("log.jsonl"), prog.step)
         print("\n".join(startup_lines(cfg, model.config, model.num_params(), len(train_ex), len(val_ex), stats, accum,
                                       d.world_size, total, d.device, prog.step if ckpt else None)))
     return s
+
+
+def check_length(cfg: TrainConfig, step: int, total: int) -> None:
+    """A resumed run has steps left: a finished one continues only to a longer --max_steps (or --epochs)."""
+    if step >= total:
+        length = f"--max_steps {cfg.max_steps}" if cfg.max_steps else f"--epochs {cfg.epochs:g} ({total} steps)"
+        raise UserError(f"{cfg.out_dir}: the run is at step {step} of {total}, nothing left to train with {length}: "
+                        f"--max_steps N (more than {step}) continues it")
+
+
+def keep_log_until(path: str, step: int) -> None:
+    """Drop log.jsonl's records after `step` (those of steps that run again after a resume; also a line cut short
+    by a kill). The evaluation at the checkpoint's own step stays, unless it is step 0, which is evaluated anew."""
+    def kept(line: str) -> bool:
+        try:
+            r = json.loads(line)
+            at = r["eval"]["step"] if "eval" in r else r["step"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return at < step or (at == step and ("eval" not in r or step > 0))
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f.read().split("\n") if line and kept(line)]
+        write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
@@ -383,9 +410,10 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
 def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
     validate(cfg)
+    typed = given_settings(TrainConfig, argv) if argv is not None else None
     d, owned = join_distributed(cfg.device)
     try:
-        s = setup(cfg, d)
+        s = setup(cfg, d, typed)
         with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
             return run(s, signals, argv)
     finally:
