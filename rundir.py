@@ -3,18 +3,28 @@
 out_dir holds ckpt.pt (the last state), best.pt, log.jsonl and summary.json. A new run never replaces them
 silently; `--init_from resume` continues from ckpt.pt, after checking that the checkpoint holds what resuming reads,
 so a damaged or foreign file is one error naming the file and the key, not a traceback from deep inside torch.
+While a run lives, it holds out_dir/train.lock: one run per out_dir.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import os
+import socket
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs into one out_dir are not guarded there
+    fcntl = None
+
 from checkpoint import CheckpointError, set_rng_state, tokenizer_from_record
-from runtime import Dist, UserError, check_output_dir, validate
+from runtime import Dist, UserError, check_output_dir, validate, write_text_atomic
 from train_config import TrainConfig
 
 
@@ -29,6 +39,88 @@ class Progress:
 
 
 RUN_FILES = ("ckpt.pt", "best.pt", "log.jsonl", "summary.json")
+
+
+LOCK_FILE = "train.lock"
+
+
+@contextlib.contextmanager
+def hold_out_dir(out_dir: str):
+    """Hold out_dir for the run: an exclusive flock on out_dir/train.lock, which the system releases when the
+    process ends however it ends (kill -9 included: never stuck). A second run into the same out_dir, even one
+    started in the same instant, stops naming the process that holds it. The lock file goes when the run ends, and
+    so does out_dir if the run made it and a failed start left it empty. (No flock on Windows: no guard there.)"""
+    check_output_dir(out_dir, "--out_dir")
+    if fcntl is None:
+        yield
+        return
+    made = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, LOCK_FILE)
+    fd = take_lock(path, out_dir)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)  # while held: a process that opened it first finds it replaced (take_lock), retries
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only if empty: a start that failed makes nothing
+
+
+def take_lock(path: str, out_dir: str) -> int:
+    """The file descriptor of `path`, flocked, with this process's id in it; or a UserError naming the holder."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"--out_dir {out_dir} is in use by another training run ({holder(path)}): wait for it "
+                            "to end, or choose another --out_dir") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:  # not a file its last holder removed as it ended
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+                return fd
+        os.close(fd)
+
+
+def holder(path: str) -> str:
+    """'PID 123' (on another host: 'PID 123 on host') from a lock file, which its holder writes just after
+    taking the lock: a moment's wait covers that."""
+    for _ in range(20):
+        with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8", errors="replace") as f:
+            pid, _, host = f.read().strip().partition(" ")
+            if pid:
+                return f"PID {pid}" if host in ("", socket.gethostname()) else f"PID {pid} on {host}"
+        time.sleep(0.05)
+    return "PID unknown"
+
+
+def check_length(cfg: TrainConfig, step: int, total: int) -> None:
+    """A resumed run has steps left: a finished one continues only to a longer --max_steps (or --epochs)."""
+    if step >= total:
+        length = f"--max_steps {cfg.max_steps}" if cfg.max_steps else f"--epochs {cfg.epochs:g} ({total} steps)"
+        raise UserError(f"{cfg.out_dir}: the run is at step {step} of {total}, nothing left to train with {length}: "
+                        f"--max_steps N (more than {step}) continues it")
+
+
+def keep_log_until(path: str, step: int) -> None:
+    """Drop log.jsonl's records after `step` (those of steps that run again after a resume; also a line cut short
+    by a kill). The evaluation at the checkpoint's own step stays, unless it is step 0, which is evaluated anew."""
+    def kept(line: str) -> bool:
+        try:
+            r = json.loads(line)
+            at = r["eval"]["step"] if "eval" in r else r["step"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return at < step or (at == step and ("eval" not in r or step > 0))
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f.read().split("\n") if line and kept(line)]
+        write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def prepare_out_dir(cfg: TrainConfig) -> None:

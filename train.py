@@ -36,7 +36,8 @@ from loss import StepLoss, mark_dynamic, run_micro_batches, step_batches, step_t
 from metrics import exact_match_rate, segment_losses
 from mfu import training_flops
 from model import GPT, load_checkpoint, model_from_payload, save_checkpoint
-from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
+from rundir import (RUN_FILES, Progress, check_length, hold_out_dir, keep_log_until, prepare_out_dir, restore,
+                    resume_config, resume_tokenizer)
 from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
                      given_settings, join_distributed, local_rank_zero_first, parse_config, run_cli, validate,
                      write_text_atomic)
@@ -332,30 +333,6 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     return s
 
 
-def check_length(cfg: TrainConfig, step: int, total: int) -> None:
-    """A resumed run has steps left: a finished one continues only to a longer --max_steps (or --epochs)."""
-    if step >= total:
-        length = f"--max_steps {cfg.max_steps}" if cfg.max_steps else f"--epochs {cfg.epochs:g} ({total} steps)"
-        raise UserError(f"{cfg.out_dir}: the run is at step {step} of {total}, nothing left to train with {length}: "
-                        f"--max_steps N (more than {step}) continues it")
-
-
-def keep_log_until(path: str, step: int) -> None:
-    """Drop log.jsonl's records after `step` (those of steps that run again after a resume; also a line cut short
-    by a kill). The evaluation at the checkpoint's own step stays, unless it is step 0, which is evaluated anew."""
-    def kept(line: str) -> bool:
-        try:
-            r = json.loads(line)
-            at = r["eval"]["step"] if "eval" in r else r["step"]
-        except (ValueError, KeyError, TypeError):
-            return False
-        return at < step or (at == step and ("eval" not in r or step > 0))
-    if os.path.exists(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = [line for line in f.read().split("\n") if line and kept(line)]
-        write_text_atomic(path, "".join(line + "\n" for line in lines))
-
-
 def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
     """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. When `signals`
     caught Ctrl-C (or SIGTERM), the loop saves ckpt.pt between two steps and raises KeyboardInterrupt. `argv`,
@@ -413,9 +390,10 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     typed = given_settings(TrainConfig, argv) if argv is not None else None
     d, owned = join_distributed(cfg.device)
     try:
-        s = setup(cfg, d, typed)
-        with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
-            return run(s, signals, argv)
+        with hold_out_dir(cfg.out_dir) if d.is_main else contextlib.nullcontext():  # one run per out_dir
+            s = setup(cfg, d, typed)
+            with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
+                return run(s, signals, argv)
     finally:
         if owned:
             destroy_distributed()

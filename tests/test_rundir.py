@@ -133,3 +133,45 @@ def test_a_resumed_log_holds_each_step_once(data_file, tmp_path, monkeypatch):
     monkeypatch.setattr(T, "train_step", step)
     T.train(T.TrainConfig(init_from="resume", out_dir=out))
     assert steps_logged(out) == ([1, 2, 3, 4, 5, 6], [0, 2, 4, 6])
+
+
+# ----------------------------------------------------------------------------- one run per out_dir
+
+def launch(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def test_two_runs_into_one_out_dir_the_second_stops_naming_the_first(data_file, tmp_path):
+    """The same training twice at once: the second exits 2 naming the directory and the first's PID (before,
+    both ran into one out_dir, each step logged twice). The first killed with -9, the lock is free again."""
+    out = str(tmp_path / "run")
+    args = ["--data", data_file, "--out_dir", out, "--val_size", "4", "--n_layer", "1", "--n_head", "1",
+            "--n_embd", "16", "--block_size", "64", "--batch_size", "8", "--eval_interval", "0", "--device", "cpu",
+            "--eval_examples", "4", "--train_eval_size", "4"]
+    twins = [launch(args + ["--max_steps", "3", "--log_interval", "1"]) for _ in range(2)]  # the same instant
+    errors = [p.communicate(timeout=300)[1] for p in twins]
+    assert sorted(p.returncode for p in twins) == [0, 2], errors
+    assert "is in use by another training run (PID " in errors[[p.returncode for p in twins].index(2)]
+    assert steps_logged(out) == ([1, 2, 3], [3])  # one run's steps, once each
+    first = launch(args + ["--max_steps", "100000", "--overwrite"])
+    try:
+        deadline = time.time() + 120
+        while os.path.exists(os.path.join(out, "summary.json")):  # removed once the first holds out_dir
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.2)
+        second = launch(args + ["--max_steps", "1"])
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2 and err.count("\n") == 1, err
+        assert err == (f"error: --out_dir {out} is in use by another training run (PID {first.pid}): wait for it to "
+                       "end, or choose another --out_dir\n")
+        first.kill()  # SIGKILL: no handler runs, the system releases the lock
+        first.wait()
+        third = launch(args + ["--max_steps", "1", "--overwrite"])
+        _, err = third.communicate(timeout=120)
+        assert third.returncode == 0, err
+        assert steps_logged(out)[0] == [1] and not os.path.exists(os.path.join(out, "train.lock"))
+    finally:
+        first.kill()
+        first.wait()
