@@ -25,7 +25,7 @@ except ImportError:  # Windows: no flock; runs into one out_dir are not guarded 
 
 from checkpoint import CheckpointError, set_rng_state, tokenizer_from_record
 from runtime import Dist, UserError, check_output_dir, validate, write_text_atomic
-from train_config import TrainConfig
+from train_config import TrainConfig, check_saved_config
 
 
 @dataclass
@@ -143,6 +143,7 @@ def resume_config(saved: dict, given: TrainConfig, path: str, typed: set[str] | 
     and a new length. Any other given setting that differs from the checkpoint's stops here, naming it."""
     if unknown := sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}):
         raise CheckpointError(f"{path}: key 'config' has setting(s) this train.py does not know: {', '.join(unknown)}")
+    check_saved_config(saved, path)
     default = TrainConfig()
     if typed is None:
         typed = {k for k, v in asdict(given).items() if v != getattr(default, k)}

@@ -145,6 +145,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         for key, value in file_values.items():
             if key not in _field_types(cls):
                 raise UserError(f"{config_path}: unknown setting {key!r}")
+            check_file_value(config_path, key, value, _field_types(cls)[key])
             if isinstance(value, list):
                 file_values[key] = ",".join(map(str, value))
         parser.set_defaults(**file_values)
@@ -161,6 +162,37 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         if any(f"--{name}" in str(e) for name in from_file):
             raise UserError(f"{config_path}: {e}") from None
         raise
+
+
+def check_file_value(path: str, key: str, value: Any, tp: Any) -> None:
+    """A config file's value has the kind its setting takes (kind_error); the error names the file and the key."""
+    if (wrong := kind_error(value, tp)) is not None:
+        raise UserError(f"{path}: key {key!r}: {wrong}")
+
+
+def kind_error(value: Any, tp: Any, strings_parse: bool = True) -> str | None:
+    """None if `value` has the kind a setting of type `tp` takes: a string for a text, a number for a number (or,
+    with strings_parse, a string parsed as the flag would be), true/false for a switch, a list for a list; null
+    only where the flag takes none (the recipe's value). Else 'expected ..., got ...'."""
+    text = (str,) if strings_parse else ()
+    kinds = {str: (str,), int: (int, *text), float: (int, float, *text), bool: (bool, *text)}
+    optional, base = type(None) in typing.get_args(tp), _scalar(tp)
+    inner = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+    if (inner or base) not in kinds:
+        return None  # a kind no flag has today: parsing it says what is wrong
+    if value is None:
+        ok = optional
+    elif inner is not None:
+        ok = (strings_parse and isinstance(value, str)) or (isinstance(value, list) and all(
+            isinstance(v, kinds[inner]) and not (isinstance(v, bool) and inner is not bool) for v in value))
+    else:
+        ok = isinstance(value, kinds[base]) and not (isinstance(value, bool) and base is not bool)
+    if ok:
+        return None
+    want = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}[inner or base]
+    want = f"a list of {want.removeprefix('a ')}s" if inner is not None else want
+    shown = "null" if value is None else f"{type(value).__name__} {json.dumps(value, default=str)[:40]}"
+    return f"expected {want}{' or null' if optional else ''}, got {shown}"
 
 
 def _given_flags(argv: Sequence[str] | None) -> set[str]:

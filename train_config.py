@@ -7,12 +7,14 @@ before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import os
+import typing
 from dataclasses import dataclass
 
-from checkpoint import saved_train_config
+from checkpoint import CheckpointError, saved_train_config
 from data import SPLIT_DEFAULTS, WORLD_TASKS
 from model import GPTConfig
-from runtime import UserError, check_device, opt
+from runtime import UserError, check_device, kind_error, opt
 
 
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
@@ -145,11 +147,28 @@ class TrainConfig:
             scratch_config(c, vocab_size=257)
 
 
+def saved_config(ckpt: str) -> dict | None:
+    """The TrainConfig a train.py checkpoint saved (checkpoint.saved_train_config), each value of its setting's kind."""
+    saved = saved_train_config(ckpt)
+    if saved is not None:
+        check_saved_config(saved, os.path.join(ckpt, "ckpt.pt") if os.path.isdir(ckpt) else ckpt)
+    return saved
+
+
+def check_saved_config(saved: dict, path: str) -> None:
+    """A checkpoint's settings each of the kind train.py writes (no null where a number belongs): one line naming
+    the file and the setting, not a traceback where the value is first used."""
+    types = typing.get_type_hints(TrainConfig)
+    for key, value in saved.items():
+        if key in types and (wrong := kind_error(value, types[key], strings_parse=False)) is not None:
+            raise CheckpointError(f"{path}: key 'config': setting {key!r}: {wrong}")
+
+
 def check_same_world(cfg: TrainConfig) -> None:
     """Questions about the built-in world only make sense to a base that learned the same world."""
     if cfg.data != "synthetic-qa" or cfg.init_from in ("scratch", "resume"):
         return
-    base = saved_train_config(cfg.init_from)
+    base = saved_config(cfg.init_from)
     if base and base.get("data") in WORLD_TASKS and base.get("synth_keys") != cfg.synth_keys:
         raise UserError(f"--synth_keys {cfg.synth_keys}: the base {cfg.init_from} learned a world of "
                         f"{base.get('synth_keys')} keys; tune it with --synth_keys {base.get('synth_keys')}")

@@ -175,3 +175,68 @@ def test_two_runs_into_one_out_dir_the_second_stops_naming_the_first(data_file, 
     finally:
         first.kill()
         first.wait()
+
+
+# ----------------------------------------------------------------------------- the last bad inputs
+
+@pytest.mark.parametrize("key, value, message", [
+    ("out_dir", None, "key 'out_dir': expected a string, got null"),  # before: TypeError: stat: path should be ...
+    ("data", 3, "key 'data': expected a string, got int 3"),
+    ("lr", True, "key 'lr': expected a number or null, got bool true"),
+    ("max_steps", 2.5, "key 'max_steps': expected a whole number or null, got float 2.5"),
+    ("n_layer", None, "key 'n_layer': expected a whole number, got null"),
+    ("save", 3, "key 'save': expected true or false, got int 3"),
+    ("device", {"a": 1}, "key 'device': expected a string, got dict {\"a\": 1}"),
+])
+def test_a_config_file_value_of_the_wrong_kind_is_one_line_naming_file_and_key(key, value, message, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({key: value}))
+    with pytest.raises(UserError) as e:
+        parse_config(T.TrainConfig, ["--config", str(path)])
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_every_setting_of_a_checkpoint_is_checked_for_its_kind(data_file, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    T.train(tiny(data_file, out, max_steps=1))
+    ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt["config"]["data"] = None
+    import eval as ev
+    from model import save_checkpoint
+    save_checkpoint(os.path.join(out, "ckpt.pt"), ckpt)
+    for argv, main in ((["--init_from", "resume", "--out_dir", out], T.main), (["--ckpt", out], ev.main)):
+        monkeypatch.setattr(sys, "argv", ["x", *argv])
+        with pytest.raises(SystemExit):
+            run_cli(main)
+        err = capsys.readouterr().err
+        assert err.endswith("ckpt.pt: key 'config': setting 'data': expected a string, got null\n") and \
+            err.count("error:") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\n", bytes(range(256)) * 16, b"PK\x03\x04" + bytes(300)])
+def test_a_file_that_is_no_checkpoint_is_one_line_without_torchs_advice(content, data_file, tmp_path, monkeypatch,
+                                                                         capsys):
+    """Random bytes as a checkpoint printed four lines repeating torch's advice to retry with weights_only=False
+    (which would run a file's code): now one line naming the file and what it is not, from every program."""
+    import eval as ev
+    import export
+    import sample
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(content)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(dict(n_layer=1, n_head=1, n_embd=8, vocab_size=300, n_positions=16)))
+    (hf / "pytorch_model.bin").write_bytes(content)
+    runs = [(T.main, ["--init_from", "resume", "--out_dir", str(tmp_path)], "not a PyTorch checkpoint"),
+            (T.main, ["--init_from", str(bad), "--out_dir", str(tmp_path / "o")], "not a PyTorch checkpoint"),
+            (ev.main, ["--ckpt", str(bad)], "not a PyTorch checkpoint"),
+            (sample.main, ["--ckpt", str(bad), "--prompt", "hi"], "not a PyTorch checkpoint"),
+            (export.main, ["--ckpt", str(bad), "--out_dir", str(tmp_path / "x")], "not a PyTorch checkpoint"),
+            (ev.main, ["--ckpt", str(hf)], "pytorch_model.bin: not a weights file")]
+    for main, argv, what in runs:
+        monkeypatch.setattr(sys, "argv", ["x", *argv])
+        with pytest.raises(SystemExit) as e:
+            run_cli(main)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and what in err, (argv, err)
+        assert "weights_only" not in err and "Traceback" not in err and ("empty file" in err) == (not content), err
