@@ -213,7 +213,8 @@ def test_every_setting_of_a_checkpoint_is_checked_for_its_kind(data_file, tmp_pa
             err.count("error:") == 1 and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("content", [b"", b"hello world\n", bytes(range(256)) * 16, b"PK\x03\x04" + bytes(300)])
+@pytest.mark.parametrize("content", [b"", b"hello world\n", bytes(range(256)) * 16, b"PK\x03\x04" + bytes(300)],
+                         ids=["empty", "text", "bytes", "zip-header"])
 def test_a_file_that_is_no_checkpoint_is_one_line_without_torchs_advice(content, data_file, tmp_path, monkeypatch,
                                                                          capsys):
     """Random bytes as a checkpoint printed four lines repeating torch's advice to retry with weights_only=False
