@@ -36,7 +36,6 @@ import torch
 from tqdm import tqdm
 
 import data
-import checkpoint as ckpt_io
 import model as modeling
 import synthetic
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,

@@ -2,7 +2,6 @@
 resume extends a finished run or names the setting it refuses), a resumed log holds each step once, and one run
 at a time holds an out_dir."""
 import json
-import math
 import os
 import subprocess
 import sys
