@@ -265,10 +265,10 @@ class GPT(nn.Module):
             x = block(x, mask, None, varlen)
         if select is not None and select.dtype != torch.bool:  # (N,) flat indices from collate: no host sync
             x, select = x.flatten(0, 1).index_select(0, select), None  # (N, C)
-        # BEGIN SOLUTION ex4: keep only the selected positions before the output head
         if select is not None:
+            # BEGIN SOLUTION ex4: keep only the selected positions before the output head
             x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
-        # END SOLUTION
+            # END SOLUTION
         return self.lm_head(self.transformer.ln_f(x))
 
     def uses_varlen(self, device: torch.device) -> bool:

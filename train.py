@@ -220,10 +220,13 @@ def flush(s: Session, collective: bool = True) -> list[dict]:
 def save(s: Session, name: str, weights_only: bool = False) -> None:
     """Write out_dir/name atomically: everything needed to continue exactly; or, with weights_only (best.pt),
     what evaluation needs: without the optimizer's two moments it is a third of the size. A model that is not
-    finite is never written: it would replace the last good checkpoint."""
-    if not torch.stack([torch.isfinite(p).all() for p in s.model.parameters()]).all():  # one host sync
-        raise TrainingDiverged(f"the weights hold NaN or inf at step {s.prog.step}: {name} not written; the last good "
-                               f"checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or float32")
+    finite (nor its optimizer moments, in ckpt.pt) is never written: it would replace the last good checkpoint."""
+    moments = [] if weights_only else [v for state in s.optimizer.state.values() for v in state.values()
+                                       if torch.is_tensor(v) and v.is_floating_point()]
+    if not torch.stack([torch.isfinite(t).all() for t in [*s.model.parameters(), *moments]]).all():  # one host sync
+        raise TrainingDiverged(f"the weights (or their optimizer moments) hold NaN or inf at step {s.prog.step}: "
+                               f"{name} not written; the last good checkpoint (if any) is in {s.cfg.out_dir}. Try a "
+                               "lower --lr or float32")
     rngs = [] if weights_only else all_rng_states(s.d)  # a collective: every rank calls it
     if not (s.d.is_main and s.cfg.save):
         return
