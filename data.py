@@ -2,7 +2,7 @@
 # HANDOUT DOCSTRING ex1: Every record becomes a list of messages; the one chat template cuts it into pieces, each
 # HANDOUT DOCSTRING ex1: with a segment (TEMPLATE, SYSTEM, USER, ASSISTANT, EOT); weights[t] (exercise 1) weighs the
 # HANDOUT DOCSTRING ex1: loss of predicting ids[t] from ids[:t]. Then: truncation, batching, a deterministic order.
-# HANDOUT DOCSTRING ex1: Usage: python data.py stats|show ... (data_cli.py)
+# HANDOUT DOCSTRING ex1: At the bottom, `python data.py stats|show`: look at a dataset before training on it.
 """Instruction data -> token ids + one loss weight per token. IT and IM differ in ONE number.
 
 Every record on disk (Alpaca, Dolly, prompt/completion, chat `messages`, ShareGPT) becomes a list of messages
@@ -16,21 +16,27 @@ IM  0            1               0                   1          1        prompt_
 
 weights[t] is the weight of the loss for predicting ids[t] from ids[:t]. Then: truncation, batching with
 little padding (length grouping or packing), and a deterministic order per (seed, epoch). The built-in
-synthetic task lives in synthetic.py.
-Usage: python data.py stats|show ... (data_cli.py: a dataset's token statistics, or its examples marked by weight)
+synthetic task lives in imgpt/synthetic.py.
+At the bottom, `python data.py stats|show`: a dataset's token statistics, or its examples marked by loss weight.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import tiktoken
 import torch
 
-from formats import (DATASETS, FORMATS, DataError, ends_with_answer, is_document,  # noqa: F401 (data.X for users)
-                     load_conversations)
-from runtime import UserError, run_cli
-from synthetic import corpus_documents, probe_conversations, qa_split, synthetic_split, synthetic_world
+from imgpt.batching import epoch_batches, first_fit
+from imgpt.cli import UserError, opt, parse_config, run_cli
+from imgpt.formats import FORMATS, ends_with_answer, is_document, load_conversations
+from imgpt.splits import load_split
+from imgpt.synthetic import synthetic_split
+from imgpt.tokenizers import get_tokenizer
+from imgpt.tokenviz import ShowConfig, legend, render
+from imgpt.train_config import TrainConfig
 
 TEMPLATE, SYSTEM, USER, ASSISTANT, EOT = 0, 1, 2, 3, 4  # the segment of each token
 PAD = -1
@@ -217,20 +223,6 @@ class Batch:
                         for f in fields(self)})
 
 
-def first_fit(lengths: list[int], order: list[int], cap: int) -> list[list[int]]:
-    """Each item (in `order`) into the first row with room left; a new row when none has."""
-    rows: list[list[int]] = []
-    load: list[int] = []
-    for i in order:
-        r = next((r for r, used in enumerate(load) if used + lengths[i] <= cap), len(rows))
-        if r == len(rows):
-            rows.append([])
-            load.append(0)
-        rows[r].append(i)
-        load[r] += lengths[i]
-    return rows
-
-
 def pack(examples: list[Example], pack_len: int) -> list[list[Example]]:
     """Rows of at most pack_len positions (len(ids) - 1 each): as few rows as first-fit decreasing needs, then
     balanced (longest first into the emptiest row) when that fits, since the batch is as wide as its fullest row."""
@@ -288,99 +280,93 @@ def useful_fraction(batch: Batch) -> float:
     return int((batch.doc >= 0).sum()) / batch.doc.numel() if batch.doc.numel() else 1.0
 
 
-def _cut(order: list[int], lengths: list[int], batch_size: int, batch_tokens: int | None) -> list[list[int]]:
-    """Consecutive batches of `order`: at most batch_size examples and (if set) batch_tokens padded tokens."""
-    batches: list[list[int]] = []
-    for i in order:
-        b = batches[-1] if batches else None
-        if b is None or len(b) == batch_size or (
-                batch_tokens and (len(b) + 1) * max(lengths[j] for j in b + [i]) > batch_tokens):
-            batches.append([i])
-        else:
-            b.append(i)
-    return batches
+# ----------------------------------------------------------------------------- python data.py stats|show
+
+USAGE = """Usage: python data.py stats FILE [FILE ...] [--max_len N] [--format F] [--tokenizer gpt2|byte|DIR]
+       python data.py show FILE|synthetic [--loss it|im|WEIGHT] [--n N] [--tokenizer T] [--color auto|always|never]"""
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
-                  batch_tokens: int | None = None, megabatch: int = 50) -> list[list[int]]:
-    """The optimizer steps of one epoch (lists of example indices), a pure function of (seed, epoch).
-
-    Grouping (as in Hugging Face's length-grouped sampler): shuffle, sort each run of megabatch * batch_size
-    examples by length, cut into batches, shuffle the batches: little padding, yet a random order.
-    The last batch may be short. Ranks and micro-batch sizes do not enter, so training resumes exactly.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths)).tolist()
-    if not group_by_length:
-        return _cut(order, lengths, batch_size, batch_tokens)
-    size = megabatch * batch_size
-    batches = []
-    for i in range(0, len(order), size):
-        batches += _cut(sorted(order[i:i + size], key=lambda j: -lengths[j]), lengths, batch_size, batch_tokens)
-    return [batches[k] for k in rng.permutation(len(batches))]
+@dataclass
+class StatsConfig:
+    max_len: int = opt(1024, "context length: examples longer than this are truncated (or dropped)", low=2)
+    format: str | None = opt(None, f"input format, detected when not given: {', '.join(FORMATS)}")
+    tokenizer: str = opt("gpt2", "gpt2, byte, or a directory with vocab.json+merges.txt (or encoder.json+vocab.bpe)")
+    batch_size: int = opt(8, "batch size for measuring padding (length-grouped batches)", low=1)
 
 
-def micro_batches(batch: list[int], rank: int, world_size: int, accum: int) -> list[list[int]]:
-    """This rank's `accum` micro-batches of one step; together over ranks and micro-steps: exactly `batch`.
-
-    Always `accum` lists (some empty when the batch is short), so every rank runs the same number of
-    forward/backward passes and DDP cannot deadlock. Chunk j*world_size + rank: at each micro-step the
-    ranks hold neighbouring chunks of the length-sorted batch, so they finish at about the same time.
-    """
-    k = world_size * accum
-    bounds = [len(batch) * i // k for i in range(k + 1)]  # chunk sizes differ by at most one
-    return [batch[bounds[c]:bounds[c + 1]] for c in (j * world_size + rank for j in range(accum))]
-
-
-def split_and_subsample(convs: list, val_size: float, num_examples: int, seed: int) -> tuple[list, list]:
-    """(train, val): hold out val_size (a count, or a fraction if < 1) first, then keep num_examples (0 = all).
-
-    The held-out set does not depend on num_examples, and smaller training sets are subsets of larger ones.
-    """
-    n = len(convs)
-    n_val = round(val_size * n) if 0 < val_size < 1 else int(val_size)
-    if not 0 <= n_val < n:
-        raise UserError(f"val_size={val_size} leaves no training examples out of {n}")
-    perm = np.random.default_rng(seed).permutation(n).tolist()
-    val, train = perm[:n_val], perm[n_val:]
-    if num_examples > len(train):
-        raise UserError(f"num_examples={num_examples}, but only {len(train)} are left after holding out {n_val}")
-    train = train[:num_examples] if num_examples > 0 else train
-    return [convs[i] for i in sorted(train)], [convs[i] for i in sorted(val)]
+def dataset_stats(convs: list[list[dict]], tok: tiktoken.Encoding, max_len: int, batch_size: int = 8) -> dict:
+    """One row of a Table-5-like summary: lengths before truncation, weight shares and padding after."""
+    examples, st = encode_dataset(convs, tok, max_len)
+    n, positions = st["examples"], sum(len(e.ids) - 1 for e in examples)
+    weighted = {k: sum(sum(loss_weights(e.segs, plw)) for e in examples) / max(positions, 1)
+                for k, plw in LOSS_PRESETS.items()}
+    lengths = [len(e.ids) for e in examples]
+    useful = {}
+    for name, pack_len in (("padded", None), ("packed", max_len)):  # length-grouped batches, as in training
+        docs = [collate([examples[i] for i in b], 0.0, pack_len=pack_len).doc
+                for b in epoch_batches(lengths, batch_size, seed=0, epoch=0)]
+        useful[name] = sum(int((d >= 0).sum()) for d in docs) / max(sum(d.numel() for d in docs), 1)
+    return {"examples": n, "instruction": st["prompt_tokens"] / n, "output": st["output_tokens"] / n,
+            "ratio": st["prompt_tokens"] / max(st["output_tokens"], 1), "IT weighted": weighted["it"],
+            "IM weighted": weighted["im"], "truncated": st["truncated"], "dropped": st["dropped"],
+            f"useful@{batch_size}": useful["padded"], f"useful@{batch_size} packed": useful["packed"]}
 
 
-# train.py's data settings and their defaults: the one place both train.py and eval.py turn them into a split
-SYNTHETIC = ("synthetic", "synthetic-corpus", "synthetic-qa")  # the built-in tasks: from scratch; pretraining; tuning
-WORLD_TASKS = SYNTHETIC[1:]  # the pretrained regime: a base learns the world from text, then is tuned on questions
-SPLIT_DEFAULTS = dict(data="synthetic", format="", val_size=100, num_examples=0, seed=1337,
-                      synth_examples=200, synth_heldout=40, synth_facts=8, synth_mentions=10, synth_keys=120,
-                      synth_seed=0)
+def format_table(rows: dict[str, dict]) -> str:
+    """Markdown table, one row per dataset."""
+    cols = list(next(iter(rows.values())))
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) and v < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
+    lines = ["| dataset | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    return "\n".join(lines + [f"| {name} | " + " | ".join(cell(r[c]) for c in cols) + " |" for name, r in rows.items()])
 
 
-def load_split(settings: dict) -> tuple[list, list]:
-    """(train, held-out) conversations from data settings (any others are ignored; missing ones take
-    SPLIT_DEFAULTS). eval.py calls it with a checkpoint's saved config, so it scores exactly what training held out."""
-    s = {**SPLIT_DEFAULTS, **{k: v for k, v in settings.items() if k in SPLIT_DEFAULTS}}
-    if s["data"] in SYNTHETIC:  # their splits are part of the tasks: held-out questions ask about held-out keys
-        if s["num_examples"]:
-            raise UserError("--num_examples subsamples a data file; the synthetic tasks' is --synth_examples")
-        if s["data"] == "synthetic-corpus":  # plain text stating the whole world; held out: the statement probe
-            world = synthetic_world(s["synth_keys"])
-            return [[{"role": "text", "content": d}] for d in corpus_documents(world, seed=s["synth_seed"])], \
-                probe_conversations(world)
-        if s["data"] == "synthetic-qa":
-            return qa_split(s["synth_examples"], s["synth_heldout"], s["synth_facts"], s["synth_seed"],
-                            n_keys=s["synth_keys"])
-        return synthetic_split(s["synth_examples"], s["synth_heldout"], s["synth_facts"], s["synth_mentions"],
-                               s["synth_seed"], n_keys=s["synth_keys"])
-    convs = load_conversations(s["data"], s["format"] or None)
-    return split_and_subsample(convs, s["val_size"], s["num_examples"], s["seed"])
+def show(source: str, flags: list[str]) -> None:
+    """The first examples of a file, or of train.py's default synthetic training split, marked by loss weight."""
+    cfg = parse_config(ShowConfig, flags, description="Examples with each token marked by its loss weight")
+    weight, color = cfg.prompt_loss_weight(), cfg.use_color(sys.stdout.isatty())
+    convs = load_split({})[0] if source == "synthetic" else load_conversations(source, cfg.format)
+    tok = get_tokenizer(cfg.tokenizer or ("byte" if source == "synthetic" else "gpt2"))
+    print(legend(color))
+    for i, conv in enumerate(convs[:cfg.n], 1):
+        ids, weights = encode_example(conv, tok, weight, max_len=cfg.max_len)
+        text = [tok.decode_single_token_bytes(t).decode("utf-8", errors="replace") for t in ids]
+        print(f"example {i}, " + render(list(zip(text, weights)), color))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python data.py stats|show ...` (data_cli.py)."""
-    from data_cli import main as cli  # here, not at the top: data_cli imports this module
-    cli(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__ + "\n" + USAGE)
+        return
+    if argv[:1] == ["show"] and len(argv) > 1 and not argv[1].startswith("-"):
+        return show(argv[1], argv[2:])
+    if not argv or argv[0] != "stats":
+        raise UserError("usage: " + " | ".join(u.strip() for u in USAGE.split("Usage: ")[1].strip().splitlines()))
+    rest = argv[1:]
+    k = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))  # FILE ... then --flags
+    files, flags = rest[:k], rest[k:]
+    cfg = parse_config(StatsConfig, flags, description="Token statistics of instruction datasets")
+    if not files:
+        raise UserError("stats: give at least one data file, a dataset name, or 'synthetic'")
+    datasets = {os.path.basename(f): synthetic_split()[0] if f == "synthetic"
+                else load_conversations(f, cfg.format) for f in files}  # a bad file fails before any download
+    tok = get_tokenizer(cfg.tokenizer)
+    rows = {name: dataset_stats(convs, tok, cfg.max_len, cfg.batch_size) for name, convs in datasets.items()}
+    print(format_table(rows))
+    print(f"tokens per example before truncation; weighted = share of target tokens with weight > 0 (IT: outputs, "
+          f"IM: + instructions); truncated/dropped at max_len={cfg.max_len}; useful = real / computed tokens")
+
+
+def build_data(cfg: TrainConfig, tok, max_len: int | None = None) -> tuple[list[Example], list[Example], dict]:
+    """Encoded training and held-out examples (deterministic for the seed), plus statistics. Examples are cut to
+    block_size + 1 tokens by default: block_size inputs, each predicting the next token."""
+    max_len = max_len or cfg.block_size + 1
+    train_convs, val_convs = load_split(asdict(cfg))
+    train_ex, stats = encode_dataset(train_convs, tok, max_len)
+    val_ex, _ = encode_dataset(val_convs, tok, max_len)
+    if not train_ex:
+        raise UserError(f"{cfg.data}: no training examples left (stats: {stats})")
+    return train_ex, val_ex, stats
 
 
 if __name__ == "__main__":

@@ -28,22 +28,23 @@ import contextlib
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, replace
 
-import sacrebleu
 import torch
 from tqdm import tqdm
 
 import data
 import model as modeling
-import synthetic
-from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
-                        read_mmlu)
+from imgpt import formats, splits, synthetic
+from imgpt.benchmarks import Question, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag, read_mmlu
+from imgpt.cli import UserError, opt, parse_config, run_cli
+from imgpt.device import check_device
+from imgpt.distributed import Dist, all_reduce_sum, destroy_distributed, join_distributed, local_rank_zero_first
+from imgpt.files import write_text_atomic
+from imgpt.formats import DataError
+from imgpt.text_metrics import text_metrics
+from imgpt.train_config import saved_config
 from metrics import exact_match_rate, segment_losses
-from train_config import saved_config
-from runtime import (Dist, UserError, all_reduce_sum, check_device, destroy_distributed, join_distributed,
-                     local_rank_zero_first, opt, parse_config, run_cli, write_text_atomic)
 
 
 @dataclass
@@ -100,77 +101,11 @@ class EvalConfig:
         check_device(self.device)
         for name in ("data", "train_data", "mmlu", "hellaswag"):  # fail before loading a model
             path = getattr(self, name)
-            if path not in ("", "from_ckpt", "none", *data.SYNTHETIC, *data.DATASETS) and not os.path.exists(path):
+            if path not in ("", "from_ckpt", "none", *splits.SYNTHETIC, *formats.DATASETS) and not os.path.exists(path):
                 raise UserError(f"--{name}: {path}: no such file or directory")
 
 
 # ----------------------------------------------------------------------------- answers vs. references (pure)
-
-GSM8K_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")  # lm-eval gsm8k.yaml, filter "strict-match"
-GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # its exact_match regexes_to_ignore, applied to both sides
-
-
-def normalize_whitespace(text: str) -> str:
-    return " ".join(text.split())
-
-
-def gsm8k_answer(output: str) -> str:
-    """lm-eval's strict-match filter: the first `#### <number>` of the output, else "[invalid]"."""
-    found = GSM8K_ANSWER.findall(output)
-    return found[0].strip() if found else "[invalid]"
-
-
-def gsm8k_clean(text: str) -> str:
-    """lm-eval's exact_match normalization for GSM8K: the ignored patterns removed, then lowercased."""
-    for pattern in GSM8K_IGNORE:
-        text = re.sub(pattern, "", text)
-    return text.lower()
-
-
-def exact_match(output: str, reference: str) -> bool:
-    """Whitespace-normalized equality. GSM8K-style references (`#### <number>`) use lm-eval's strict match:
-    '#### 18' matches, while '#### 18.00', '#### $18' and an answer without the marker do not."""
-    if GSM8K_ANSWER.search(reference):
-        return gsm8k_clean(gsm8k_answer(output)) == gsm8k_clean(reference)
-    return normalize_whitespace(output) == normalize_whitespace(reference)
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence, by dynamic programming over one row at a time."""
-    row = [0] * (len(b) + 1)  # row[j] = LCS of the a-prefix so far with b[:j]
-    for x in a:
-        diag = 0  # LCS of the previous a-prefix with b[:j-1]
-        for j, y in enumerate(b, start=1):
-            diag, row[j] = row[j], diag + 1 if x == y else max(row[j], row[j - 1])
-    return row[-1]
-
-
-def rouge_tokens(text: str) -> list[str]:
-    """Google's rouge-score tokenizer (no stemming): lowercase, every run of non-[a-z0-9] becomes a space."""
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
-
-
-def rouge_l(output: str, reference: str) -> float:
-    """ROUGE-L F1 in [0, 1] as rouge-score computes it: rouge_l("pen", "Pen.") == 1 (0 if either side is empty)."""
-    hyp, ref = rouge_tokens(output), rouge_tokens(reference)
-    lcs = lcs_length(hyp, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(hyp), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def bleu(outputs: list[str], references: list[str]) -> float:
-    """Corpus BLEU in [0, 100] with sacrebleu's defaults (13a tokenizer, exponential smoothing), one reference each."""
-    return sacrebleu.corpus_bleu(outputs, [references]).score if outputs else 0.0
-
-
-def text_metrics(outputs: list[str], references: list[str]) -> dict:
-    n = max(len(outputs), 1)
-    return {"examples": len(outputs),
-            "exact_match": sum(map(exact_match, outputs, references)) / n,
-            "bleu": bleu(outputs, references),
-            "rouge_l": 100 * sum(map(rouge_l, outputs, references)) / n}
 
 
 # ----------------------------------------------------------------------------- generating
@@ -232,7 +167,7 @@ def probe_metrics(model, tok, saved: dict, cfg: EvalConfig, dist: Dist) -> dict:
     """What a model trained on the built-in world knows of it, whatever it was tuned for: greedy completion of the
     statement "K=" for every fact (synthetic.probe_conversations), token-exact as train.py scores it; alone, and
     after PROBE_DEPTHS lines of other statements."""
-    world = synthetic.synthetic_world({**data.SPLIT_DEFAULTS, **saved}["synth_keys"])
+    world = synthetic.synthetic_world({**splits.SPLIT_DEFAULTS, **saved}["synth_keys"])
     r = {"facts": len(world)}
     for depth in (0, *PROBE_DEPTHS):
         examples, _ = data.encode_dataset(synthetic.probe_conversations(world, lines_before=depth), tok, None)
@@ -253,7 +188,7 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
                        max_len: int | None = None) -> dict:
     """Answer each conversation's last instruction from its training prefix (cut at max_len exactly as training
     cut the example, if at all); score against its last answer."""
-    convs = [c for c in convs if data.ends_with_answer(c)]
+    convs = [c for c in convs if formats.ends_with_answer(c)]
     max_new = new_token_budget(cfg, [c[-1]["content"] for c in convs], tok)
     mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
     prompts = [data.prompt_ids(c, tok, max_len or model.config.block_size + 1) for c in mine]
@@ -313,9 +248,9 @@ def source_split(name: str, saved: dict | None) -> tuple[list, list] | None:
     saved config); 'synthetic' = the built-in task (the checkpoint's settings if trained on it, else train.py's
     defaults). None for a file name: a file is used whole."""
     if name in ("", "from_ckpt"):
-        return data.load_split(saved) if saved is not None else None
-    if name in data.SYNTHETIC:
-        return data.load_split({**(saved if saved is not None and saved.get("data") in data.SYNTHETIC else {}),
+        return splits.load_split(saved) if saved is not None else None
+    if name in splits.SYNTHETIC:
+        return splits.load_split({**(saved if saved is not None and saved.get("data") in splits.SYNTHETIC else {}),
                                 "data": name})
     return None
 
@@ -325,14 +260,14 @@ def conversation_sets(cfg: EvalConfig, saved: dict | None) -> tuple[list, list]:
     if cfg.data in ("", "from_ckpt") and saved is None:
         raise UserError(f"--data is needed: {cfg.ckpt} holds no training config to take the held-out split from")
     split = source_split(cfg.data, saved)
-    heldout = split[1] if split else data.load_conversations(cfg.data, cfg.format or None)
+    heldout = split[1] if split else formats.load_conversations(cfg.data, cfg.format or None)
     if cfg.train_data == "none":
         train = []
-    elif cfg.train_data in ("", "from_ckpt", *data.SYNTHETIC):
+    elif cfg.train_data in ("", "from_ckpt", *splits.SYNTHETIC):
         train_split = split if cfg.train_data == "" and split else source_split(cfg.train_data, saved)
         train = train_split[0] if train_split else []
     else:
-        train = data.load_conversations(cfg.train_data, cfg.format or None)
+        train = formats.load_conversations(cfg.train_data, cfg.format or None)
     return heldout[:cfg.limit], train[:cfg.limit]
 
 
@@ -357,7 +292,7 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
         if train:
             metrics["train"] = loss_metrics(net, tok, train, cfg, dist, max_len)
             metrics["heldout"]["gap_vs_train"] = metrics["heldout"]["output_loss"] - metrics["train"]["output_loss"]
-    if cfg.loss and (saved or {}).get("data") in data.WORLD_TASKS:
+    if cfg.loss and (saved or {}).get("data") in splits.WORLD_TASKS:
         metrics["probe"] = probe_metrics(net, tok, saved, cfg, dist)
     if cfg.generate:
         metrics["generate"] = generation_metrics(net, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False,
@@ -397,6 +332,19 @@ def main() -> None:
     finally:
         if owned:
             destroy_distributed()
+
+
+def choice_pairs(q: Question, tok, chat: bool) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per choice. Plain: the choice follows the context after a space (an empty
+    context becomes end-of-text, as in lm-eval). Chat: the context is a user turn, the choice the assistant's reply."""
+    if chat:
+        ctx, conts = data.prompt_ids([{"role": "user", "content": q.context}], tok), q.choices
+    else:
+        ctx, conts = tok.encode_ordinary(q.context) or [tok.eot_token], [" " + c for c in q.choices]
+    pairs = [(ctx, tok.encode_ordinary(c)) for c in conts]
+    if not all(cont for _, cont in pairs):
+        raise DataError(f"an empty choice has nothing to score, in the question {q.context[:60]!r}")
+    return pairs
 
 
 if __name__ == "__main__":

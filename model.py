@@ -1,69 +1,25 @@
-"""GPT-2, top to bottom: config, attention, block, model, weighted loss, KV-cache generation, loading.
+"""GPT-2, top to bottom: attention, block, model, weighted loss, KV-cache generation, loading (its sizes:
+imgpt/gpt_config.py).
 
 Module and parameter names are exactly those of Hugging Face's GPT2LMHeadModel (transformer.wte,
-transformer.h.0.attn.c_attn, ..., lm_head), so the released checkpoints load by name; checkpoint.py reads the
+transformer.h.0.attn.c_attn, ..., lm_head), so the released checkpoints load by name; imgpt/pretrained.py reads the
 files and tokenizers. References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT for the shape of this file.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import checkpoint as ckpt
-from checkpoint import CheckpointError, get_tokenizer, load_checkpoint, save_checkpoint  # noqa: F401 (public API)
-from runtime import UserError
-
-PRESETS = {  # the released GPT-2 sizes (vocab 50257, block 1024: the defaults) and a tiny byte-level model
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=257),  # byte tokenizer, CPU demos
-}
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 1024  # longest sequence (number of learned positions)
-    vocab_size: int = 50257
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    layer_norm_epsilon: float = 1e-5
-    attention: str = "sdpa"  # "sdpa" (fused kernel) or "math" (the explicit formula, for reading)
-
-    def __post_init__(self) -> None:
-        sizes = {k: getattr(self, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")}
-        if bad := [f"{k}={v!r}" for k, v in sizes.items() if not isinstance(v, int) or v < 1]:
-            raise UserError(f"model config: {', '.join(bad)}: must be a positive whole number")
-        if self.n_embd % self.n_head:
-            raise UserError(f"model config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.attention not in ("sdpa", "math"):
-            raise UserError(f"model config: attention={self.attention!r}, expected 'sdpa' or 'math'")
-
-    @classmethod
-    def from_file(cls, values: dict, path: str) -> "GPTConfig":
-        """The config a file recorded (a checkpoint's model_config, an HF config.json); errors name the file."""
-        try:
-            return cls(**values)
-        except (TypeError, UserError) as e:  # TypeError: a field this code does not know
-            raise CheckpointError(f"{path}: bad model config ({e})") from None
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "GPTConfig":
-        """'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', 'distilgpt2', or 'tiny' (byte vocab, for CPU demos)."""
-        if name not in PRESETS:
-            raise UserError(f"unknown model preset {name!r}: choose from {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
+from imgpt import pretrained, tokenizers
+from imgpt.checkpoint import CheckpointError, load_checkpoint, unwrap
+from imgpt.cli import UserError
+from imgpt.gpt_config import GPTConfig
+from imgpt.sampling import left_pad, sample_next
 
 # ----------------------------------------------------------------------------- attention
 # Which attention runs depends on the batch. Padded rows (one example each, padding on the right): no mask at
@@ -94,24 +50,6 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     compiled graph does not depend on the batch)."""
     from torch.nn.attention.varlen import varlen_attn  # CUDA only (flash kernel), torch >= 2.10
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, window_size=(-1, 0))  # (-1, 0): causal
-
-
-def varlen_problem(half: bool, dropout: float) -> str | None:
-    """Why packed rows cannot take CUDA's varlen flash kernel on this torch and GPU (None: they can). Programs
-    check before their first step, so a missing kernel is one clear line, not an ImportError or a kernel failure."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return f"torch {torch.__version__} has no varlen attention (torch.nn.attention.varlen: torch >= 2.10)"
-    major, minor = torch.cuda.get_device_capability()
-    if major < 8:
-        return (f"the {torch.cuda.get_device_name()} (compute capability {major}.{minor}) cannot run FlashAttention, "
-                f"which needs an Ampere (8.0) or newer GPU")
-    if not half:
-        return "FlashAttention needs bf16 or fp16 (this run is float32)"
-    if dropout > 0:
-        return "the varlen kernel runs here without attention dropout (--dropout > 0)"
-    return None
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -396,11 +334,11 @@ class GPT(nn.Module):
         """A Hugging Face GPT-2 checkpoint: a model id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2),
         downloaded once into the cache, or a directory with config.json + model.safetensors / pytorch_model.bin.
         Dropout starts at 0 whatever config.json says; `overrides` (e.g. dropout=0.1) change our config."""
-        directory = name_or_dir if os.path.isdir(name_or_dir) else ckpt.hub_dir(name_or_dir)
+        directory = name_or_dir if os.path.isdir(name_or_dir) else pretrained.hub_dir(name_or_dir)
         config_path = os.path.join(directory, "config.json")
-        config = GPTConfig.from_file({**ckpt.config_from_hf(ckpt.read_json(config_path), config_path), **overrides},
+        config = GPTConfig.from_file({**pretrained.config_from_hf(pretrained.read_json(config_path), config_path), **overrides},
                                      config_path)
-        state = ckpt.state_from_hf(ckpt.read_weights(directory), expected_shapes(config), directory)
+        state = pretrained.state_from_hf(pretrained.read_weights(directory), expected_shapes(config), directory)
         return cls.from_state(config, state)
 
     @classmethod
@@ -422,41 +360,6 @@ def expected_shapes(config: GPTConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in state.items() if k != "lm_head.weight"}
 
 
-def left_pad(prompts: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of different lengths -> tokens (B, T) padded on the left, and the mask of real tokens."""
-    T = max(len(p) for p in prompts)
-    tokens = torch.tensor([[0] * (T - len(p)) + p for p in prompts], dtype=torch.long, device=device)
-    valid = torch.tensor([[False] * (T - len(p)) + [True] * len(p) for p in prompts], device=device)
-    return tokens, valid
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits of each row, -inf elsewhere."""
-    kth = torch.topk(logits, min(k, logits.size(-1))).values[:, -1:]  # (B, 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probabilities sum to at least p (nucleus sampling)."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    drop = probs.cumsum(dim=-1) - probs >= p  # the mass before this token already reaches p; never the first
-    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) next tokens: argmax at temperature 0, else a draw from the filtered softmax."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None and top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
-
-
 # ----------------------------------------------------------------------------- one entry point for every checkpoint
 
 def load_model(name_or_path: str, device: str = "cpu") -> tuple[GPT, tiktoken.Encoding]:
@@ -467,12 +370,12 @@ def load_model(name_or_path: str, device: str = "cpu") -> tuple[GPT, tiktoken.En
         path = os.path.join(path, "ckpt.pt")
     if os.path.isfile(path):
         model, tok = model_from_checkpoint(path)
-    elif os.path.isdir(path) or path in ckpt.HUB_MODELS:
+    elif os.path.isdir(path) or path in pretrained.HUB_MODELS:
         model = GPT.from_pretrained(path)
-        tok = ckpt.model_dir_tokenizer(path if os.path.isdir(path) else ckpt.hub_dir(path))
+        tok = tokenizers.model_dir_tokenizer(path if os.path.isdir(path) else pretrained.hub_dir(path))
     else:
         raise CheckpointError(f"{path!r}: no such file or directory, and not a known model id "
-                              f"({', '.join(ckpt.HUB_MODELS)})")
+                              f"({', '.join(pretrained.HUB_MODELS)})")
     if tok.n_vocab > model.config.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tok.n_vocab} tokens, the model only {model.config.vocab_size}")
     return model.to(device).eval(), tok
@@ -481,7 +384,7 @@ def load_model(name_or_path: str, device: str = "cpu") -> tuple[GPT, tiktoken.En
 def model_from_checkpoint(path: str) -> tuple[GPT, tiktoken.Encoding]:
     """Rebuild the model and its tokenizer from what an imgpt checkpoint recorded."""
     payload = load_checkpoint(path)
-    return model_from_payload(payload, path), ckpt.tokenizer_from_record(payload.get("tokenizer", "gpt2"), path)
+    return model_from_payload(payload, path), tokenizers.tokenizer_from_record(payload.get("tokenizer", "gpt2"), path)
 
 
 def model_from_payload(payload: dict, path: str) -> GPT:
@@ -489,12 +392,5 @@ def model_from_payload(payload: dict, path: str) -> GPT:
     config = GPTConfig.from_file(payload["model_config"], path)
     state = {unwrap(k): v for k, v in payload["model"].items()}
     state.pop("lm_head.weight", None)  # tied to wte
-    ckpt.check_state(state, expected_shapes(config), path)
+    pretrained.check_state(state, expected_shapes(config), path)
     return GPT.from_state(config, state)
-
-
-def unwrap(key: str) -> str:
-    """A parameter name without the prefixes torch.compile and DistributedDataParallel add."""
-    for prefix in ("module.", "_orig_mod.", "module."):
-        key = key.removeprefix(prefix)
-    return key

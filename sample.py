@@ -18,8 +18,10 @@ from typing import Callable, TextIO
 import torch
 
 import data
-from model import KVCache, load_model, sample_next
-from runtime import UserError, autodetect_device, opt, parse_config, run_cli
+from imgpt.cli import UserError, opt, parse_config, run_cli
+from imgpt.device import autodetect_device
+from imgpt.sampling import sample_next
+from model import KVCache, load_model
 
 
 @dataclass

@@ -21,57 +21,35 @@ import os
 import random
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_training_checkpoint, rng_state, tokenizer_record
-from data import SYNTHETIC, Batch, Example, answer_start, collate, micro_batches
+from data import Batch, Example, answer_start, build_data, collate
+from imgpt.batching import micro_batches, plan_epoch, split_sizes
+from imgpt.checkpoint import all_rng_states, check_training_checkpoint, load_checkpoint, save_checkpoint
+from imgpt.cli import UserError, given_settings, parse_config, run_cli, validate
+from imgpt.device import amp_dtype_for, set_up_device, varlen_problem
+from imgpt.distributed import (Dist, StopAtStepBoundary, destroy_distributed, join_distributed, local_rank_zero_first,
+                               stop_requested, sum_over_ranks)
+from imgpt.files import write_text_atomic
+from imgpt.mfu import training_flops
+from imgpt.prefetch import Prefetcher
+from imgpt.rundir import (RUN_FILES, Progress, check_length, hold_out_dir, keep_log_until, prepare_out_dir, restore,
+                          resume_config, resume_tokenizer)
+from imgpt.schedule import lr_at
+from imgpt.splits import SYNTHETIC
+from imgpt.tokenizers import get_tokenizer, tokenizer_record
+from imgpt.train_config import TrainConfig, resolve, scratch_config
+from imgpt.train_report import startup_lines, summary_lines
 from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, sum_totals
-from metrics import exact_match_rate, segment_losses
-from mfu import training_flops
-from model import GPT, load_checkpoint, model_from_payload, save_checkpoint, varlen_problem
-from rundir import (RUN_FILES, Progress, check_length, hold_out_dir, keep_log_until, prepare_out_dir, restore,
-                    resume_config, resume_tokenizer)
-from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
-                     given_settings, join_distributed, local_rank_zero_first, parse_config, run_cli, validate,
-                     write_text_atomic)
-from train_config import TrainConfig, resolve
-from build import build_data, build_model, lr_at, plan_epoch, set_up_device, split_sizes  # noqa: F401 (train.X)
-from train_report import startup_lines, summary_lines
+from metrics import evaluate
+from model import GPT, load_model, model_from_payload
 
 # ----------------------------------------------------------------------------- checkpoints and evaluation
-
-def all_rng_states(d: Dist) -> list[dict]:
-    """Each rank's RNG state (ranks draw different dropout masks), gathered for rank 0 to save."""
-    mine = rng_state()
-    if not d.enabled:
-        return [mine]
-    states: list = [None] * d.world_size
-    torch_dist.all_gather_object(states, mine)
-    return states
-
-
-def evaluate(model: GPT, val: list[Example], train_sample: list[Example], bs: int, device: str, d: Dist,
-             amp_dtype, eos_id: int | None = None) -> dict:
-    """Held-out output and prompt loss, and the output loss on a fixed sample of the training set. With eos_id
-    (short answers: the synthetic task), also greedy exact match on both: held-out, and memorization."""
-    with torch.random.fork_rng(devices=[]):  # scoring must not shift training's random streams (exact resume)
-        v = segment_losses(model, val, bs, device, d, amp_dtype)
-        t = segment_losses(model, train_sample, bs, device, d, amp_dtype)
-        r = {"val_output_loss": v["output_loss"], "val_prompt_loss": v["prompt_loss"],
-             "train_output_loss": t["output_loss"], "train_prompt_loss": t["prompt_loss"]}
-        if eos_id is not None:
-            r["val_exact_match"] = exact_match_rate(model, val, bs, eos_id, d)
-            if any(answer_start(e.segs) for e in train_sample):  # plain text has no prompt to answer
-                r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, d)
-    return r
-
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the run stops; the last good checkpoint stays in place."""
@@ -118,12 +96,6 @@ class Session:
         return torch.autocast(torch.device(self.d.device).type, dtype=self.amp_dtype)
 
 
-def reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Sum over ranks, on this rank's device (NCCL only takes GPU tensors, gloo CPU ones); the result stays there,
-    so the caller reads it together with the other device numbers, in one wait."""
-    return all_reduce_sum(t.to(d.device, non_blocking=True))
-
-
 def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
     """This rank's micro-batches of the step `ids`, collated on the CPU (in pinned memory for CUDA). A pure
     function of the ids, so a background thread can build the next step's while the GPU runs this one."""
@@ -131,26 +103,6 @@ def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
     accum = math.ceil(len(ids) / (cfg.micro_batch_size * d.world_size))  # fewer for a short (or token-capped) step
     return step_batches(s.train, micro_batches(ids, d.rank, d.world_size, accum), cfg.prompt_loss_weight,
                         cfg.template_loss_weight, cfg.pack, cfg.loss_reduction, pin=d.device.startswith("cuda"))
-
-
-class Prefetcher:
-    """Collates the next step's micro-batches in a background thread while the current step runs on the GPU
-    (the plan says which step comes next); tokenization happened once, up front."""
-
-    def __init__(self, s: Session):
-        self.s, self.pool, self.ahead = s, ThreadPoolExecutor(max_workers=1), None
-
-    def batches(self, plan: list[list[int]], epoch: int, index: int) -> list[Batch | None]:
-        """This rank's micro-batches of step `index` of the epoch's plan; starts collating step index + 1."""
-        ready = self.ahead is not None and self.ahead[0] == (epoch, index)
-        batches = self.ahead[1].result() if ready else prepare(self.s, plan[index])
-        self.ahead = None
-        if index + 1 < len(plan):
-            self.ahead = ((epoch, index + 1), self.pool.submit(prepare, self.s, plan[index + 1]))
-        return batches
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
@@ -197,7 +149,7 @@ def flush(s: Session, collective: bool = True) -> list[dict]:
     recs, s.pending = s.pending, []
     sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step, on the device
     if collective:
-        sums = reduce(sums, s.d)
+        sums = sum_over_ranks(sums, s.d)
     norms = torch.stack([r["grad_norm"] for r in recs]).to(sums.device).double().unsqueeze(1)  # (k, 1)
     values = torch.cat([sums, norms], 1).tolist()  # (k, 3): the one read of the device
     dt = (time.perf_counter() - s.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
@@ -264,18 +216,6 @@ def eval_and_save(s: Session) -> dict:
     return r
 
 
-def stop_requested(signals: StopAtStepBoundary, d: Dist, step: int, interval: int) -> bool:
-    """Whether any rank got the signal: all ranks then stop at the same step (a rank that stopped alone would
-    leave the others waiting in a collective). Under torchrun the ranks agree by an all-reduce, which waits for
-    the device: only every `interval` steps (the log interval, where flush waits anyway), so a signal stops the
-    run within `interval` steps and no other step syncs. A single process checks its flag at every step."""
-    if not d.enabled:
-        return signals.requested
-    if step % interval:
-        return False
-    return reduce(torch.tensor([float(signals.requested)]), d).item() > 0
-
-
 def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint. `typed`:
     the settings the user gave (rundir.resume_config), which a resumed run takes or refuses."""
@@ -292,7 +232,7 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
     amp_dtype = amp_dtype_for(cfg.dtype, device_type)
-    peak = set_up_device(cfg, d, amp_dtype)
+    peak = set_up_device(d.device, cfg.threads, amp_dtype, d.is_main)
     if cfg.pack and device_type == "cuda" and (why := varlen_problem(amp_dtype is not None, cfg.dropout)):
         cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update
         if d.is_main:
@@ -358,7 +298,7 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
                desc=f"train (prompt weight {cfg.prompt_loss_weight:g})")
     if prog.step == 0 and cfg.eval_interval:
         eval_and_save(s)  # the starting point of the loss curves
-    prefetch = Prefetcher(s)
+    prefetch = Prefetcher(lambda ids: prepare(s, ids))
     try:
         s.clock = time.perf_counter()
         while prog.step < stop:
@@ -415,6 +355,24 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
 
 def main() -> None:
     train(parse_config(TrainConfig, description=__doc__), sys.argv[1:])
+
+
+def build_model(cfg: TrainConfig) -> tuple[GPT, object]:
+    """The initial model and its tokenizer; the same on every rank."""
+    if cfg.init_from == "scratch":
+        tok = get_tokenizer(cfg.tokenizer or "byte")
+        torch.manual_seed(cfg.seed)
+        return GPT(scratch_config(cfg, tok.n_vocab)), tok
+    model, tok = load_model(cfg.init_from)
+    if cfg.tokenizer:
+        tok = get_tokenizer(cfg.tokenizer)
+    for m in model.modules():  # a pretrained config carries its own dropout; the flag decides here
+        if isinstance(m, nn.Dropout):
+            m.p = cfg.dropout
+        elif isinstance(getattr(m, "dropout", None), float):  # attention's dropout probability
+            m.dropout = cfg.dropout
+    model.config.dropout = cfg.dropout
+    return model, tok
 
 
 if __name__ == "__main__":

@@ -32,11 +32,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import loss as L  # noqa: E402
-from build import use_tf32  # noqa: E402
-from data import ASSISTANT, USER, Example, epoch_batches  # noqa: E402
-from mfu import peak_flops, training_flops  # noqa: E402
-from model import GPT, GPTConfig, varlen_problem  # noqa: E402
-from runtime import UserError, autodetect_device, opt, parse_config, run_cli  # noqa: E402
+from data import ASSISTANT, USER, Example  # noqa: E402
+from imgpt.batching import epoch_batches  # noqa: E402
+from imgpt.cli import UserError, opt, parse_config, run_cli  # noqa: E402
+from imgpt.device import (
+    autodetect_device,  # noqa: E402
+    use_tf32,  # noqa: E402
+    varlen_problem,  # noqa: E402
+)
+from imgpt.gpt_config import GPTConfig  # noqa: E402
+from imgpt.mfu import peak_flops, training_flops  # noqa: E402
+from model import GPT  # noqa: E402
 
 # (prompt tokens mean, output tokens mean, examples per micro-batch); lengths are drawn log-normal around them
 MIXES = {"alpaca": (20, 150, 32), "lima": (60, 600, 8), "t1024": (None, None, 8)}

@@ -30,8 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from model import GPT, GPTConfig  # noqa: E402
-from runtime import opt, parse_config, run_cli  # noqa: E402
+from imgpt.cli import opt, parse_config, run_cli  # noqa: E402
+from imgpt.gpt_config import GPTConfig  # noqa: E402
+from model import GPT  # noqa: E402
 
 SIZES = {"tiny": "tiny", "124M": "gpt2", "350M": "gpt2-medium"}
 
@@ -53,7 +54,7 @@ class BenchConfig:
     memprobe: str = opt("", "internal: 'ours|ref,size,dtype' = measure one training step's memory and exit")
 
     def validate(self) -> None:
-        from runtime import UserError
+        from imgpt.cli import UserError
         for s in self.sizes:
             if s not in SIZES:
                 raise UserError(f"--sizes: unknown size {s!r} (choose from {', '.join(SIZES)})")

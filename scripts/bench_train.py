@@ -41,8 +41,10 @@ import torch  # noqa: E402
 import loss as L  # noqa: E402
 import train as T  # noqa: E402
 from data import collate, useful_fraction  # noqa: E402
-from model import get_tokenizer  # noqa: E402
-from runtime import Dist, UserError, autodetect_device, opt, parse_config, run_cli  # noqa: E402
+from imgpt.cli import UserError, opt, parse_config, run_cli  # noqa: E402
+from imgpt.device import autodetect_device  # noqa: E402
+from imgpt.distributed import Dist  # noqa: E402
+from imgpt.tokenizers import get_tokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT2_BPE = os.path.join(os.path.dirname(ROOT), "shared", "data", "gpt2")

@@ -38,12 +38,14 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from report import summary_markdown, write_results  # noqa: E402  (scripts/, next to this file)
 
+import data  # noqa: E402
 import eval as evaluation  # noqa: E402
 import train as training  # noqa: E402
-from model import get_tokenizer, load_checkpoint  # noqa: E402
-from report import summary_markdown, write_results  # noqa: E402  (scripts/, next to this file)
-from runtime import UserError, given_settings, opt, parse_config, run_cli  # noqa: E402
+from imgpt.checkpoint import load_checkpoint  # noqa: E402
+from imgpt.cli import UserError, given_settings, opt, parse_config, run_cli  # noqa: E402
+from imgpt.tokenizers import get_tokenizer  # noqa: E402
 
 RESERVED = ("seed", "out_dir", "loss", "prompt_loss_weight")  # train settings that the modes and seeds decide
 
@@ -276,7 +278,7 @@ def dataset_info(tcfg) -> dict:
     """Size and instruction/output token ratio of one run's training set (ratio before truncation)."""
     cfg = training.resolve(tcfg)
     tok = get_tokenizer(tokenizer_name(cfg))
-    train_ex, val_ex, stats = training.build_data(cfg, tok, max_len=1 << 30)
+    train_ex, val_ex, stats = data.build_data(cfg, tok, max_len=1 << 30)
     return {"train_examples": len(train_ex), "heldout_examples": len(val_ex),
             "instruction_tokens": stats["prompt_tokens"] / max(stats["kept"], 1),
             "output_tokens": stats["output_tokens"] / max(stats["kept"], 1),

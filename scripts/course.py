@@ -3,9 +3,8 @@
     python scripts/course.py handout OUT_DIR   # a copy without history, every solution region blanked
     python scripts/course.py grade [N]         # run exercise N's grading tests (no N: all), print the points
     python scripts/course.py reset N           # blank exercise N again, here
-    python scripts/course.py check [N]         # instructors and CI: each grader fails on the blank and on every
-                                               # recorded wrong solution, passes on the solution, and passes with
-                                               # only the exercise and its prerequisites solved (--jobs 2)
+    python scripts/course.py check [N] --jobs 2   # CI: each grader fails on the blank and every recorded wrong
+                                                  # solution, passes on the solution and on it with its needs alone
 
 A solution region is the few lines a student writes, between a line `# BEGIN SOLUTION exN: hint` and a line
 `# END SOLUTION`. The handout keeps both markers (so `reset` finds the region again) and puts in between
@@ -34,11 +33,11 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from runtime import UserError, run_cli  # noqa: E402
+from imgpt.cli import UserError, run_cli  # noqa: E402
 
 WRONG_DIR = os.path.join("scripts", "wrong_solutions")
 INSTRUCTOR_ONLY = (WRONG_DIR + os.sep, os.path.join("tests", "test_course.py"), ".ci" + os.sep)
-SOURCES = re.compile(r"^(scripts/)?[^/]+\.py$")  # where regions live: the modules and scripts, not the tests
+SOURCES = re.compile(r"^(scripts/|imgpt/)?[^/]+\.py$")  # where regions live: the modules and scripts, not the tests
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION ex(\d+)(?::\s*(.*))?$")
 END = re.compile(r"^\s*# END SOLUTION$")
 DOCSTRING = re.compile(r"^(\s*)# HANDOUT DOCSTRING ex(\d+):(?: (.*))?$")
@@ -179,11 +178,9 @@ def tree_files(root: str) -> list[str]:
 
 def ignore_patterns(root: str) -> list[str]:
     """The name patterns of root's .gitignore (`name/` for directories only)."""
-    try:
-        with open(os.path.join(root, ".gitignore"), encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip() and not line.startswith(("#", "!"))]
-    except FileNotFoundError:
-        return []
+    path = os.path.join(root, ".gitignore")
+    lines = open(path, encoding="utf-8").read().splitlines() if os.path.exists(path) else []
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "!"))]
 
 
 def is_ignored(name: str, patterns: list[str]) -> bool:
@@ -265,8 +262,7 @@ def run_grader(root: str, exercise: Exercise, stop_first: bool) -> tuple[bool, l
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
     out = r.stdout + r.stderr
     if r.returncode == 5:
-        raise UserError(f"exercise {exercise.number}: no test in {', '.join(exercise.tests)} "
-                        f"is marked ex{exercise.number}")
+        raise UserError(f"exercise {exercise.number}: no test marked ex{exercise.number} in {' '.join(exercise.tests)}")
     if r.returncode not in (0, 1):
         raise UserError(f"exercise {exercise.number}: pytest could not run ({' '.join(cmd[2:])}):\n{out[-2000:]}")
     failed = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith(("FAILED ", "ERROR "))]
@@ -279,8 +275,7 @@ def grade(root: str, numbers: list[int]) -> bool:
     for n in numbers:
         e = EXERCISES[n]
         if not e.tests:
-            print(f"exercise {n}, {e.title}: written, graded by hand with the rubric in docs/assignments.md "
-                  f"({e.points} points)")
+            print(f"exercise {n}, {e.title}: written, graded by hand with the rubric ({e.points} points)")
             continue
         ok, failed, out = run_grader(root, e, stop_first=False)
         if len(numbers) == 1:

@@ -1,5 +1,6 @@
-"""Mutation audit: break the code behind README's promises in small, realistic ways, one at a time, and check
-that the tests README names for that promise notice. A break that passes them marks a test to write.
+"""Mutation audit: break the code behind the promises (docs/promises.md) in small, realistic ways, one at a
+time, and check that the tests docs/promises.md names for that promise notice. A break that passes them marks a
+test to write.
 
     python scripts/mutate.py                # every mutation: a few minutes to half an hour, by machine load
     python scripts/mutate.py --list         # the mutations, numbered, and the tests each promise runs
@@ -8,7 +9,7 @@ that the tests README names for that promise notice. A break that passes them ma
     python scripts/mutate.py --file test_promises.py   # run only the named tests of that file: does it alone catch?
 
 Each mutation replaces one exact snippet of one file in a scratch copy of the repository (the working tree is never
-touched), runs `pytest -x` on the tests README's "What imgpt promises" names for that promise, and restores the
+touched), runs `pytest -x` on the tests docs/promises.md's "What imgpt promises" names for that promise, and restores the
 file. Caught: a test failed. Survived: all passed. Stale: the snippet is no longer in the file (the code moved:
 update MUTATIONS). Exit code 1 if any mutation survived or is stale. Not part of CI: it reruns a promise's tests
 once per mutation.
@@ -26,11 +27,12 @@ import time
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMISES = os.path.join("docs", "promises.md")  # the promises, each with the tests that back it
 
 
 @dataclass
 class Mutation:
-    promise: int  # README's number of the promise it breaks
+    promise: int  # docs/promises.md's number of the promise it breaks
     path: str  # relative to the repository root
     old: str  # an exact snippet of that file, found exactly once
     new: str
@@ -39,19 +41,19 @@ class Mutation:
 
 MUTATIONS = [
     # 1. A mistake is one line
-    Mutation(1, "checkpoint.py", 'if not all(type(payload["data_state"].get(k)) is int',
+    Mutation(1, "imgpt/checkpoint.py", 'if not all(type(payload["data_state"].get(k)) is int',
              "if False and all(type(payload['data_state'].get(k)) is int", "resume no longer checks the data position"),
-    Mutation(1, "rundir.py", "    check_moments(optimizer, path)\n", "", "resume no longer checks the moments' shapes"),
-    Mutation(1, "rundir.py", "except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:",
+    Mutation(1, "imgpt/rundir.py", "    check_moments(optimizer, path)\n", "", "resume no longer checks the moments' shapes"),
+    Mutation(1, "imgpt/rundir.py", "except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:",
              "except (ValueError, TypeError, RuntimeError) as e:", "a random state missing a stream is a KeyError"),
-    Mutation(1, "checkpoint.py", "if not_tensors := sorted(k for k, v in state.items() if not isinstance(v, torch.",
+    Mutation(1, "imgpt/pretrained.py", "if not_tensors := sorted(k for k, v in state.items() if not isinstance(v, torch.",
              "if not_tensors := [] and (v for k, v in state.items() if not isinstance(v, torch.",
              "weights that are not tensors reach .shape"),
-    Mutation(1, "checkpoint.py", 'if payload["step"] < 0:', "if False:", "a negative step is accepted"),
+    Mutation(1, "imgpt/checkpoint.py", 'if payload["step"] < 0:', "if False:", "a negative step is accepted"),
     # 2. Checkpoints are atomic
-    Mutation(2, "runtime.py", 'return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"', 'return f"{path}.tmp"',
+    Mutation(2, "imgpt/files.py", 'return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"', 'return f"{path}.tmp"',
              "one temp name for every process"),
-    Mutation(2, "runtime.py", 'return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"',
+    Mutation(2, "imgpt/files.py", 'return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"',
              'return f"{path}.{os.getpid()}.tmp"', "the temp name without the host"),
     Mutation(2, "eval.py", 'write_text_atomic(cfg.out, json.dumps(report, indent=2) + "\\n")',
              'open(cfg.out, "w").write(json.dumps(report, indent=2) + "\\n")', "eval.py's report written in place"),
@@ -65,8 +67,8 @@ MUTATIONS = [
              'fig.savefig(path, format="png", dpi=110)', "figures written in place"),
     Mutation(2, "scripts/sweep.py", 'write_text_atomic(os.path.join(cfg.out_dir, "sweep.json"),',
              'open(os.path.join(cfg.out_dir, "sweep.json"), "w").write(', "sweep.json written in place"),
-    Mutation(2, "rundir.py", "    remove_stale_temps(cfg.out_dir)", "    pass", "stale temp files stay"),
-    Mutation(2, "runtime.py", "        with contextlib.suppress(FileNotFoundError):\n            os.remove(tmp)",
+    Mutation(2, "imgpt/rundir.py", "    remove_stale_temps(cfg.out_dir)", "    pass", "stale temp files stay"),
+    Mutation(2, "imgpt/files.py", "        with contextlib.suppress(FileNotFoundError):\n            os.remove(tmp)",
              "        pass", "a failed write leaves its temp file"),
     # 3. Nothing good is replaced by something bad
     Mutation(3, "train.py", "if not torch.stack([torch.isfinite(t).all() for t in [*s.model.parameters(), *moments]])"
@@ -76,15 +78,15 @@ MUTATIONS = [
              "only the first parameter is checked"),
     Mutation(3, "train.py", "moments = [] if weights_only else [", "moments = [] if True else [",
              "the optimizer moments are not checked"),
-    Mutation(3, "rundir.py", 'if found and cfg.init_from != "resume" and not cfg.overwrite:',
+    Mutation(3, "imgpt/rundir.py", 'if found and cfg.init_from != "resume" and not cfg.overwrite:',
              'if found and cfg.init_from == "scratch" and not cfg.overwrite:', "only a rerun from scratch is refused"),
-    Mutation(3, "rundir.py", "found = [name for name in RUN_FILES if", "found = [name for name in RUN_FILES[:1] if",
+    Mutation(3, "imgpt/rundir.py", "found = [name for name in RUN_FILES if", "found = [name for name in RUN_FILES[:1] if",
              "only ckpt.pt counts as a run"),
     # 4. Resume is exact
-    Mutation(4, "rundir.py", 'ckpt["best_val_loss"],\n', "math.inf,\n", "the best held-out loss restarts on resume"),
-    Mutation(4, "rundir.py", '                    ckpt["history"])', "                    [])",
+    Mutation(4, "imgpt/rundir.py", 'ckpt["best_val_loss"],\n', "math.inf,\n", "the best held-out loss restarts on resume"),
+    Mutation(4, "imgpt/rundir.py", '                    ckpt["history"])', "                    [])",
              "the evaluation history restarts on resume"),
-    Mutation(4, "rundir.py", 'set_rng_state(ckpt["rng"][d.rank])', "pass", "the random streams are not restored"),
+    Mutation(4, "imgpt/rundir.py", 'set_rng_state(ckpt["rng"][d.rank])', "pass", "the random streams are not restored"),
     # 5. No code runs from a file
     Mutation(5, "checkpoint.py", 'payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)',
              'payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)',
@@ -95,22 +97,22 @@ MUTATIONS = [
     Mutation(5, "checkpoint.py", 'return torch.load(path, map_location="cpu", weights_only=True, mmap=True)',
              'return torch.load(path, map_location="cpu", weights_only=False, mmap=True)',
              "Hugging Face .bin weights are loaded with weights_only=False"),
-    Mutation(5, "benchmarks.py", "choices = ast.literal_eval(text.strip())", "choices = eval(text.strip())",
+    Mutation(5, "imgpt/benchmarks.py", "choices = ast.literal_eval(text.strip())", "choices = eval(text.strip())",
              "MMLU choice lists go through eval"),
     # 6. Valid input is read
-    Mutation(6, "formats.py", 'return raw.decode("utf-8-sig")', 'return raw.decode("utf-8")',
+    Mutation(6, "imgpt/formats.py", 'return raw.decode("utf-8-sig")', 'return raw.decode("utf-8")',
              "data files keep their BOM"),
-    Mutation(6, "benchmarks.py", 'encoding="utf-8-sig", errors="replace"', 'encoding="utf-8", errors="replace"',
+    Mutation(6, "imgpt/benchmarks.py", 'encoding="utf-8-sig", errors="replace"', 'encoding="utf-8", errors="replace"',
              "benchmark files keep their BOM"),
-    Mutation(6, "runtime.py", 'text = f.read().decode("utf-8-sig")', 'text = f.read().decode("utf-8")',
+    Mutation(6, "imgpt/cli.py", 'text = f.read().decode("utf-8-sig")', 'text = f.read().decode("utf-8")',
              "config files keep their BOM"),
-    Mutation(6, "checkpoint.py", 'with open(path, encoding="utf-8-sig") as f:  # a UTF-8 BOM',
+    Mutation(6, "imgpt/pretrained.py", 'with open(path, encoding="utf-8-sig") as f:  # a UTF-8 BOM',
              'with open(path, encoding="utf-8") as f:  # a UTF-8 BOM', "Hugging Face JSON files keep their BOM"),
-    Mutation(6, "formats.py", 'return [line.removesuffix("\\r") for line in text.split("\\n")]',
+    Mutation(6, "imgpt/formats.py", 'return [line.removesuffix("\\r") for line in text.split("\\n")]',
              "return text.splitlines()", "JSONL split at U+2028 too"),
-    Mutation(6, "formats.py", 'paragraphs = [p.strip("\\n") for p in text.replace("\\r\\n", "\\n").split("\\n\\n")]',
+    Mutation(6, "imgpt/formats.py", 'paragraphs = [p.strip("\\n") for p in text.replace("\\r\\n", "\\n").split("\\n\\n")]',
              'paragraphs = [p.strip("\\n") for p in text.split("\\n\\n")]', "CRLF text is one paragraph"),
-    Mutation(6, "checkpoint.py", 'with open(files[1], encoding="utf-8-sig") as f:',
+    Mutation(6, "imgpt/tokenizers.py", 'with open(files[1], encoding="utf-8-sig") as f:',
              'with open(files[1], encoding="utf-8") as f:', "merges.txt keeps its BOM"),
     Mutation(6, "scripts/compare.py", 'with open(path, encoding="utf-8-sig") as f:',
              'with open(path, encoding="utf-8") as f:', "compare.py --resume reads results.json with its BOM"),
@@ -123,7 +125,7 @@ MUTATIONS = [
 
 
 def promise_tests(readme: str) -> dict[int, list[str]]:
-    """{promise number: pytest node ids} from README's "What imgpt promises": each item's backticked test names,
+    """{promise number: pytest node ids} from docs/promises.md's "What imgpt promises": each item's backticked test names,
     in test_faults.py unless a backticked `test_x.py` before them names another file."""
     section = readme.split("## What imgpt promises", 1)[1].split("\n## ", 1)[0]
     tests: dict[int, list[str]] = {}
@@ -181,7 +183,7 @@ def main() -> None:
     p.add_argument("--file", help="of each promise's tests, run only those in this file (e.g. test_promises.py)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per mutation before it counts as a hang")
     args = p.parse_args()
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, PROMISES), encoding="utf-8") as f:
         tests = promise_tests(f.read())
     if args.file:
         tests = {n: [t for t in names if t.startswith(f"tests/{args.file}::")] for n, names in tests.items()}

@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import compare  # noqa: E402
-from runtime import UserError, run_cli  # noqa: E402
+from imgpt.cli import UserError, run_cli  # noqa: E402
 
 
 def mean_loss_by_weight(records: list[dict]) -> dict[float, float]:

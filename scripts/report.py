@@ -12,10 +12,14 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # draw to files; no display needed
+import sys
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import write_atomic, write_text_atomic  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from imgpt.files import write_atomic, write_text_atomic  # noqa: E402  # noqa: E402
 
 # (key in a record's "metrics", column title, True if lower is better); the summary table's columns in order
 METRICS = [("heldout_loss", "held-out output loss ↓", True), ("train_loss", "train output loss", True),

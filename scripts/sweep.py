@@ -33,10 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (puts the repository root on sys.path too)
 import report  # noqa: E402
 from compare import CompareConfig  # noqa: E402
+from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments  # noqa: E402
+from imgpt.cli import UserError, opt, run_cli  # noqa: E402
+from imgpt.files import write_text_atomic  # noqa: E402
+from imgpt.formats import load_conversations  # noqa: E402
+from imgpt.tokenizers import get_tokenizer  # noqa: E402
 from report import mean_std, plt  # noqa: E402
-from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments, load_conversations  # noqa: E402
-from model import get_tokenizer  # noqa: E402
-from runtime import UserError, opt, run_cli, write_text_atomic  # noqa: E402
 
 KNOB_TASKS = ("synthetic", "synthetic-qa")  # built-in tasks whose examples and facts are knobs, not subsets
 # the train settings each factor's points set (--synth_mentions stays the user's: mentions at the default 8 facts)

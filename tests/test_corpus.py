@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import data
-import synthetic
 import train as T
-from checkpoint import byte_tokenizer
 from data import ASSISTANT, EOT, USER
+from imgpt import formats, splits, synthetic
+from imgpt.checkpoint import load_checkpoint
+from imgpt.cli import UserError
+from imgpt.tokenizers import byte_tokenizer
 from metrics import exact_match_rate
-from model import load_checkpoint
-from runtime import UserError
 
 TOK = byte_tokenizer()
 TEXT = "The first paragraph is here.\nIt has two lines.\n\n\nThe second one is a little longer than the first one is."
@@ -34,11 +34,11 @@ def text_file(tmp_path) -> str:
 # ----------------------------------------------------------------------------- plain text: windows, weights 1
 
 def test_txt_paragraphs_and_jsonl_text_fields_are_documents(tmp_path):
-    txt = data.load_conversations(write(tmp_path / "a.txt", TEXT))
+    txt = formats.load_conversations(write(tmp_path / "a.txt", TEXT))
     assert txt == [[{"role": "text", "content": "The first paragraph is here.\nIt has two lines."}],
                    [{"role": "text", "content": TEXT.split("\n\n\n")[1]}]]
     jsonl = write(tmp_path / "a.jsonl", "\n".join(json.dumps({"text": t}) for t in TEXT.split("\n\n\n")))
-    assert data.load_conversations(jsonl) == [[{"role": "text", "content": t}] for t in TEXT.split("\n\n\n")]
+    assert formats.load_conversations(jsonl) == [[{"role": "text", "content": t}] for t in TEXT.split("\n\n\n")]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -48,8 +48,8 @@ def test_txt_paragraphs_and_jsonl_text_fields_are_documents(tmp_path):
 def test_bad_text_files_name_the_file_line_and_field(tmp_path, content, message):
     path = tmp_path / ("empty.txt" if isinstance(content, bytes) or "{" not in content else "empty.jsonl")
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(data.DataError, match=message.replace("empty.txt", path.name)):
-        data.load_conversations(str(path))
+    with pytest.raises(formats.DataError, match=message.replace("empty.txt", path.name)):
+        formats.load_conversations(str(path))
 
 
 @pytest.mark.parametrize("max_len", [2, 3, 7, 16, 1000])
@@ -167,9 +167,9 @@ def test_probe_exact_match_on_a_hand_made_model():
 
 
 def test_load_split_gives_the_corpus_and_the_probe_of_the_whole_world():
-    train, probe = data.load_split({"data": "synthetic-corpus", "synth_keys": 30})
+    train, probe = splits.load_split({"data": "synthetic-corpus", "synth_keys": 30})
     world = synthetic.synthetic_world(30)
-    assert all(data.is_document(d) for d in train) and len(probe) == 30
+    assert all(formats.is_document(d) for d in train) and len(probe) == 30
     assert {c[0]["content"][:-1]: c[1]["content"] for c in probe} == world
 
 

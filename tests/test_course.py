@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import course  # noqa: E402
-from runtime import UserError  # noqa: E402
+from imgpt.cli import UserError  # noqa: E402
 
 
 def solution_lines() -> set[str]:
@@ -87,7 +87,7 @@ def test_reset_blanks_one_exercise_and_grade_scores_it(tmp_path):
     course.copy_tree(ROOT, str(tmp_path), instructor=True)
     r = run(["reset", "6"], cwd=str(tmp_path))
     assert r.returncode == 0 and "exercise 6: 1 region(s) blanked" in r.stdout
-    assert 'raise NotImplementedError("Exercise 6: ' in (tmp_path / "benchmarks.py").read_text()
+    assert 'raise NotImplementedError("Exercise 6: ' in (tmp_path / "imgpt" / "benchmarks.py").read_text()
     assert (tmp_path / "model.py").read_text() == open(os.path.join(ROOT, "model.py")).read()  # only exercise 6
     r = run(["grade", "6"], cwd=str(tmp_path))
     assert r.returncode == 1 and "exercise 6, acc vs acc_norm: 0/10 (16 failing: " in r.stdout, r.stdout[-2000:]
@@ -102,7 +102,7 @@ def test_check_flags_every_variant_its_grader_gets_wrong(monkeypatch, capsys):
     seen, others_blank = [], []
 
     def passes_everything(root, exercise, stop_first):
-        code = "".join(r for r in course.read(os.path.join(root, "benchmarks.py")) if "return" in r or "raise" in r)
+        code = "".join(r for r in course.read(os.path.join(root, "imgpt", "benchmarks.py")) if "return" in r or "raise" in r)
         seen.append(code)
         others_blank.append('NotImplementedError("Exercise 5' in "".join(course.read(os.path.join(root, "model.py"))))
         return True, [], ""

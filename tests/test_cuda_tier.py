@@ -7,22 +7,24 @@ import json
 import os
 import sys
 
+import cuda_sim
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from cuda_sim import CudaSim, CudaTensor
+from conftest import tiny_run
 
 import eval as ev
-import export
-import runtime
 import sample
 import train as T
-import cuda_sim
-from cuda_sim import CudaSim, CudaTensor
-from model import GPT, GPTConfig, load_checkpoint, load_model
-from runtime import make_config
-from test_gpu_path import tiny_run
-from train_config import resolve
+from imgpt import distributed
+from imgpt.checkpoint import load_checkpoint
+from imgpt.cli import make_config
+from imgpt.gpt_config import GPTConfig
+from imgpt.train_config import resolve
+from model import GPT, load_model
+from scripts import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +100,7 @@ def test_training_on_cuda_logs_evaluates_and_saves(tmp_path, sim, mode, monkeypa
 def test_a_cuda_training_step_never_waits_and_flush_reads_once(tmp_path, sim, kw):
     """No host sync from the batches' copy to the optimizer step (the varlen path; the gradient scaler, the KL
     reference), then flush reads every pending step's numbers with one tolist."""
-    s = T.setup(resolve(tiny_run(tmp_path, device="cuda", **kw), "cuda"), runtime.Dist(device="cuda:0"))
+    s = T.setup(resolve(tiny_run(tmp_path, device="cuda", **kw), "cuda"), distributed.Dist(device="cuda:0"))
     plan = T.plan_epoch(s.cfg, s.train, 0)
     assert all(isinstance(p, CudaTensor) for p in s.model.parameters())
     sim.reset()
@@ -115,7 +117,7 @@ def test_resume_from_a_cuda_checkpoint_is_exact(tmp_path, sim):
     whole = tmp_path / "whole"
     T.train(tiny_run(whole, device="cuda", max_steps=4, dtype="float16"))
     T.train(tiny_run(tmp_path / "cut", device="cuda", max_steps=4, stop_step=2, dtype="float16"))
-    T.train(tiny_run(tmp_path / "cut", device="cuda", init_from="resume"))
+    T.train(tiny_run(tmp_path / "cut", device="cuda", init_from="resume", max_steps=4, dtype="float16"))
     a, b = load_checkpoint(str(whole / "out" / "ckpt.pt")), load_checkpoint(str(tmp_path / "cut" / "out" / "ckpt.pt"))
     assert b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
@@ -126,7 +128,7 @@ def test_resume_on_a_machine_with_fewer_gpus(tmp_path, monkeypatch):
     with CudaSim(monkeypatch, devices=2):
         T.train(tiny_run(tmp_path, device="cuda", max_steps=4, stop_step=2))
     with CudaSim(monkeypatch, devices=1):
-        T.train(tiny_run(tmp_path, device="cuda", init_from="resume"))
+        T.train(tiny_run(tmp_path, device="cuda", init_from="resume", max_steps=4))
     assert load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))["step"] == 4
 
 
@@ -240,6 +242,7 @@ def test_gpu_benchmark_on_cuda_marks_the_device_batches_dynamic(tmp_path, sim, m
     which .to(cuda) drops: 5 graphs instead of 2), and the peak memory is measured per variant."""
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import bench_gpu
+
     import loss as L
     marked, seen, resets = [], [], []
     real_mark = L.mark_dynamic
@@ -317,8 +320,8 @@ def ddp_worker(rank: int, ports: tuple[int, int], root: str, stop_rank_at: int) 
         setup, sessions = T.setup, []
         os.environ["MASTER_PORT"] = str(ports[1])  # a fresh store: the first one's port may linger
 
-        def signal_on_one_rank(cfg, d):
-            s = setup(cfg, d)
+        def signal_on_one_rank(cfg, d, typed=None):
+            s = setup(cfg, d, typed)
             sessions.append(s)
             if d.rank == 1:  # rank 1 alone is told to stop after its step `stop_rank_at`
                 s.optimizer.register_step_post_hook(
@@ -334,14 +337,14 @@ def ddp_worker(rank: int, ports: tuple[int, int], root: str, stop_rank_at: int) 
             with open(os.path.join(root, f"stopped-{rank}"), "w") as f:
                 f.write(str(sessions[0].prog.step))
         finally:
-            runtime.destroy_distributed()
+            distributed.destroy_distributed()
 
 
 def test_two_ranks_on_cuda_reduce_on_the_device_and_stop_at_the_same_step(tmp_path, monkeypatch):
     """torchrun --nproc_per_node 2 on "cuda" (gloo underneath, NCCL's rule that collectives take GPU tensors):
     the losses all-reduced at each flush equal one process's; a signal on one rank stops both at the same step,
     the first log interval after it (the check is at log intervals, not every step)."""
-    from test_train import free_port
+    from conftest import free_port
     ports = (free_port(), free_port())
     mp.start_processes(ddp_worker, args=(ports, str(tmp_path), 1), nprocs=2, start_method="spawn")
     with CudaSim(monkeypatch):
@@ -367,7 +370,7 @@ def test_loss_totals_are_counted_once_per_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "example_totals", lambda ex, *a: calls.append(len(ex)) or real(ex, *a))
     T.train(tiny_run(tmp_path, max_steps=3, loss="im"))
     assert calls == [20]  # once, over the 20 training examples
-    s = T.setup(resolve(tiny_run(tmp_path / "again", prompt_loss_weight=0.3)), runtime.Dist())
+    s = T.setup(resolve(tiny_run(tmp_path / "again", prompt_loss_weight=0.3)), distributed.Dist())
     for ids in T.plan_epoch(s.cfg, s.train, 0):
         w = [np.asarray(L.loss_weights(s.train[i].segs, 0.3)[1:], dtype=np.float64) for i in ids]
         assert L.sum_totals(s.totals, ids) == pytest.approx(
@@ -395,7 +398,7 @@ def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path
     monkeypatch.setattr(modeling, "load_model", lambda *a, **k: (bool(inside) or pytest.fail("outside")) and
                         real_load(*a, **k))
     ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cpu", out=str(tmp_path / "e.json"))),
-                runtime.Dist(rank=3, local_rank=1, world_size=1))
+                distributed.Dist(rank=3, local_rank=1, world_size=1))
     assert entered == [1]
 
 

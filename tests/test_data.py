@@ -8,12 +8,10 @@ import pytest
 import torch
 
 import data
-import data_cli
-import synthetic
-import tokenviz
 from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example
-from model import get_tokenizer
-from runtime import UserError
+from imgpt import batching, formats, splits, synthetic, tokenviz
+from imgpt.cli import UserError
+from imgpt.tokenizers import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +84,7 @@ def test_single_turn_exact_ids_and_weights_in_each_mode():
 def test_alpaca_input_goes_after_a_blank_line_and_empty_input_adds_nothing(tmp_path):
     path = write(tmp_path, "a.json", [{"instruction": "Add", "input": "2 3", "output": "5"},
                                       {"instruction": "Add", "input": "", "output": "5"}])
-    with_input, without = data.load_conversations(path)
+    with_input, without = formats.load_conversations(path)
     assert with_input == msgs(("user", "Add\n\n2 3"), ("assistant", "5"))
     assert without == msgs(("user", "Add"), ("assistant", "5"))
     ids, w = data.encode_example(with_input, BYTE, 0.3)
@@ -237,7 +235,8 @@ def test_packing_balances_rows():
 
 @pytest.mark.ex5
 def test_packed_examples_do_not_see_each_other():
-    from model import GPT, GPTConfig
+    from imgpt.gpt_config import GPTConfig
+    from model import GPT
     torch.manual_seed(0)
     net = GPT(GPTConfig.preset("tiny", n_layer=2, n_embd=32, n_head=2, block_size=64)).eval()
     ex = [Example(b(t), [USER] * len(t)) for t in ("first example", "the second", "third")]
@@ -257,15 +256,15 @@ def test_packed_examples_do_not_see_each_other():
 
 def test_epoch_batches_deterministic_random_grouped_and_complete():
     lengths = [(i * 37) % 200 + 5 for i in range(1000)]
-    a = data.epoch_batches(lengths, 8, seed=1, epoch=3)
-    assert a == data.epoch_batches(lengths, 8, seed=1, epoch=3)
-    assert a != data.epoch_batches(lengths, 8, seed=1, epoch=4) != data.epoch_batches(lengths, 8, seed=2, epoch=3)
+    a = batching.epoch_batches(lengths, 8, seed=1, epoch=3)
+    assert a == batching.epoch_batches(lengths, 8, seed=1, epoch=3)
+    assert a != batching.epoch_batches(lengths, 8, seed=1, epoch=4) != batching.epoch_batches(lengths, 8, seed=2, epoch=3)
     assert sorted(i for batch in a for i in batch) == list(range(1000)) and len(a) == 125
-    plain = data.epoch_batches(lengths, 8, seed=1, epoch=3, group_by_length=False)
+    plain = batching.epoch_batches(lengths, 8, seed=1, epoch=3, group_by_length=False)
     pad = lambda batches: sum(len(x) * max(lengths[i] for i in x) for x in batches) / sum(lengths)
     assert pad(a) < 1.05 < 1.4 < pad(plain)  # computed / real tokens
-    assert [len(x) for x in data.epoch_batches(lengths[:21], 8, 0, 0)].count(5) == 1  # the short batch is kept
-    capped = data.epoch_batches(lengths, 64, seed=0, epoch=0, batch_tokens=1000)
+    assert [len(x) for x in batching.epoch_batches(lengths[:21], 8, 0, 0)].count(5) == 1  # the short batch is kept
+    capped = batching.epoch_batches(lengths, 64, seed=0, epoch=0, batch_tokens=1000)
     assert all(len(x) * max(lengths[i] for i in x) <= 1000 for x in capped)
     assert sorted(i for x in capped for i in x) == list(range(1000))
 
@@ -273,7 +272,7 @@ def test_epoch_batches_deterministic_random_grouped_and_complete():
 @pytest.mark.parametrize("n,world,accum", [(16, 2, 4), (13, 2, 3), (3, 4, 2), (0, 2, 2), (7, 1, 1)])
 def test_micro_batches_cover_the_batch_exactly(n, world, accum):
     batch = list(range(100, 100 + n))
-    parts = [data.micro_batches(batch, r, world, accum) for r in range(world)]
+    parts = [batching.micro_batches(batch, r, world, accum) for r in range(world)]
     assert all(len(p) == accum for p in parts)  # every rank runs the same number of micro-steps
     flat = [i for p in parts for mb in p for i in mb]
     assert sorted(flat) == batch and len(flat) == n
@@ -283,17 +282,17 @@ def test_micro_batches_cover_the_batch_exactly(n, world, accum):
 
 def test_split_is_deterministic_and_independent_of_num_examples():
     convs = list(range(100))
-    train, val = data.split_and_subsample(convs, 10, 0, seed=0)
+    train, val = splits.split_and_subsample(convs, 10, 0, seed=0)
     assert len(val) == 10 and len(train) == 90 and not set(train) & set(val)
-    assert data.split_and_subsample(convs, 10, 0, seed=0) == (train, val)
-    small, val2 = data.split_and_subsample(convs, 10, 20, seed=0)
-    mid, val3 = data.split_and_subsample(convs, 10, 50, seed=0)
+    assert splits.split_and_subsample(convs, 10, 0, seed=0) == (train, val)
+    small, val2 = splits.split_and_subsample(convs, 10, 20, seed=0)
+    mid, val3 = splits.split_and_subsample(convs, 10, 50, seed=0)
     assert val2 == val3 == val and len(small) == 20 and set(small) <= set(mid) <= set(train)
-    assert data.split_and_subsample(convs, 0.1, 0, seed=1)[1] != val
+    assert splits.split_and_subsample(convs, 0.1, 0, seed=1)[1] != val
     with pytest.raises(UserError, match="num_examples"):
-        data.split_and_subsample(convs, 10, 91, seed=0)
+        splits.split_and_subsample(convs, 10, 91, seed=0)
     with pytest.raises(UserError, match="val_size"):
-        data.split_and_subsample(convs, 100, 0, seed=0)
+        splits.split_and_subsample(convs, 100, 0, seed=0)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -312,25 +311,25 @@ def test_every_format_becomes_the_same_messages(tmp_path):
         "seed.jsonl": json.dumps({"instruction": "Add", "instances": [{"input": "2 3", "output": "5"}]}),
     }
     for name, text in files.items():
-        assert data.load_conversations(write(tmp_path, name, text)) == [want], name
+        assert formats.load_conversations(write(tmp_path, name, text)) == [want], name
 
 
 def test_multi_turn_formats_and_history(tmp_path):
     sys_msg, turns = msgs(("system", "Be kind.")), MULTI[1:]
     speakers = ["system", "human", "gpt", "human", "gpt"]
     share = {"conversations": [{"from": f, "value": m["content"]} for f, m in zip(speakers, MULTI)]}
-    assert data.load_conversations(write(tmp_path, "s.json", [share])) == [MULTI]
-    assert data.load_conversations(write(tmp_path, "m.jsonl", json.dumps({"messages": sys_msg + turns}))) == [MULTI]
+    assert formats.load_conversations(write(tmp_path, "s.json", [share])) == [MULTI]
+    assert formats.load_conversations(write(tmp_path, "m.jsonl", json.dumps({"messages": sys_msg + turns}))) == [MULTI]
     lima = {"instruction": "2+2?", "input": "", "output": "4", "history": [["Hi", "Yo"]], "system": "Be kind."}
-    assert data.load_conversations(write(tmp_path, "l.json", [lima])) == [MULTI]
+    assert formats.load_conversations(write(tmp_path, "l.json", [lima])) == [MULTI]
     trailing = {"messages": MULTI + msgs(("user", "unanswered"))}  # a turn with no answer teaches nothing
-    assert data.load_conversations(write(tmp_path, "t.jsonl", json.dumps(trailing))) == [MULTI]
+    assert formats.load_conversations(write(tmp_path, "t.jsonl", json.dumps(trailing))) == [MULTI]
 
 
 def test_format_override(tmp_path):
     path = write(tmp_path, "x.jsonl", '{"instruction": "I", "output": "O", "response": "R"}\n')
-    assert data.load_conversations(path)[0][1]["content"] == "R"  # detected as dolly
-    assert data.load_conversations(path, fmt="alpaca")[0][1]["content"] == "O"
+    assert formats.load_conversations(path)[0][1]["content"] == "R"  # detected as dolly
+    assert formats.load_conversations(path, fmt="alpaca")[0][1]["content"] == "O"
 
 
 @pytest.mark.parametrize("name,content,fmt,message", [
@@ -359,28 +358,28 @@ def test_format_override(tmp_path):
     ("msgs.jsonl", '{"messages": "hi"}\n', None, r"msgs.jsonl:1: field 'messages' must be a list, got str"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path, name, content, fmt, message):
-    with pytest.raises(data.DataError, match=message):
-        data.load_conversations(write(tmp_path, name, content), fmt)
+    with pytest.raises(formats.DataError, match=message):
+        formats.load_conversations(write(tmp_path, name, content), fmt)
 
 
 def test_missing_file_and_offline_download(tmp_path, monkeypatch):
-    with pytest.raises(data.DataError, match="no such file"):
-        data.load_conversations(str(tmp_path / "nope.json"))
+    with pytest.raises(formats.DataError, match="no such file"):
+        formats.load_conversations(str(tmp_path / "nope.json"))
     monkeypatch.setenv("IMGPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(data.DATASETS, "tiny", ("http://127.0.0.1:9/tiny.json", "alpaca"))  # nothing listens there
-    with pytest.raises(data.DataError, match="cannot download dataset 'tiny'.*local path"):
-        data.load_conversations("tiny")
+    monkeypatch.setitem(formats.DATASETS, "tiny", ("http://127.0.0.1:9/tiny.json", "alpaca"))  # nothing listens there
+    with pytest.raises(formats.DataError, match="cannot download dataset 'tiny'.*local path"):
+        formats.load_conversations("tiny")
     assert not os.listdir(tmp_path / "cache")  # no partial file left behind
 
 
 def test_named_dataset_downloads_once_into_the_cache(tmp_path, monkeypatch):
     source = write(tmp_path, "src.json", [{"instruction": "Add", "input": "", "output": "5"}])
     monkeypatch.setenv("IMGPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(data.DATASETS, "tiny", ("file://" + source, "alpaca"))
-    assert data.load_conversations("tiny") == [msgs(("user", "Add"), ("assistant", "5"))]
+    monkeypatch.setitem(formats.DATASETS, "tiny", ("file://" + source, "alpaca"))
+    assert formats.load_conversations("tiny") == [msgs(("user", "Add"), ("assistant", "5"))]
     assert os.listdir(tmp_path / "cache") == ["tiny-src.json"]
     os.remove(source)  # served from the cache now
-    assert len(data.load_conversations("tiny")) == 1
+    assert len(formats.load_conversations("tiny")) == 1
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -453,18 +452,18 @@ ALPACA_SETS = {"llms-from-scratch-ch07/instruction-data.json": 1100, "codealpaca
 def test_shared_alpaca_sets_load_and_batch_with_little_padding(shared_data, gpt2_bpe_dir):
     tok = get_tokenizer(gpt2_bpe_dir)
     for path, n in ALPACA_SETS.items():
-        convs = data.load_conversations(os.path.join(shared_data, path))
+        convs = formats.load_conversations(os.path.join(shared_data, path))
         assert len(convs) == n, path
-        row = data_cli.dataset_stats(convs, tok, max_len=1024, batch_size=8)
+        row = data.dataset_stats(convs, tok, max_len=1024, batch_size=8)
         assert row["dropped"] == 0 and row["IT weighted"] < row["IM weighted"] <= 1, path
         assert row["useful@8 packed"] >= 0.94, path  # length-grouped batches of 8, packed into rows
         if "seed_tasks" not in path:  # 175 examples with a long tail: padding alone reaches 0.815
             assert row["useful@8"] >= 0.92, path
-    lima = data.load_conversations(os.path.join(shared_data, "lima/lima.json"))
+    lima = formats.load_conversations(os.path.join(shared_data, "lima/lima.json"))
     assert sum(len(c) > 2 for c in lima) == 29  # the multi-turn rows, from `history`
 
 
 def test_gsm8k_reads_as_question_answer(shared_data):
-    convs = data.load_conversations(os.path.join(shared_data, "gsm8k", "test.jsonl"))
+    convs = formats.load_conversations(os.path.join(shared_data, "gsm8k", "test.jsonl"))
     assert len(convs) == 1319
     assert all(c[0]["role"] == "user" and "\n#### " in c[1]["content"] for c in convs)

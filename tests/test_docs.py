@@ -1,5 +1,6 @@
-"""Every command README.md and the programs' --help texts show runs as written: each program answers --help,
-every flag a documented command uses exists, and the fast commands run for real (on a tiny run of our own)."""
+"""Every command README.md, the pages under docs/ and the programs' --help texts show runs as written: each
+program answers --help, every flag a documented command uses exists, and the fast commands run for real (on a
+tiny run of our own)."""
 import contextlib
 import io
 import os
@@ -12,12 +13,15 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "export.py", "scripts/compare.py", "scripts/sweep.py",
+PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "scripts/export.py", "scripts/compare.py", "scripts/sweep.py",
             "scripts/bench_model.py", "scripts/bench_train.py", "scripts/bench_gpu.py", "scripts/course.py",
             "scripts/prompt_weight.py", "scripts/mutate.py"]
 PASS_THROUGH = {"scripts/compare.py", "scripts/sweep.py"}  # they hand train.py's flags on (their --help says so)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+DOCS = {p: open(os.path.join(ROOT, p), encoding="utf-8").read()  # README.md and the pages under docs/
+        for p in ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+                                        if f.endswith(".md"))}
+README = DOCS["README.md"]
 
 
 def help_text(program: str, monkeypatch) -> str:
@@ -63,7 +67,7 @@ def program_of(command: str) -> tuple[str | None, list[str]]:
 
 
 def documented(helps: dict[str, str]) -> list[tuple[str, str]]:
-    found = [("README.md", c) for c in shell_lines(README)]
+    found = [(page, c) for page, text in DOCS.items() for c in shell_lines(text)]
     return found + [(f"{p} --help", c) for p, text in helps.items() for c in example_lines(text)]
 
 
@@ -96,10 +100,10 @@ def test_ci_runs_the_readme_test_command():
     assert "-r requirements.txt" in dev  # the second quick-start line sets up everything the first one did
 
 
-FAST = [  # README commands run for real, as written, in a directory holding a tiny trained `out`
+FAST = [  # README and docs/ commands run for real, as written, in a directory holding a tiny trained `out`
     "python data.py show synthetic --loss im --n 1",
     "python eval.py --ckpt out",
-    "python export.py --ckpt out --out_dir hf-out",
+    "python scripts/export.py --ckpt out --out_dir hf-out",
     "python sample.py --ckpt out --prompt \"S8=lodi, K2=\"",
     "python data.py stats synthetic --tokenizer byte",
 ]
@@ -113,7 +117,7 @@ def test_fast_readme_commands_run_as_written(tmp_path, helps):
                    capture_output=True, timeout=300)
     runs = {}
     for command in FAST:  # independent of each other: all at once
-        assert command in commands, f"{command!r} is no longer in README.md: update FAST"
+        assert command in commands, f"{command!r} is no longer in README.md or docs/: update FAST"
         words = shlex.split(command)
         runs[command] = subprocess.Popen([sys.executable, os.path.join(ROOT, words[1]), *words[2:]], cwd=tmp_path,
                                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -128,7 +132,7 @@ def test_bench_train_takes_one_size_with_its_defaults():
     """`scripts/bench_train.py --sizes tiny-bpe` (course assignment 4) failed: three default batches, one size."""
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import bench_train
-    from runtime import UserError, parse_config
+    from imgpt.cli import UserError, parse_config
     one = parse_config(bench_train.BenchConfig, ["--sizes", "tiny-bpe"])
     assert (one.for_size("batch", "tiny-bpe"), one.for_size("rounds", "tiny-bpe")) == (8, 12)
     two = parse_config(bench_train.BenchConfig, ["--sizes", "tiny,124M", "--rounds", "5"])

@@ -13,12 +13,17 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
-import benchmarks as bm
 import data
-import synthetic
+import eval
 import eval as ev
-from model import GPT, GPTConfig, get_tokenizer, save_checkpoint
-from runtime import Dist, UserError, make_config, run_cli
+from imgpt import benchmarks as bm
+from imgpt import formats, synthetic, text_metrics
+from imgpt.checkpoint import save_checkpoint
+from imgpt.cli import UserError, make_config, run_cli
+from imgpt.distributed import Dist
+from imgpt.gpt_config import GPTConfig
+from imgpt.tokenizers import get_tokenizer
+from model import GPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVS = [
@@ -152,7 +157,7 @@ def test_choice_metrics_end_to_end_acc_vs_acc_norm(tok):
     assert r == {"examples": 2, "acc": 0.0, "acc_norm": 1.0}, (
         f"choices 'a' and 'abcd' under a model that finds every byte token equally likely, the gold one 'abcd': "
         f"{r}, expected acc 0 and acc_norm 1")
-    lps = bm.continuation_logprobs(Uniform(), bm.choice_pairs(q, tok, chat=False), 4, "cpu")
+    lps = bm.continuation_logprobs(Uniform(), eval.choice_pairs(q, tok, chat=False), 4, "cpu")
     assert lps == pytest.approx([-2 * math.log(257), -5 * math.log(257)])
 
 
@@ -162,7 +167,7 @@ def test_batched_scoring_equals_one_row_at_a_time(net, tok):
     qs = [bm.Question("The sky is", ["blue", "green and wide"], 0), bm.Question("", ["x", "yz"], 1),
           bm.Question("Q: " + "long " * 20, ["a", "b"], 0),  # an empty context scores after end-of-text
           bm.Question("Pick:", ["A", "B", "C", "D"], 2)]
-    pairs = [p for q in qs for p in bm.choice_pairs(q, tok, chat=False)]
+    pairs = [p for q in qs for p in eval.choice_pairs(q, tok, chat=False)]
     assert pairs[2][0] == [tok.eot_token]
     rows = []
     counting = lambda idx, select: rows.append(idx.shape[0]) or net(idx, select=select)  # noqa: E731
@@ -176,49 +181,49 @@ def test_batched_scoring_equals_one_row_at_a_time(net, tok):
 
 
 def test_chat_choices_are_the_assistant_reply(tok):
-    (ctx, cont), _ = bm.choice_pairs(bm.Question("Capital of France?", ["Paris", "Rome"], 0), tok, chat=True)
+    (ctx, cont), _ = eval.choice_pairs(bm.Question("Capital of France?", ["Paris", "Rome"], 0), tok, chat=True)
     assert tok.decode(ctx) == "<|user|>\nCapital of France?\n<|assistant|>\n" and tok.decode(cont) == "Paris"
     assert ctx == data.prompt_ids([{"role": "user", "content": "Capital of France?"}], tok)
-    with pytest.raises(data.DataError, match="empty choice"):
-        bm.choice_pairs(bm.Question("Q?", ["yes", ""], 0), tok, chat=True)
+    with pytest.raises(formats.DataError, match="empty choice"):
+        eval.choice_pairs(bm.Question("Q?", ["yes", ""], 0), tok, chat=True)
 
 
 # ----------------------------------------------------------------------------- exact match, BLEU, ROUGE-L
 
 def test_exact_match_and_gsm8k_strict_match_as_lm_eval():
-    assert ev.exact_match("  The  answer\nis 4 ", "The answer is 4")
-    assert not ev.exact_match("The answer is 4.", "The answer is 4")
+    assert text_metrics.exact_match("  The  answer\nis 4 ", "The answer is 4")
+    assert not text_metrics.exact_match("The answer is 4.", "The answer is 4")
     ref = "She has 3 + 15 = 18 apples.\n#### 18"
-    assert ev.exact_match("3 + 15 = 18\n#### 18", ref)
-    assert ev.exact_match("#### 18 (I think, not 20)\n#### 20", ref)  # take_first: the first marked number
-    assert ev.exact_match("#### 1,800.", "#### 1800")  # ',' and a final '.' are ignored on both sides
+    assert text_metrics.exact_match("3 + 15 = 18\n#### 18", ref)
+    assert text_metrics.exact_match("#### 18 (I think, not 20)\n#### 20", ref)  # take_first: the first marked number
+    assert text_metrics.exact_match("#### 1,800.", "#### 1800")  # ',' and a final '.' are ignored on both sides
     # lm-eval's strict match refuses what a lenient rule would accept:
-    assert not ev.exact_match("#### 18.00", ref)  # no number canonicalization
-    assert not ev.exact_match("#### $18", ref)  # '$' is not in the answer pattern: "[invalid]"
-    assert not ev.exact_match("3 apples and 15 more: 18", ref)  # no marker: "[invalid]"
-    assert ev.gsm8k_answer("x #### -3.50 y") == "-3.50" and ev.gsm8k_answer("none") == "[invalid]"
-    assert ev.gsm8k_clean("Step 1. $1,000\n#### 1,000.") == "1000"
+    assert not text_metrics.exact_match("#### 18.00", ref)  # no number canonicalization
+    assert not text_metrics.exact_match("#### $18", ref)  # '$' is not in the answer pattern: "[invalid]"
+    assert not text_metrics.exact_match("3 apples and 15 more: 18", ref)  # no marker: "[invalid]"
+    assert text_metrics.gsm8k_answer("x #### -3.50 y") == "-3.50" and text_metrics.gsm8k_answer("none") == "[invalid]"
+    assert text_metrics.gsm8k_clean("Step 1. $1,000\n#### 1,000.") == "1000"
 
 
 def test_bleu_equals_sacrebleu_and_hand_value():
     # 1- to 4-gram precisions 5/6, 3/5, 2/4, 1/3, equal lengths (no brevity penalty)
-    assert ev.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(
+    assert text_metrics.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(
         100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
     hyps, refs = ["the cat sat on the mat", "a dog ran off", "hello"], ["the cat sat on a mat", "the dog ran", "hi"]
-    assert ev.bleu(hyps, refs) == sacrebleu.corpus_bleu(hyps, [refs]).score  # corpus-level, not a mean
-    assert ev.bleu([], []) == 0.0
+    assert text_metrics.bleu(hyps, refs) == sacrebleu.corpus_bleu(hyps, [refs]).score  # corpus-level, not a mean
+    assert text_metrics.bleu([], []) == 0.0
 
 
 def test_rouge_l_hand_cases():
-    assert ev.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
-    assert ev.rouge_l("the cat sat on the mat", "The cat is on the MAT") == pytest.approx(5 / 6)
-    assert ev.rouge_l("a b c d", "b d e") == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))  # 4/7
-    assert ev.rouge_l("", "x") == ev.rouge_l("x", "") == ev.rouge_l("x", "y") == 0.0
+    assert text_metrics.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+    assert text_metrics.rouge_l("the cat sat on the mat", "The cat is on the MAT") == pytest.approx(5 / 6)
+    assert text_metrics.rouge_l("a b c d", "b d e") == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))  # 4/7
+    assert text_metrics.rouge_l("", "x") == text_metrics.rouge_l("x", "") == text_metrics.rouge_l("x", "y") == 0.0
     # rouge-score's tokenizer: punctuation is a separator, not part of a word
-    assert ev.rouge_l("pen", "Pen.") == 1.0 and ev.rouge_l("a-b, c!", "A b c") == 1.0
-    assert ev.rouge_tokens("It's 3.5 km/h!") == ["it", "s", "3", "5", "km", "h"]
-    assert ev.rouge_l("...", "pen") == 0.0  # nothing left to match
-    m = ev.text_metrics(["a b c d", "x"], ["b d e", "x"])
+    assert text_metrics.rouge_l("pen", "Pen.") == 1.0 and text_metrics.rouge_l("a-b, c!", "A b c") == 1.0
+    assert text_metrics.rouge_tokens("It's 3.5 km/h!") == ["it", "s", "3", "5", "km", "h"]
+    assert text_metrics.rouge_l("...", "pen") == 0.0  # nothing left to match
+    m = text_metrics.text_metrics(["a b c d", "x"], ["b d e", "x"])
     assert m["exact_match"] == 0.5 and m["rouge_l"] == pytest.approx(100 * (4 / 7 + 1) / 2)
 
 
@@ -247,11 +252,11 @@ def test_mmlu_reader_separators_columns_and_stray_byte(tmp_path):
 def test_mmlu_reader_errors_name_file_line_and_field(tmp_path):
     bad = write(tmp_path / "e.csv", b"question,choices,answer\n"
                 b"\"two\nlines\",\"['a', 'b']\",0\nQ,\"['a', 'b']\",E\n")  # the bad record starts on line 4
-    with pytest.raises(data.DataError, match=r"e\.csv:4: field 'answer'"):
+    with pytest.raises(formats.DataError, match=r"e\.csv:4: field 'answer'"):
         bm.read_mmlu_csv(bad)
-    with pytest.raises(data.DataError, match=r"f\.csv:2: field 'choices'"):
+    with pytest.raises(formats.DataError, match=r"f\.csv:2: field 'choices'"):
         bm.read_mmlu_csv(write(tmp_path / "f.csv", b"question,choices,answer\nQ,__import__('os'),0\n"))
-    with pytest.raises(data.DataError, match=r"g\.csv:1:"):
+    with pytest.raises(formats.DataError, match=r"g\.csv:1:"):
         bm.read_mmlu_csv(write(tmp_path / "g.csv", b"just some text\n"))
 
 
@@ -276,9 +281,9 @@ def test_hellaswag_text_bz2_and_jsonl(tmp_path):
     # lm-eval capitalizes ctx_b (the text after the last sentence end) with str.capitalize, before the cleanup
     assert [(q.context, q.gold) for q in qs] == [("Act: A man sits. on a roof. He", 2), ("Cook: She stirs. She", 0)]
     assert qs[0].choices == ["falls.", "waves.", "climbs down.", "sleeps."]
-    with pytest.raises(data.DataError, match=r"bad\.txt:8: field 'label'"):
+    with pytest.raises(formats.DataError, match=r"bad\.txt:8: field 'label'"):
         bm.read_hellaswag(write(tmp_path / "bad.txt", text.replace("\n0\n", "\n7\n").encode()))
-    with pytest.raises(data.DataError, match="6 lines per task"):
+    with pytest.raises(formats.DataError, match="6 lines per task"):
         bm.read_hellaswag(write(tmp_path / "short.txt", b"ctx\n1\na\nb\n"))
     rec = {"activity_label": "Act", "ctx_a": "A man sits.", "ctx_b": "he", "endings": ["x", "y"], "label": "1"}
     (j,) = bm.read_hellaswag(write(tmp_path / "hs.jsonl", json.dumps(rec).encode() + b"\n"))
@@ -307,7 +312,7 @@ def test_gpt2_bpe_pairs_equal_lm_eval_split(shared_data, gpt2_bpe_dir):
     hs = bm.read_hellaswag(os.path.join(shared_data, "hellaswag", "hellaswag_val_full.txt.bz2"))[:100]
     mmlu = bm.read_mmlu(os.path.join(shared_data, "mmlu-redux", "mmlu_anatomy.csv"), "continuation")[:100]
     for q in hs + mmlu:
-        for (ctx, cont), choice in zip(bm.choice_pairs(q, tok, chat=False), q.choices):
+        for (ctx, cont), choice in zip(eval.choice_pairs(q, tok, chat=False), q.choices):
             assert ctx + cont == tok.encode_ordinary(q.context + " " + choice)
             assert tok.decode(cont) == " " + choice
 
@@ -324,7 +329,7 @@ def test_generation_batched_matches_one_prompt_at_a_time(net, tok, tmp_path):
         assert rec["prompt"] == tok.decode(prompt)
         assert rec["output"] == tok.decode(net.generate([prompt], 6, eos_id=tok.eot_token)[0])
     outputs, references = [x["output"] for x in records], [x["reference"] for x in records]
-    assert r["examples"] == 3 and r["bleu"] == ev.bleu(outputs, references)
+    assert r["examples"] == 3 and r["bleu"] == text_metrics.bleu(outputs, references)
 
     def sample(seed: int, greedy: bool = False) -> list[str]:
         cfg = config(max_new_tokens=6, temperature=1.0, seed=seed)

@@ -1,4 +1,4 @@
-"""export.py: transformers loads the exported directory and computes what we compute."""
+"""scripts/export.py: transformers loads the exported directory and computes what we compute."""
 import json
 import os
 
@@ -6,12 +6,15 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
-import checkpoint
 import data
-import export
-from model import GPT, GPTConfig, get_tokenizer, load_model, save_checkpoint
-from runtime import UserError
-from test_model import write_tiny_bpe
+from imgpt import tokenizers
+from imgpt.checkpoint import save_checkpoint
+from imgpt.cli import UserError
+from imgpt.gpt_config import GPTConfig
+from imgpt.tokenizers import get_tokenizer
+from model import GPT, load_model
+from scripts import export
+from conftest import write_tiny_bpe
 
 TEXTS = ["hello world", "Hello, naïve café — 東京 🙂\n\n  tabs\tand  spaces", "he'll well <|endoftext|> hello"]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me Kane's tool."},
@@ -27,7 +30,7 @@ def random_checkpoint(directory, tok) -> str:
             p.normal_(0, 0.3)
     path = os.path.join(directory, "ckpt.pt")
     save_checkpoint(path, {"model": net.state_dict(), "model_config": vars(net.config),
-                           "tokenizer": checkpoint.tokenizer_record(tok)})
+                           "tokenizer": tokenizers.tokenizer_record(tok)})
     return path
 
 

@@ -15,36 +15,21 @@ import typing
 import pytest
 import torch
 
-import benchmarks as bm
-import checkpoint
 import data
-import data_cli
 import eval as ev
-import formats
-import runtime
 import train as T
-from checkpoint import CheckpointError
-from model import GPT, load_checkpoint, save_checkpoint
-from runtime import Dist, UserError, make_config, parse_config, run_cli
-from test_train import data_file, one_thread, tiny  # noqa: F401 (fixtures)
+from conftest import data_file, one_thread, tiny  # noqa: F401 (fixtures)
+from imgpt import benchmarks as bm
+from imgpt import checkpoint, cli, files, formats, pretrained
+from imgpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from imgpt.cli import UserError, make_config, parse_config
+from imgpt.distributed import Dist
+from model import GPT
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import compare  # noqa: E402
 import sweep  # noqa: E402
-
-
-def cli_error(main, argv: list[str], monkeypatch, capsys) -> str:
-    """Run a program's main() as the command line would; return its error: exit code 2, no traceback, one line
-    (the last on stderr, after any progress bar)."""
-    monkeypatch.setattr(sys, "argv", argv)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(main)
-    err = capsys.readouterr().err
-    last = err.rstrip("\n").split("\n")[-1]
-    assert exit_info.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
-    return last + "\n"
-
+from conftest import HELLASWAG, cli_error
 
 # ----------------------------------------------------------------------------- nothing lost
 
@@ -175,7 +160,7 @@ def test_out_dir_that_is_a_file_or_not_writable(tmp_path, monkeypatch, capsys):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     if os.geteuid() == 0:
-        monkeypatch.setattr(runtime.tempfile, "TemporaryFile", refused)
+        monkeypatch.setattr(files.tempfile, "TemporaryFile", refused)
     err = cli_error(T.main, ["train.py", f"--out_dir={ro / 'run'}"], monkeypatch, capsys)
     assert err == f"error: --out_dir {ro / 'run'}: cannot write in {ro} (Permission denied)\n"
     assert os.listdir(ro) == []  # nothing made, not even the run's directory
@@ -214,7 +199,7 @@ class FillsUp(io.FileIO):
 def test_a_disk_full_mid_checkpoint_is_reported_as_such(tmp_path, monkeypatch):
     """torch's zip writer turns a write error after its first write into 'unexpected pos 7'; save_checkpoint
     reports the file and ENOSPC, and removes its half-written temp file."""
-    monkeypatch.setattr(runtime, "open", lambda path, mode: FillsUp(path, mode), raising=False)
+    monkeypatch.setattr(files, "open", lambda path, mode: FillsUp(path, mode), raising=False)
     with pytest.raises(UserError, match=f"^cannot write {tmp_path / 'c.pt'}: No space left on device$"):
         save_checkpoint(str(tmp_path / "c.pt"), {"w": torch.zeros(1 << 16)})
     assert os.listdir(tmp_path) == []
@@ -222,11 +207,11 @@ def test_a_disk_full_mid_checkpoint_is_reported_as_such(tmp_path, monkeypatch):
 
 def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     events, fsync, replace = [], os.fsync, os.replace
-    monkeypatch.setattr(runtime.os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
                                                          fsync(fd)))
-    monkeypatch.setattr(runtime.os, "replace", lambda a, b: (events.append(("replace", a)), replace(a, b)))
-    runtime.write_text_atomic(str(tmp_path / "x.json"), "{}")
-    assert events == [("fsync", False), ("replace", runtime.temp_path(str(tmp_path / 'x.json'))), ("fsync", True)]
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append(("replace", a)), replace(a, b)))
+    files.write_text_atomic(str(tmp_path / "x.json"), "{}")
+    assert events == [("fsync", False), ("replace", files.temp_path(str(tmp_path / 'x.json'))), ("fsync", True)]
     assert (tmp_path / "x.json").read_text() == "{}" and os.listdir(tmp_path) == ["x.json"]
 
 
@@ -245,7 +230,7 @@ def test_eval_out_that_is_a_directory(tmp_path):
 
 # ----------------------------------------------------------------------------- flags and config files
 
-CONFIGS = [T.TrainConfig, ev.EvalConfig, data_cli.StatsConfig, compare.CompareConfig, sweep.SweepConfig]
+CONFIGS = [T.TrainConfig, ev.EvalConfig, data.StatsConfig, compare.CompareConfig, sweep.SweepConfig]
 NEEDED = {ev.EvalConfig: {"ckpt": "gpt2"}}  # settings without which validate() stops first
 
 
@@ -254,7 +239,7 @@ def numeric_fields(cls) -> list[tuple[str, type, float]]:
     out = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
-        tp = runtime._scalar(tp)
+        tp = cli._scalar(tp)
         tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
         if tp in (int, float):
             out.append((f.name, tp, f.metadata["low"]))
@@ -345,10 +330,7 @@ def test_deeply_nested_json_is_one_clear_error(tmp_path):
         bm.read_hellaswag(str(tmp_path / "h.jsonl"))
     (tmp_path / "config.json").write_text(deep)
     with pytest.raises(CheckpointError, match="config.json: not readable JSON"):
-        checkpoint.read_json(str(tmp_path / "config.json"))
-
-
-HELLASWAG = "A man sits.\n0\nhe stands.\nhe sings.\nhe runs.\nhe sleeps.\n"
+        pretrained.read_json(str(tmp_path / "config.json"))
 
 
 def test_benchmark_files(tmp_path):
@@ -357,17 +339,17 @@ def test_benchmark_files(tmp_path):
     (q,) = bm.read_mmlu_csv(str(tmp_path / "bom.csv"))  # the BOM is not part of the 'question' header
     assert (q.context, q.choices, q.gold) == ("What?", ["a", "b", "c", "d"], 1)
     (tmp_path / "header.csv").write_text("question,A,B,C,D,answer\n")
-    with pytest.raises(data.DataError, match="header.csv: no questions in this file"):
+    with pytest.raises(formats.DataError, match="header.csv: no questions in this file"):
         bm.read_mmlu_csv(str(tmp_path / "header.csv"))
     for name, content in [("empty.txt", b""), ("empty.jsonl", b"\n")]:
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(data.DataError, match=f"{name}: no questions in this file"):
+        with pytest.raises(formats.DataError, match=f"{name}: no questions in this file"):
             bm.read_hellaswag(str(tmp_path / name))
     (tmp_path / "hs.txt.bz2").write_bytes(bz2.compress(HELLASWAG.encode())[:-10])
-    with pytest.raises(data.DataError, match=r"hs.txt.bz2: cannot read \(EOFError"):
+    with pytest.raises(formats.DataError, match=r"hs.txt.bz2: cannot read \(EOFError"):
         bm.read_hellaswag(str(tmp_path / "hs.txt.bz2"))
     (tmp_path / "junk.txt.bz2").write_bytes(b"BZh91AY&SY" + bytes(range(200)))
-    with pytest.raises(data.DataError, match=r"junk.txt.bz2: cannot read \(OSError"):
+    with pytest.raises(formats.DataError, match=r"junk.txt.bz2: cannot read \(OSError"):
         bm.read_hellaswag(str(tmp_path / "junk.txt.bz2"))
 
 
@@ -381,7 +363,7 @@ def test_bad_benchmark_files_fail_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(ev.modeling, "load_model", no_model)
     for flags in ({"mmlu": str(tmp_path / "header.csv")}, {"hellaswag": str(tmp_path / "hs.txt"),
                                                             "mmlu": str(tmp_path / "header.csv")}):
-        with pytest.raises(data.DataError, match="header.csv: no questions"):
+        with pytest.raises(formats.DataError, match="header.csv: no questions"):
             ev.evaluate(make_config(ev.EvalConfig, {"ckpt": "gpt2", "device": "cpu", **flags}), Dist())
 
 
@@ -402,4 +384,4 @@ def test_a_checkpoint_holding_code_is_refused_in_one_line(tmp_path, monkeypatch,
     os.makedirs(tmp_path / "hf")
     torch.save({"wte": Payload()}, tmp_path / "hf" / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"pytorch_model.bin: refused: the file holds Python code \(posix"):
-        checkpoint.read_weights(str(tmp_path / "hf"))
+        pretrained.read_weights(str(tmp_path / "hf"))

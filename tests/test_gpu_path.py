@@ -2,7 +2,6 @@
 syncs and no graph breaks in a training step, the FLOPs behind MFU, dtype choice, downloads, loading, defaults."""
 import json
 import os
-import random
 import sys
 import threading
 
@@ -14,15 +13,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import loss as L
-import mfu
-import runtime
 import train as T
+from conftest import tiny_run
 from data import ASSISTANT, USER, Example, collate, doc_starts
+from imgpt import device, distributed, files, mfu, pretrained
+from imgpt.checkpoint import load_checkpoint
+from imgpt.gpt_config import GPTConfig
+from imgpt.train_config import resolve
 from metrics import segment_loss_sums
-from model import GPT, GPTConfig, load_checkpoint
-from train_config import resolve
-
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+from model import GPT
 
 
 def examples(lengths: list[tuple[int, int]], vocab: int = 67, seed: int = 0) -> list[Example]:
@@ -125,25 +124,11 @@ class SyncSpy(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def tiny_run(tmp_path, **kw) -> T.TrainConfig:
-    os.makedirs(tmp_path, exist_ok=True)
-    path = tmp_path / "data.jsonl"
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for _ in range(24):
-            f.write(json.dumps({"instruction": " ".join(rng.choices(WORDS, k=rng.randint(2, 12))),
-                                "output": " ".join(rng.choices(WORDS, k=rng.randint(1, 5)))}) + "\n")
-    base = dict(out_dir=str(tmp_path / "out"), data=str(path), val_size=4, n_layer=2, n_head=2, n_embd=32,
-                block_size=64, batch_size=8, micro_batch_size=4, max_steps=2, lr=1e-3, eval_interval=0,
-                eval_examples=4, train_eval_size=4, seed=0, device="cpu", loss="it")
-    return T.TrainConfig(**{**base, **kw})
-
-
 @pytest.mark.parametrize("pack", [False, True])
 def test_a_training_step_never_waits_for_the_device(tmp_path, pack):
     """No nonzero and no item() from collate's output to the optimizer step (each is a GPU->host sync); the
     step's losses are read once, by flush, at the log interval."""
-    s = T.setup(resolve(tiny_run(tmp_path, pack=pack)), runtime.Dist())
+    s = T.setup(resolve(tiny_run(tmp_path, pack=pack)), distributed.Dist())
     plan = T.plan_epoch(s.cfg, s.train, 0)
     batches = T.prepare(s, plan[0])
     with SyncSpy() as spy:
@@ -217,10 +202,10 @@ def test_forward_flops_by_hand_and_against_torch_flop_counter():
 
 
 def test_logged_mfu_is_the_flops_of_the_step_over_time_and_peak(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "set_up_device", lambda cfg, d, amp: 1e12)  # as if on a GPU with a 1 TFLOP/s peak
+    monkeypatch.setattr(T, "set_up_device", lambda *args: 1e12)  # as if on a GPU with a 1 TFLOP/s peak
     T.train(tiny_run(tmp_path, max_steps=2, log_interval=1))
     recs = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl") if '"loss"' in line]
-    s = T.setup(resolve(tiny_run(tmp_path / "again")), runtime.Dist())
+    s = T.setup(resolve(tiny_run(tmp_path / "again")), distributed.Dist())
     ids = T.plan_epoch(s.cfg, s.train, 0)[0]
     weighted = L.step_totals(s.train, ids, 0.0)[3]
     flops = mfu.training_flops(2, 32, s.model.config.vocab_size, [len(s.train[i].ids) - 1 for i in ids], weighted)
@@ -232,33 +217,33 @@ def test_logged_mfu_is_the_flops_of_the_step_over_time_and_peak(tmp_path, monkey
 
 def test_auto_dtype_takes_bf16_only_where_it_is_not_emulated(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert runtime.amp_dtype_for("auto", "cuda") == torch.float16  # a V100 / T4: fp16 and the gradient scaler
+    assert device.amp_dtype_for("auto", "cuda") == torch.float16  # a V100 / T4: fp16 and the gradient scaler
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert runtime.amp_dtype_for("auto", "cuda") == torch.bfloat16  # Ampere and later
-    assert runtime.amp_dtype_for("auto", "cpu") is None
+    assert device.amp_dtype_for("auto", "cuda") == torch.bfloat16  # Ampere and later
+    assert device.amp_dtype_for("auto", "cpu") is None
 
 
 def test_temp_names_differ_across_hosts_with_the_same_pid(monkeypatch):
     monkeypatch.setattr(os, "getpid", lambda: 4242)
     names = []
     for host in ("node-a", "node-b"):
-        monkeypatch.setattr(runtime.socket, "gethostname", lambda host=host: host)
-        names.append(runtime.temp_path("/cache/gpt2/model.safetensors"))
+        monkeypatch.setattr(files.socket, "gethostname", lambda host=host: host)
+        names.append(files.temp_path("/cache/gpt2/model.safetensors"))
     assert names[0] != names[1] and all("4242" in n for n in names)
 
 
 def test_local_rank_zero_downloads_before_the_other_ranks(monkeypatch):
     """The others wait in a gloo barrier with the stated 2-hour timeout, not NCCL's 10 minutes (a slow download)."""
     events = []
-    monkeypatch.setattr(runtime.dist, "new_group", lambda backend, timeout: (backend, timeout))
-    monkeypatch.setattr(runtime.dist, "barrier", lambda group: events.append("barrier") or (
-        group == ("gloo", runtime.DOWNLOAD_TIMEOUT) or pytest.fail(f"barrier in {group}")))
+    monkeypatch.setattr(distributed.dist, "new_group", lambda backend, timeout: (backend, timeout))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda group: events.append("barrier") or (
+        group == ("gloo", distributed.DOWNLOAD_TIMEOUT) or pytest.fail(f"barrier in {group}")))
     for local_rank in (0, 1):
-        with runtime.local_rank_zero_first(runtime.Dist(rank=local_rank, local_rank=local_rank, world_size=2)):
+        with distributed.local_rank_zero_first(distributed.Dist(rank=local_rank, local_rank=local_rank, world_size=2)):
             events.append(f"download {local_rank}")
     assert events == ["download 0", "barrier", "barrier", "download 1"]
-    assert runtime.DOWNLOAD_TIMEOUT.total_seconds() == 2 * 3600
-    with runtime.local_rank_zero_first(runtime.Dist()):  # a single process: no barrier
+    assert distributed.DOWNLOAD_TIMEOUT.total_seconds() == 2 * 3600
+    with distributed.local_rank_zero_first(distributed.Dist()):  # a single process: no barrier
         events.append("alone")
     assert events[-1] == "alone" and events.count("barrier") == 2
 
@@ -289,7 +274,7 @@ def test_best_checkpoint_has_no_optimizer_state_and_the_kl_reference_is_float32(
     best, last = load_checkpoint(str(out / "best.pt")), load_checkpoint(str(out / "ckpt.pt"))
     assert "optimizer" not in best and "optimizer" in last
     assert os.path.getsize(out / "best.pt") < 0.5 * os.path.getsize(out / "ckpt.pt")
-    s = T.setup(resolve(tiny_run(tmp_path / "kl", kl_coef=0.1, dtype="bfloat16")), runtime.Dist())
+    s = T.setup(resolve(tiny_run(tmp_path / "kl", kl_coef=0.1, dtype="bfloat16")), distributed.Dist())
     assert {p.dtype for p in s.ref.parameters()} == {torch.float32}  # as the model: KL exactly 0 at step 0
     assert {p.dtype for p in s.model.parameters()} == {torch.float32}
 
@@ -365,20 +350,20 @@ def fp32_ieee():
 
 def test_cuda_setup_turns_on_tf32_and_finds_the_peak_of_the_precision(fp32_ieee, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
-    cuda = runtime.Dist(device="cuda:0")
-    assert T.set_up_device(T.TrainConfig(), cuda, None) == 495e12  # float32 runs: TF32 matmuls, TF32 peak
+    cuda = distributed.Dist(device="cuda:0")
+    assert T.set_up_device(cuda.device, None, None) == 495e12  # float32 runs: TF32 matmuls, TF32 peak
     assert [m.fp32_precision for m in fp32_ieee] == ["tf32", "tf32"]
-    assert T.set_up_device(T.TrainConfig(), cuda, torch.bfloat16) == 989e12
+    assert T.set_up_device(cuda.device, None, torch.bfloat16) == 989e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    assert T.set_up_device(T.TrainConfig(), cuda, torch.float16) is None
+    assert T.set_up_device(cuda.device, None, torch.float16) is None
     assert capsys.readouterr().out.count("MFU not logged") == 1
 
 
 def test_pytorch_bin_checkpoints_are_memory_mapped(tmp_path, monkeypatch):
-    import checkpoint
+    from imgpt import checkpoint
     torch.save({"w": torch.ones(3)}, tmp_path / "pytorch_model.bin")
     seen = []
     real = torch.load
     monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
-    assert checkpoint.read_weight_file(str(tmp_path / "pytorch_model.bin"))["w"].sum() == 3
+    assert pretrained.read_weight_file(str(tmp_path / "pytorch_model.bin"))["w"].sum() == 3
     assert seen == [dict(map_location="cpu", weights_only=True, mmap=True)]

@@ -1,4 +1,4 @@
-"""model.py and checkpoint.py: parity with Hugging Face GPT-2, loss, generation, packing, tokenizers, bad files."""
+"""model.py (and imgpt/pretrained.py, imgpt/tokenizers.py): parity with Hugging Face GPT-2, loss, generation, packing, tokenizers, bad files."""
 import json
 import os
 import shutil
@@ -9,28 +9,18 @@ import tiktoken.load
 import torch
 from safetensors.torch import load_file, save_file
 
-import checkpoint
+from conftest import hf_model, write_tiny_bpe
 from data import doc_starts
-from model import (GPT, CheckpointError, GPTConfig, KVCache, load_checkpoint, load_model, save_checkpoint,
-                   sample_next, top_k_filter, top_p_filter, weighted_cross_entropy, get_tokenizer)
-from runtime import UserError
+from imgpt import pretrained, tokenizers
+from imgpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from imgpt.cli import UserError
+from imgpt.gpt_config import GPTConfig
+from imgpt.sampling import sample_next, top_k_filter, top_p_filter
+from imgpt.tokenizers import get_tokenizer
+from model import GPT, KVCache, load_model, weighted_cross_entropy
 
 # (n_layer, n_head, n_embd, n_positions, vocab_size): the last has neither a power-of-two vocab nor context
 HF_SHAPES = [(2, 2, 32, 64, 128), (3, 4, 48, 40, 96), (1, 3, 24, 37, 101)]
-
-
-def hf_model(n_layer, n_head, n_embd, n_positions, vocab_size, seed=0):
-    """A random reference GPT-2 whose greedy continuations vary (strong position embeddings keep them from
-    collapsing into one repeated token, as GPT-2's own 0.02 init does)."""
-    transformers = pytest.importorskip("transformers")  # the reference, from requirements-dev.txt
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
-                                  vocab_size=vocab_size, bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, (1.0 if "wpe" in name else 0.2) if p.dim() > 1 else 0.1)
-    return model
 
 
 def save_legacy_bin(hf, directory):
@@ -403,21 +393,6 @@ def test_gpt2_by_name_uses_tiktoken_cache(gpt2_bpe_dir, tmp_path, monkeypatch):
     assert get_tokenizer("gpt2").encode("Hello world") == [15496, 995]
 
 
-def write_tiny_bpe(directory, names=("vocab.json", "merges.txt")):
-    """GPT-2's 256 byte tokens, three merges (he, ll, Ġw where Ġ spells a space), then <|endoftext|> = 259."""
-    decode = checkpoint.gym_byte_decoder()
-    vocab = {c: i for i, c in enumerate(decode)}
-    for merged in ("he", "ll", "Ġw"):
-        vocab[merged] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, names[0]), "w", encoding="utf-8") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(directory, names[1]), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\nh e\nl l\nĠ w\n")
-    return vocab
-
-
 @pytest.mark.parametrize("names", [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")])
 def test_tokenizer_from_a_directory(tmp_path, names):
     vocab = write_tiny_bpe(tmp_path, names)
@@ -462,7 +437,7 @@ def test_checkpoint_round_trip_brings_model_and_tokenizer_back(tmp_path):
     tok_dir = tmp_path / "tok"
     write_tiny_bpe(tok_dir)
     path = str(tmp_path / "run" / "ckpt.pt")
-    record = checkpoint.tokenizer_record(get_tokenizer(str(tok_dir)))
+    record = tokenizers.tokenizer_record(get_tokenizer(str(tok_dir)))
     save_checkpoint(path, {"model": tiny.state_dict(), "model_config": vars(tiny.config), "tokenizer": record,
                            "step": 3})
     shutil.rmtree(tok_dir)  # the checkpoint carries its tokenizer: the files it came from may go
@@ -503,19 +478,19 @@ def test_huggingface_directory_without_tokenizer_files(tmp_path, monkeypatch):
 def test_tokenizer_record_rebuilds_the_same_tokenizer(tmp_path):
     write_tiny_bpe(tmp_path)
     tok = get_tokenizer(str(tmp_path))
-    record = checkpoint.tokenizer_record(tok)
+    record = tokenizers.tokenizer_record(tok)
     assert record["merges.txt"] == "#version: 0.2\nh e\nl l\nĠ w"  # the merges, recovered from the ranks
-    again = checkpoint.tokenizer_from_record(record)
+    again = tokenizers.tokenizer_from_record(record)
     assert again._mergeable_ranks == tok._mergeable_ranks and again.eot_token == 259
-    assert checkpoint.tokenizer_record(get_tokenizer("byte")) == "byte"
-    assert checkpoint.merge_of(b"abcd", {b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"cd": 4, b"ab": 5, b"abcd": 6}) == \
+    assert tokenizers.tokenizer_record(get_tokenizer("byte")) == "byte"
+    assert tokenizers.merge_of(b"abcd", {b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"cd": 4, b"ab": 5, b"abcd": 6}) == \
         (b"ab", b"cd")
     with pytest.raises(CheckpointError, match=r"c.pt: its tokenizer directory /gone is gone .*vocab.json and merges"):
-        checkpoint.tokenizer_from_record("/gone", "c.pt")
+        tokenizers.tokenizer_from_record("/gone", "c.pt")
 
 
 def test_gpt2_record_reproduces_gpt2_merges_file(gpt2_bpe_dir):
-    record = checkpoint.tokenizer_record(get_tokenizer(gpt2_bpe_dir))
+    record = tokenizers.tokenizer_record(get_tokenizer(gpt2_bpe_dir))
     with open(os.path.join(gpt2_bpe_dir, "vocab.bpe"), encoding="utf-8") as f:
         assert record["merges.txt"].split("\n") == f.read().rstrip("\n").split("\n")  # all 50000 merges, in order
     with open(os.path.join(gpt2_bpe_dir, "encoder.json"), encoding="utf-8") as f:
@@ -613,7 +588,7 @@ def test_download_uses_endpoint_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_ENDPOINT", (tmp_path / "mirror").as_uri())
     model, tok = load_model("distilgpt2")
-    assert sorted(os.listdir(tmp_path / "cache" / "distilgpt2")) == sorted(checkpoint.HUB_FILES)
+    assert sorted(os.listdir(tmp_path / "cache" / "distilgpt2")) == sorted(pretrained.HUB_FILES)
     assert tok.eot_token == 259
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     again = GPT.from_pretrained("distilgpt2")

@@ -1,7 +1,7 @@
-"""README's "What imgpt promises", each tried against the ways a small code change would break it. Every test here
+"""docs/promises.md ("What imgpt promises"), each tried against the ways a small code change would break it. Every test here
 asserts what a user would see: the files on disk and their bytes, a marker file that a payload would create, the
 one error line, best.pt's step and loss. So a test fails when its promise does, whichever function the change is
-in. scripts/mutate.py applies such changes one at a time and runs these tests (see README, "Contributing").
+in. scripts/mutate.py applies such changes one at a time and runs these tests (see docs/promises.md).
 """
 import builtins
 import bz2
@@ -21,19 +21,18 @@ import time
 
 import pytest
 import torch
+from conftest import HELLASWAG, cli_error
 
-import benchmarks as bm
-import checkpoint
 import eval as ev
-import export
-import formats
 import sample
 import train as T
-from model import load_checkpoint, save_checkpoint
-from runtime import UserError, make_config, parse_config
-from test_faults import HELLASWAG, cli_error
-from test_model import write_tiny_bpe
-from test_train import data_file, one_thread, tiny  # noqa: F401 (fixtures)
+from imgpt import benchmarks as bm
+from imgpt import checkpoint, formats, pretrained, tokenizers
+from imgpt.checkpoint import load_checkpoint, save_checkpoint
+from imgpt.cli import UserError, make_config, parse_config
+from scripts import export
+from conftest import write_tiny_bpe
+from conftest import data_file, one_thread, tiny  # noqa: F401 (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -157,7 +156,7 @@ def test_a_damaged_checkpoint_is_one_line_in_every_program(stopped_run, tmp_path
 WRITER = """
 import os, socket, sys, time
 sys.path.insert(0, {root!r})
-import runtime
+from imgpt import files
 host, target, go = sys.argv[1:4]
 socket.gethostname = lambda: host  # two nodes sharing a file system ...
 os.getpid = lambda: 4242  # ... whose writers happen to have the same pid
@@ -168,7 +167,7 @@ def write(f):
     while not os.path.exists(go):
         time.sleep(0.01)
     f.write(b"end")
-runtime.write_atomic(target, write)
+files.write_atomic(target, write)
 """
 
 
@@ -191,26 +190,26 @@ def test_two_writers_of_one_file_on_two_hosts_with_one_pid_never_share_a_temp_fi
 
 
 def test_the_temp_file_is_named_as_the_docs_say(tmp_path, monkeypatch):
-    """checkpoint.py and README name the temp file `<name>.<host>.<pid>.tmp`: the name written is that one."""
+    """imgpt/checkpoint.py and docs/promises.md name the temp file `<name>.<host>.<pid>.tmp`: the name written is that one."""
     seen, replace = [], os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(a), replace(a, b)))
     save_checkpoint(str(tmp_path / "ckpt.pt"), {"w": torch.zeros(2)})
     assert seen == [str(tmp_path / f"ckpt.pt.{socket.gethostname()}.{os.getpid()}.tmp")]
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    assert "<name>.<host>.<pid>.tmp" in checkpoint.__doc__ and "<name>.<host>.<pid>.tmp" in readme
+    promises = open(os.path.join(ROOT, "docs", "promises.md"), encoding="utf-8").read()
+    assert "<name>.<host>.<pid>.tmp" in checkpoint.__doc__ and "<name>.<host>.<pid>.tmp" in promises
 
 
 KILLED_WRITER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-import runtime
+from imgpt import files
 target, ready = sys.argv[1:3]
 def write(f):
     f.write(b"half of a new checkpoint")
     f.flush()
     open(ready, "w").close()
     time.sleep(600)
-runtime.write_atomic(target, write)
+files.write_atomic(target, write)
 """
 
 
@@ -613,9 +612,9 @@ def test_a_hugging_face_directory_with_bom_files_is_read(tmp_path):
     shutil.copytree(tmp_path / "plain", tmp_path / "bom")
     for name in ("config.json", "vocab.json", "merges.txt"):
         (tmp_path / "bom" / name).write_bytes(BOM + (tmp_path / "plain" / name).read_bytes().replace(b"\n", b"\r\n"))
-    plain, bom = checkpoint.bpe_tokenizer(str(tmp_path / "plain")), checkpoint.bpe_tokenizer(str(tmp_path / "bom"))
+    plain, bom = tokenizers.bpe_tokenizer(str(tmp_path / "plain")), tokenizers.bpe_tokenizer(str(tmp_path / "bom"))
     assert plain._mergeable_ranks == bom._mergeable_ranks and bom.encode("hello world") == plain.encode("hello world")
-    assert checkpoint.read_json(str(tmp_path / "bom" / "config.json")) == checkpoint.read_json(
+    assert pretrained.read_json(str(tmp_path / "bom" / "config.json")) == pretrained.read_json(
         str(tmp_path / "plain" / "config.json"))
 
 
@@ -650,14 +649,14 @@ def test_it_and_im_gains_are_paired_by_seed_whatever_order_the_runs_came_in(tmp_
 # ----------------------------------------------------------------------------- the list itself
 
 def test_every_test_readme_names_for_a_promise_exists():
-    """README's promise list is what scripts/mutate.py runs: a renamed or misspelled test would silently guard
+    """docs/promises.md's promise list is what scripts/mutate.py runs: a renamed or misspelled test would silently guard
     nothing."""
     import mutate
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, mutate.PROMISES), encoding="utf-8") as f:
         tests = mutate.promise_tests(f.read())
     assert sorted(tests) == list(range(1, 10))
     for node in (n for names in tests.values() for n in names):
         path, name = node.split("::")
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
-            assert re.search(rf"^def {name}\(", f.read(), re.M), f"README names {node}, which does not exist"
+            assert re.search(rf"^def {name}\(", f.read(), re.M), f"docs/promises.md names {node}, which does not exist"
     assert {m.promise for m in mutate.MUTATIONS} <= set(tests)

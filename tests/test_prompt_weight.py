@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import prompt_weight as pw  # noqa: E402
-from runtime import UserError  # noqa: E402
+from imgpt.cli import UserError  # noqa: E402
 
 
 def vertex_of_fit(weights: list[float], losses: list[float]) -> float:

@@ -10,10 +10,11 @@ import time
 import pytest
 
 import train as T
-from build import lr_at
-from model import load_checkpoint
-from runtime import UserError, parse_config, run_cli
-from test_train import ROOT, data_file, log_records, one_thread, tiny  # noqa: F401 (fixtures)
+from imgpt.checkpoint import load_checkpoint
+from imgpt.cli import UserError, parse_config, run_cli
+from imgpt.schedule import lr_at
+from test_train import ROOT
+from conftest import data_file, log_records, one_thread, tiny  # noqa: F401 (fixtures)
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import compare  # noqa: E402
@@ -201,7 +202,7 @@ def test_every_setting_of_a_checkpoint_is_checked_for_its_kind(data_file, tmp_pa
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     ckpt["config"]["data"] = None
     import eval as ev
-    from model import save_checkpoint
+    from imgpt.checkpoint import save_checkpoint
     save_checkpoint(os.path.join(out, "ckpt.pt"), ckpt)
     for argv, main in ((["--init_from", "resume", "--out_dir", out], T.main), (["--ckpt", out], ev.main)):
         monkeypatch.setattr(sys, "argv", ["x", *argv])
@@ -219,8 +220,8 @@ def test_a_file_that_is_no_checkpoint_is_one_line_without_torchs_advice(content,
     """Random bytes as a checkpoint printed four lines repeating torch's advice to retry with weights_only=False
     (which would run a file's code): now one line naming the file and what it is not, from every program."""
     import eval as ev
-    import export
     import sample
+    from scripts import export
     bad = tmp_path / "ckpt.pt"
     bad.write_bytes(content)
     hf = tmp_path / "hf"

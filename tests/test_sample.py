@@ -9,7 +9,10 @@ import torch
 
 import data
 import sample
-from model import GPT, GPTConfig, get_tokenizer, save_checkpoint
+from imgpt.checkpoint import save_checkpoint
+from imgpt.gpt_config import GPTConfig
+from imgpt.tokenizers import get_tokenizer
+from model import GPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import compare  # noqa: E402
 import report  # noqa: E402
 import sweep  # noqa: E402
-from runtime import UserError  # noqa: E402
+from imgpt.cli import UserError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # a one-layer model, a 40-example task, 2 optimizer steps, 4 generations of 8 tokens: seconds per run
@@ -160,7 +160,7 @@ def test_point_settings_move_one_knob_and_hold_the_rest():
     real = compare.training.TrainConfig(data="alpaca.json")
     assert sweep.point_settings("examples", 1000, real) == {"num_examples": 1000}
     # what the points generate: the same held-out questions, each fact stated 10 times, at every examples point
-    from data import load_split
+    from imgpt.splits import load_split
     splits = [load_split({**vars(base), **sweep.point_settings("examples", n, base)}) for n in (50, 100, 200, 400)]
     assert all(val == splits[0][1] for _, val in splits) and [len(tr) for tr, _ in splits] == [50, 100, 200, 400]
     for train, val in splits:
@@ -175,7 +175,7 @@ def test_ratio_bins_are_equal_size_and_ordered_by_ratio():
 
 
 def test_example_ratio_counts_instruction_over_output_tokens():
-    from model import get_tokenizer
+    from imgpt.tokenizers import get_tokenizer
     msgs = [{"role": "user", "content": "abcdef"}, {"role": "assistant", "content": "xy"}]
     assert sweep.example_ratio(msgs, get_tokenizer("byte")) == pytest.approx(6 / 3)  # byte tokens; output + eot
 

@@ -1,11 +1,11 @@
-"""synthetic.py: the built-in task's format, its fixed split, and the knobs that hold everything else fixed."""
+"""imgpt/synthetic.py: the built-in task's format, its fixed split, and the knobs that hold everything else fixed."""
 import re
 from collections import Counter
 
 import pytest
 
-import synthetic
-from runtime import UserError
+from imgpt import synthetic
+from imgpt.cli import UserError
 
 FACT = r"[A-Z][0-9]=[a-z]{4}"
 

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -18,46 +17,15 @@ import torch.multiprocessing as mp
 
 import loss as L
 import train as T
+from conftest import free_port, log_records, tiny
 from data import ASSISTANT, USER, Example, collate
-from model import GPT, GPTConfig, load_checkpoint, load_model
-from runtime import StopAtStepBoundary, UserError, destroy_distributed, init_distributed, make_config, run_cli
+from imgpt.checkpoint import load_checkpoint
+from imgpt.cli import UserError, make_config, run_cli
+from imgpt.distributed import StopAtStepBoundary, destroy_distributed, init_distributed
+from imgpt.gpt_config import GPTConfig
+from model import GPT, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
-
-
-def write_data(path: str, n: int = 24) -> str:
-    """Alpaca records of very different lengths (some get truncated at block_size 64), some with an input."""
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for i in range(n):
-            rec = {"instruction": " ".join(rng.choices(WORDS, k=rng.randint(1, 14))),
-                   "input": " ".join(rng.choices(WORDS, k=rng.randint(1, 4))) if i % 3 == 0 else "",
-                   "output": " ".join(rng.choices(WORDS, k=rng.randint(1, 6)))}
-            f.write(json.dumps(rec) + "\n")
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far more steadily on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> str:
-    return write_data(str(tmp_path_factory.mktemp("data") / "alpaca.jsonl"))
-
-
-def tiny(data: str, out_dir: str, **kw) -> T.TrainConfig:
-    """17 training examples: an epoch is steps of 8, 8 and 1 examples, so short steps are covered too."""
-    base = dict(out_dir=out_dir, data=data, val_size=4, num_examples=17, n_layer=2, n_head=2, n_embd=32,
-                block_size=64, batch_size=8, micro_batch_size=8, max_steps=3, lr=3e-4, min_lr=3e-5, eval_interval=0,
-                eval_examples=4, train_eval_size=4, seed=0, device="cpu")
-    return T.TrainConfig(**{**base, **kw})
 
 
 def params(out_dir: str) -> dict[str, torch.Tensor]:
@@ -67,11 +35,6 @@ def params(out_dir: str) -> dict[str, torch.Tensor]:
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a)
-
-
-def log_records(out_dir: str) -> list[dict]:
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 # ----------------------------------------------------------------------------- split invariance
@@ -99,12 +62,6 @@ def ddp_worker(rank: int, port: int, data: str, root: str) -> None:
                 T.train(tiny(data, os.path.join(root, f"ddp-{name}"), micro_batch_size=2, **mode))
     finally:
         destroy_distributed()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OneRank(L.StepLoss):
@@ -288,7 +245,7 @@ def test_fine_tuning_starts_from_the_given_checkpoint_with_the_paper_recipe(data
 
 def test_checkpoints_survive_deleting_the_base_model_directory(data_file, tmp_path):
     """The checkpoint carries the base model's tokenizer, not the path of its directory."""
-    from test_model import hf_model, write_tiny_bpe
+    from conftest import hf_model, write_tiny_bpe  # noqa: F401 (fixtures)
     base = tmp_path / "base"
     hf_model(1, 2, 16, 80, 260).save_pretrained(base)
     vocab = write_tiny_bpe(base)

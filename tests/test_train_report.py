@@ -1,7 +1,7 @@
-"""train_report.py: the lines train.py prints before and after a run."""
-from model import GPTConfig
-from train_config import TrainConfig, resolve
-from train_report import other_loss_command, startup_lines, summary_lines
+"""imgpt/train_report.py: the lines train.py prints before and after a run."""
+from imgpt.gpt_config import GPTConfig
+from imgpt.train_config import TrainConfig, resolve
+from imgpt.train_report import other_loss_command, startup_lines, summary_lines
 
 STATS = {"examples": 200, "prompt_tokens": 39285, "output_tokens": 1244, "truncated": 0, "dropped": 0}
 

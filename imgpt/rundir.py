@@ -23,9 +23,12 @@ try:
 except ImportError:  # Windows: no flock; runs into one out_dir are not guarded there
     fcntl = None
 
-from checkpoint import CheckpointError, set_rng_state, tokenizer_from_record
-from runtime import Dist, UserError, check_output_dir, remove_stale_temps, validate, write_text_atomic
-from train_config import TrainConfig, check_saved_config
+from imgpt.checkpoint import CheckpointError, set_rng_state
+from imgpt.cli import UserError, validate
+from imgpt.distributed import Dist
+from imgpt.files import check_output_dir, remove_stale_temps, write_text_atomic
+from imgpt.tokenizers import tokenizer_from_record
+from imgpt.train_config import TrainConfig, check_saved_config
 
 
 @dataclass

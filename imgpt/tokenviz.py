@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime import UserError, opt
+from imgpt.cli import UserError, opt
 
 RESET = "\033[0m"
 SHADES = {"zero": ("\033[48;5;236m", "\033[48;5;239m"), "part": ("\033[48;5;94m", "\033[48;5;130m"),

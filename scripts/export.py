@@ -1,6 +1,6 @@
 """Export a checkpoint to Hugging Face's GPT-2 format, for transformers, lm-evaluation-harness, vLLM and the hub.
 
-    python export.py --ckpt out --out_dir hf-out
+    python scripts/export.py --ckpt out --out_dir hf-out
     python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('hf-out')"
     lm_eval --model hf --model_args pretrained=hf-out --tasks hellaswag,mmlu --batch_size 8
 
@@ -13,14 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
 from safetensors.torch import save_file
 
-from checkpoint import CONV1D_WEIGHTS, EOT, bpe_files
-from model import GPTConfig, load_model
-from runtime import UserError, opt, parse_config, run_cli
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from imgpt.cli import UserError, opt, parse_config, run_cli  # noqa: E402
+from imgpt.gpt_config import GPTConfig  # noqa: E402
+from imgpt.pretrained import CONV1D_WEIGHTS  # noqa: E402
+from imgpt.tokenizers import EOT, bpe_files  # noqa: E402
+from model import load_model  # noqa: E402
 
 # data.chat_pieces in Jinja, for tokenizer.apply_chat_template and lm-eval's --apply_chat_template. Newlines are
 # written {{ '\n' }}: HF's Jinja drops a raw newline after a block tag.

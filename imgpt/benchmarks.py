@@ -19,11 +19,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-import data
-from data import DataError
-from formats import lines as text_lines
-from runtime import UserError
-
+from imgpt.cli import UserError
+from imgpt.formats import DataError
+from imgpt.formats import lines as text_lines
 
 # ----------------------------------------------------------------------------- multiple choice (lm-eval's definitions)
 
@@ -214,18 +212,6 @@ def _hellaswag_record(line: str, where: str) -> Question:
 
 
 # ----------------------------------------------------------------------------- scoring continuations
-
-def choice_pairs(q: Question, tok, chat: bool) -> list[tuple[list[int], list[int]]]:
-    """(context ids, continuation ids) per choice. Plain: the choice follows the context after a space (an empty
-    context becomes end-of-text, as in lm-eval). Chat: the context is a user turn, the choice the assistant's reply."""
-    if chat:
-        ctx, conts = data.prompt_ids([{"role": "user", "content": q.context}], tok), q.choices
-    else:
-        ctx, conts = tok.encode_ordinary(q.context) or [tok.eot_token], [" " + c for c in q.choices]
-    pairs = [(ctx, tok.encode_ordinary(c)) for c in conts]
-    if not all(cont for _, cont in pairs):
-        raise DataError(f"an empty choice has nothing to score, in the question {q.context[:60]!r}")
-    return pairs
 
 
 def scoring_rows(pairs: list[tuple[list[int], list[int]]], block_size: int) -> tuple[list, list[int]]:

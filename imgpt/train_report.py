@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import shlex
 
-from model import GPTConfig
-from train_config import TrainConfig
+from imgpt.gpt_config import GPTConfig
+from imgpt.train_config import TrainConfig
 
 NOT_MOVED = ("--loss", "--prompt_loss_weight", "--out_dir", "--init_from")  # flags other_loss_command replaces
 

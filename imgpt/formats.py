@@ -11,8 +11,8 @@ import json
 import os
 import urllib.error
 
-from runtime import UserError, cache_dir, download
-
+from imgpt.cli import UserError
+from imgpt.files import cache_dir, download
 
 ROLES = ("system", "user", "assistant")
 

@@ -29,7 +29,7 @@ import random
 import string
 from typing import Iterator
 
-from runtime import UserError
+from imgpt.cli import UserError
 
 N_KEYS = 260  # a letter and a digit: A0 ... Z9
 CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"

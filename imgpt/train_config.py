@@ -11,11 +11,11 @@ import os
 import typing
 from dataclasses import dataclass
 
-from checkpoint import CheckpointError, saved_train_config
-from data import SPLIT_DEFAULTS, WORLD_TASKS
-from model import GPTConfig
-from runtime import UserError, check_device, kind_error, opt
-
+from imgpt.checkpoint import CheckpointError, saved_train_config
+from imgpt.cli import UserError, kind_error, opt
+from imgpt.device import check_device
+from imgpt.gpt_config import GPTConfig
+from imgpt.splits import SPLIT_DEFAULTS, WORLD_TASKS
 
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
 # CPU in minutes, and the paper's recipe (Shi et al. 2024, App. A) for fine-tuning a pretrained GPT-2.

@@ -1,4 +1,4 @@
-"""runtime.py: dataclass configs become flags, config files merge under flags, bad values fail clearly."""
+"""imgpt/cli.py: dataclass configs become flags, config files merge under flags, bad values fail clearly."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from runtime import UserError, config_parser, make_config, opt, parse_config
+from imgpt.cli import UserError, config_parser, make_config, opt, parse_config
 
 
 @dataclass
