@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from checkpoint import check_training_checkpoint, rng_state, tokenizer_record
 from data import SYNTHETIC, Batch, Example, answer_start, collate, micro_batches
-from loss import StepLoss, mark_dynamic, run_micro_batches, step_batches, step_totals
+from loss import StepLoss, mark_dynamic, output_weight, run_micro_batches, step_batches, step_totals
 from metrics import exact_match_rate, segment_losses
 from mfu import training_flops
 from model import GPT, load_checkpoint, model_from_payload, save_checkpoint
@@ -160,7 +160,8 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
         group["lr"] = lr
     weight_sum, n_examples, tokens, weighted = step_totals(s.train, ids, cfg.prompt_loss_weight,
                                                            cfg.template_loss_weight)
-    norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum
+    norm = {"sequence": n_examples, "token": weight_sum}.get(cfg.loss_reduction)  # loss.py: the reductions
+    norm = output_weight(s.train, ids) if norm is None else norm
     batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
     if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch

@@ -71,7 +71,9 @@ class TrainConfig:
     loss: str = opt("it", "it: loss on outputs only; im: loss on instructions too (prompt weight 0 or 1)")
     prompt_loss_weight: float | None = opt(None, "weight of instruction tokens; overrides --loss (IT=0, IM=1)")
     template_loss_weight: float = opt(0.0, "weight of template tokens like <|user|> (paper: 0)")
-    loss_reduction: str = opt("token", "token: sum(w*loss)/sum(w) over the step; sequence: mean over examples "
+    loss_reduction: str = opt("token", "token: sum(w*loss)/sum(w) over the step (the paper's code: a mean over "
+                              "every trained token); output: sum(w*loss)/(output tokens' weight), so IM = IT's loss "
+                              "+ prompt weight x the prompt's summed loss on IT's scale; sequence: mean over examples "
                               "of each example's weighted mean (what the paper's code did at one example per GPU)")
     kl_coef: float = opt(0.0, "add kl_coef * KL(model || initial model) on the weighted positions (paper Table 3)")
     neftune_alpha: float = opt(0.0, "NEFTune: uniform noise alpha/sqrt(L*d) on token embeddings (paper: 5)")
@@ -113,7 +115,7 @@ class TrainConfig:
         checks = [
             (c.loss in ("it", "im"), f"--loss must be it or im, got {c.loss!r}"),
             (c.prompt_loss_weight >= 0 and c.template_loss_weight >= 0, "loss weights must be >= 0"),
-            (c.loss_reduction in ("token", "sequence"), "--loss_reduction must be token or sequence"),
+            (c.loss_reduction in ("token", "output", "sequence"), "--loss_reduction must be token, output or sequence"),
             (c.schedule in ("linear", "cosine", "constant"), "--schedule must be linear, cosine or constant"),
             (c.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype {c.dtype!r} is not one of the choices"),
             (c.lr > 0, f"--lr must be > 0, got {c.lr}"),
