@@ -326,7 +326,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
         if ignored:
             print(f"resuming with the checkpoint's settings; ignored: {' '.join(ignored)}")
         print("\n".join(startup_lines(cfg, model.config, model.num_params(), len(train_ex), len(val_ex), stats, accum,
-                                      d.world_size, total, d.device, prog.step if ckpt else None)))
+                                      d.world_size, total, d.device, prog.step if ckpt else None,
+                                      steps_per_epoch)))
     return s
 
 

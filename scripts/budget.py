@@ -105,9 +105,9 @@ def budget_markdown(rows: list[dict]) -> str:
     for r in rows:
         first = r["budget"] != last
         last = r["budget"]
-        cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in r["cells"].values())
-        where = f"{r['budget']} | {r['steps']} | {r['epochs']:.3g}" if first else " | | "
-        lines.append(f"| {where} | {r['mode']} | {cells} |")
+        where = [r["budget"], str(r["steps"]), f"{r['epochs']:.3g}"] if first else ["", "", ""]
+        cells = [f"{m:.3f} ± {s:.3f}" if m == m else "n/a" for m, s in r["cells"].values()]
+        lines.append("| " + " | ".join(where + [r["mode"]] + cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +144,8 @@ def run_budgets(cfg: BudgetConfig, points: list[tuple[str, CompareConfig, object
     done: dict[tuple[str, str, int], dict] = {}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or state
     with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context) as pool:
-        futures = {pool.submit(compare.run_logged, pcfg, pbase, m, s): (label, m, s) for label, pcfg, pbase, m, s in todo}
+        futures = {pool.submit(compare.run_logged, pcfg, pbase, m, s): (label, m, s)
+                   for label, pcfg, pbase, m, s in todo}
         for future in concurrent.futures.as_completed(futures):
             done[futures[future]] = record = future.result()
             print(f"[{futures[future][0]}] {compare.one_line(record)}", flush=True)
