@@ -12,7 +12,8 @@ micro-batches more: the update then depends on the split.
 --loss_reduction picks the denominator N (the numerator is always the sum over the step of w * CE, with w the
 token's loss weight: 1 on outputs, the prompt weight lambda on instructions):
     token     N = sum of w over the step:        (sum_out CE + lambda sum_prompt CE) / (n_out + lambda n_prompt)
-              (the paper's code: a mean over every trained token; IM's outputs get n_out / (n_out + n_prompt) of it)
+              (template tokens, weight 0 by default, add to both; the paper's code: a mean over every trained
+              token, so IM's outputs get n_out / (n_out + n_prompt) of it)
     output    N = the output tokens' weight only: (sum_out CE + lambda sum_prompt CE) / n_out
               = IT's loss + lambda x the prompt tokens' summed loss on the same scale: the outputs' gradient does
               not shrink as lambda grows (at lambda 0 it is exactly token)

@@ -160,8 +160,9 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
         group["lr"] = lr
     weight_sum, n_examples, tokens, weighted = step_totals(s.train, ids, cfg.prompt_loss_weight,
                                                            cfg.template_loss_weight)
-    norm = {"sequence": n_examples, "token": weight_sum}.get(cfg.loss_reduction)  # loss.py: the reductions
-    norm = output_weight(s.train, ids) if norm is None else norm
+    norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum  # loss.py: the three reductions
+    if cfg.loss_reduction == "output":
+        norm = output_weight(s.train, ids)
     batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
     if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
