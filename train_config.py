@@ -24,8 +24,8 @@ PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0,
 # The pretrained regime of the built-in world, on a CPU: pretraining on its corpus takes 1000 steps of 24 documents
 # to know every fact, also deep into a context (documents of up to 8 lines left the facts unknown past ~150 tokens);
 # tuning that base on a few questions takes small, gentle steps (at 1e-3 both losses erase what the base knew).
-# 300 steps of 16 are 100 epochs of the default 40 questions (steps of 16, 16, 8), far past the paper's 2 to 10:
-# scripts/budget.py compares IT and IM at those. Measured in README "The pretrained regime".
+# 300 steps of 16 are 23 epochs of the default 200 questions and 100 of README's 40 (an epoch: steps of 16, 16, 8),
+# far past the paper's 2 to 10: scripts/budget.py compares IT and IM at those. Measured in README "The pretrained regime".
 CORPUS_RECIPE = {**SCRATCH_RECIPE, "batch_size": 24, "max_steps": 1000}
 BASE_TUNING_RECIPE = {**SCRATCH_RECIPE, "batch_size": 16, "max_steps": 300, "lr": 3e-4}
 # On a GPU, 8 examples of ~200 tokens leave most of it idle waiting for kernel launches: up to 32 per forward
@@ -87,7 +87,7 @@ class TrainConfig:
     micro_batch_size: int | None = opt(None, "examples per forward pass and rank (0 = batch/ranks; fine-tune 8)")
     epochs: float | None = opt(None, "passes over the training set, if max_steps is 0 (fine-tune 2)")
     max_steps: int | None = opt(None, "optimizer steps, overrides epochs (scratch 400; synthetic-qa from a base 300: "
-                                "100 epochs of its default 40 examples; 0 = use epochs)")
+                                "23 epochs of its 200 examples, 100 of 40; 0 = use epochs)")
     stop_step: int = opt(0, "stop after this step with a checkpoint, schedule unchanged, e.g. for job time limits")
     lr: float | None = opt(None, "peak learning rate (scratch 3e-3, fine-tune 2e-5)")
     min_lr: float | None = opt(None, "learning rate at the end of the decay (scratch lr/10, fine-tune 0)")
