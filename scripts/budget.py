@@ -16,7 +16,7 @@ Writes out_dir/budget.json (every run's record), budget.md (mean ± std over see
 held-out output loss, memorization exact match, knowledge kept and the train/held-out prompt loss, per budget
 and mode) and budget.png; each budget also gets compare.py's files in out_dir/<budget>/. --jobs runs go at once
 over all budgets, longest first. Default: 7 budgets x 3 modes x 3 seeds = 63 runs, 42 minutes on 2 cores shared
-with other jobs (README "At the paper's budgets"; about 20 expected on idle ones, not yet measured).
+with other jobs (README "At the paper's budgets"; not yet measured on an idle machine).
 """
 from __future__ import annotations
 
