@@ -5,8 +5,8 @@ model.py builds the network; this file only turns files into plain dicts and ten
 nothing from the project except runtime. Every way a file can be wrong ends in one CheckpointError that names it.
 
 Downloads go to $IMGPT_CACHE (default ~/.cache/imgpt)/<model id>/ and come from $HF_ENDPOINT
-(default https://huggingface.co), so a mirror works. A file is written to `<name>.<pid>.tmp` and renamed
-when complete: a cached file is always a whole file. Offline, point at a local directory instead.
+(default https://huggingface.co), so a mirror works. A file is written to `<name>.<host>.<pid>.tmp` (runtime.temp_path)
+and renamed when complete: a cached file is always a whole file. Offline, point at a local directory instead.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def hub_dir(name: str) -> str:
 
 def read_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a UTF-8 BOM (Windows editors write one) is not JSON
             data = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
@@ -150,6 +150,8 @@ def state_from_hf(hf: dict[str, torch.Tensor], expected: dict[str, torch.Size],
 def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: str) -> None:
     """One CheckpointError naming every missing, unexpected and mis-shaped key, if there are any."""
     problems = []
+    if not_tensors := sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor)):
+        raise CheckpointError(f"{path}: weights that are not tensors: {listing(not_tensors)}")
     if missing := sorted(set(expected) - set(state)):
         problems.append(f"missing keys {listing(missing)}")
     if unexpected := sorted(set(state) - set(expected)):
@@ -214,7 +216,7 @@ def bpe_tokenizer(directory: str) -> tiktoken.Encoding:
         raise CheckpointError(f"{directory}: no tokenizer files (vocab.json + merges.txt, or encoder.json + vocab.bpe)")
     vocab = read_json(files[0])
     try:
-        with open(files[1], encoding="utf-8") as f:
+        with open(files[1], encoding="utf-8-sig") as f:
             merges = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
         ranks = bpe_ranks(vocab, merges)
     except (OSError, ValueError, KeyError) as e:  # KeyError: a byte missing from the vocabulary
@@ -400,19 +402,23 @@ def check_training_checkpoint(payload: dict, path: str) -> None:
         if not isinstance(payload[key], kind) or isinstance(payload[key], bool):
             raise CheckpointError(f"{path}: key {key!r} holds a {type(payload[key]).__name__}, not what train.py "
                                   "wrote there")
-    if not all(isinstance(payload["data_state"].get(k), int) for k in ("epoch", "index")):
-        raise CheckpointError(f"{path}: key 'data_state' needs whole numbers 'epoch' and 'index'")
+    if not all(type(payload["data_state"].get(k)) is int and payload["data_state"][k] >= 0 for k in ("epoch", "index")):
+        raise CheckpointError(f"{path}: key 'data_state' needs whole numbers 'epoch' and 'index', 0 or more")
+    if payload["step"] < 0:
+        raise CheckpointError(f"{path}: key 'step' is negative ({payload['step']})")
 
 
 def rng_state() -> dict:
-    """Every random stream training draws from (dropout, NEFTune noise), as weights_only-loadable values."""
+    """Every random stream training draws from (dropout, NEFTune noise), as weights_only-loadable values. On CUDA,
+    this process's own GPU only (the one it draws from), so a resume on a machine with fewer GPUs still fits."""
     version, state, gauss = random.getstate()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    cuda = [torch.cuda.get_rng_state()] if torch.cuda.is_available() else []
     return {"torch": torch.get_rng_state(), "cuda": cuda, "python": [version, list(state), gauss]}
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    if s["cuda"] and torch.cuda.is_available():  # older checkpoints hold every visible GPU's: take this one's
+        here = torch.cuda.current_device()
+        torch.cuda.set_rng_state(s["cuda"][here if len(s["cuda"]) > here else 0])
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))

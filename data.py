@@ -1,3 +1,8 @@
+# HANDOUT DOCSTRING ex1: Instruction data -> token ids + one loss weight per token. IT and IM differ in ONE number.
+# HANDOUT DOCSTRING ex1: Every record becomes a list of messages; the one chat template cuts it into pieces, each
+# HANDOUT DOCSTRING ex1: with a segment (TEMPLATE, SYSTEM, USER, ASSISTANT, EOT); weights[t] (exercise 1) weighs the
+# HANDOUT DOCSTRING ex1: loss of predicting ids[t] from ids[:t]. Then: truncation, batching, a deterministic order.
+# HANDOUT DOCSTRING ex1: Usage: python data.py stats|show ... (data_cli.py)
 """Instruction data -> token ids + one loss weight per token. IT and IM differ in ONE number.
 
 Every record on disk (Alpaca, Dolly, prompt/completion, chat `messages`, ShareGPT) becomes a list of messages

@@ -42,8 +42,8 @@ import synthetic
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
                         read_mmlu)
 from metrics import exact_match_rate, segment_losses
-from runtime import (Dist, UserError, all_reduce_sum, check_device, destroy_distributed, join_distributed, opt,
-                     parse_config, run_cli, write_text_atomic)
+from runtime import (Dist, UserError, all_reduce_sum, check_device, destroy_distributed, join_distributed,
+                     local_rank_zero_first, opt, parse_config, run_cli, write_text_atomic)
 
 
 @dataclass
@@ -345,9 +345,10 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
     if not has_data and (cfg.generate or cfg.memorization):
         raise UserError(f"--generate/--memorization need --data: {cfg.ckpt} holds no training config to take it from")
-    heldout, train = conversation_sets(cfg, saved) if has_data else ([], [])
-    questions = benchmark_questions(cfg)  # every input file is read before the model loads: bad ones fail fast
-    net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
+    with local_rank_zero_first(dist):  # under torchrun: one download per node, the other ranks read the cache
+        heldout, train = conversation_sets(cfg, saved) if has_data else ([], [])
+        questions = benchmark_questions(cfg)  # every input file is read before the model loads: bad ones fail fast
+        net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
     net.eval()
     max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or net.config.block_size)  # as train.py cuts
     stem, metrics = os.path.splitext(cfg.out)[0], {}

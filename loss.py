@@ -18,7 +18,7 @@ token's loss weight: 1 on outputs, the prompt weight lambda on instructions):
               = IT's loss + lambda x the prompt tokens' summed loss on the same scale: the outputs' gradient does
               not shrink as lambda grows (at lambda 0 it is exactly token)
     sequence  each example's weights rescaled to sum to 1, N = the number of examples (per_example_weights)
-Each N is counted from the step's example ids (step_totals, output_weight), so every one is split-invariant.
+Each N is counted from the step's example ids (sum_totals; output_weight for output), so each is split-invariant.
 """
 from __future__ import annotations
 
@@ -73,19 +73,31 @@ class StepLoss(nn.Module):
 
 # ----------------------------------------------------------------------------- one optimizer step
 
-def step_totals(examples: list[Example], ids: list[int], prompt_loss_weight: float,
-                template_loss_weight: float = 0.0) -> tuple[float, int, int, int]:
+def example_totals(examples: list[Example], prompt_loss_weight: float,
+                   template_loss_weight: float = 0.0) -> np.ndarray:
+    """(n, 3) float64: each example's [weight sum, weighted tokens, tokens] of its predicted positions. Counted
+    once per dataset (train.py's setup), so a step adds up rows instead of looping over its examples' weights."""
+    totals = np.zeros((len(examples), 3), dtype=np.float64)
+    for row, e in zip(totals, examples):
+        w = loss_weights(e.segs, prompt_loss_weight, template_loss_weight)[1:]
+        row[:] = np.sum(w, dtype=np.float64), np.count_nonzero(w), len(w)
+    return totals
+
+
+def sum_totals(totals: np.ndarray, ids: list[int]) -> tuple[float, int, int, int]:
     """(weight sum, examples, tokens, weighted tokens) of a whole step, from its example ids alone.
 
     Every rank knows the step's ids, so it can count the denominator itself: no all-reduce, no device sync.
-    Summed in float64 in the order of `ids`, so every split of the step gets the same number."""
-    weight_sum, weighted, tokens = 0.0, 0, 0
-    for i in ids:
-        w = loss_weights(examples[i].segs, prompt_loss_weight, template_loss_weight)[1:]
-        weight_sum += float(np.sum(w, dtype=np.float64))
-        weighted += int(np.count_nonzero(w))
-        tokens += len(w)
-    return weight_sum, len(ids), tokens, weighted
+    Summed in float64 over the rows of `ids` in their order, so every split of the step gets the same number."""
+    weight_sum, weighted, tokens = totals[ids].sum(0) if len(ids) else (0.0, 0, 0)
+    return float(weight_sum), len(ids), int(tokens), int(weighted)
+
+
+def step_totals(examples: list[Example], ids: list[int], prompt_loss_weight: float,
+                template_loss_weight: float = 0.0) -> tuple[float, int, int, int]:
+    """sum_totals of the step `ids`, counting only its examples (for callers without a dataset's totals)."""
+    chosen = [examples[i] for i in ids]
+    return sum_totals(example_totals(chosen, prompt_loss_weight, template_loss_weight), list(range(len(ids))))
 
 
 def output_weight(examples: list[Example], ids: list[int]) -> float:

@@ -96,6 +96,24 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, window_size=(-1, 0))  # (-1, 0): causal
 
 
+def varlen_problem(half: bool, dropout: float) -> str | None:
+    """Why packed rows cannot take CUDA's varlen flash kernel on this torch and GPU (None: they can). Programs
+    check before their first step, so a missing kernel is one clear line, not an ImportError or a kernel failure."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no varlen attention (torch.nn.attention.varlen: torch >= 2.10)"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return (f"the {torch.cuda.get_device_name()} (compute capability {major}.{minor}) cannot run FlashAttention, "
+                f"which needs an Ampere (8.0) or newer GPU")
+    if not half:
+        return "FlashAttention needs bf16 or fp16 (this run is float32)"
+    if dropout > 0:
+        return "the varlen kernel runs here without attention dropout (--dropout > 0)"
+    return None
+
+
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    dropout: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v, written out. mask None = causal, the last query aligned with the last key."""
@@ -265,10 +283,10 @@ class GPT(nn.Module):
             x = block(x, mask, None, varlen)
         if select is not None and select.dtype != torch.bool:  # (N,) flat indices from collate: no host sync
             x, select = x.flatten(0, 1).index_select(0, select), None  # (N, C)
-        # BEGIN SOLUTION ex4: keep only the selected positions before the output head
         if select is not None:
+            # BEGIN SOLUTION ex4: keep only the selected positions before the output head
             x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
-        # END SOLUTION
+            # END SOLUTION
         return self.lm_head(self.transformer.ln_f(x))
 
     def uses_varlen(self, device: torch.device) -> bool:
@@ -310,12 +328,16 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------- generation
 
-    def next_logits(self, tokens: torch.Tensor, valid: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def next_logits(self, tokens: torch.Tensor, valid: torch.Tensor, cache: KVCache | None,
+                    padded: bool | None = None) -> torch.Tensor:
         """(B, V) logits for the token after each row of left-padded `tokens` (B, T), `valid` marking real ones.
 
         With a cache only the tokens it has not seen run through the model. Past the block size (or without a
         cache) the last block_size tokens run from scratch, as the model has no position beyond that.
+        padded: whether any row is left-padded, if the caller knows (reading `valid` would wait for the GPU).
         """
+        if padded is None:
+            padded = not bool(valid.all())
         if cache is not None and tokens.size(1) > cache.max_len:
             cache = None  # past the block size: positions shift every step, nothing cached stays valid
         # BEGIN SOLUTION ex3: run only the tokens the cache has not seen, at their positions in their row
@@ -324,7 +346,7 @@ class GPT(nn.Module):
             tokens, valid = tokens[:, -self.config.block_size:], valid[:, -self.config.block_size:]
         pos = (valid.cumsum(1) - 1).clamp(min=0)  # each row counts from its first real token
         doc = torch.where(valid, 0, -1)
-        mask = None if valid.all() else attention_mask(doc[:, start:], doc, start)
+        mask = attention_mask(doc[:, start:], doc, start) if padded else None
         x = self.embed(tokens[:, start:], pos[:, start:], None, 0.0)
         # END SOLUTION
         for block in self.transformer.h:
@@ -352,16 +374,16 @@ class GPT(nn.Module):
         max_len = min(tokens.size(1) + max_new_tokens, self.config.block_size)
         cache = KVCache(self.config.n_layer, max_len) if use_cache else None
         out: list[list[int]] = [[] for _ in prompts]
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        done = [False] * len(prompts)
+        padded = len({len(p) for p in prompts}) > 1  # known here: next_logits need not read `valid`
         for _ in range(max_new_tokens):
-            logits = self.next_logits(tokens, valid, cache)
+            logits = self.next_logits(tokens, valid, cache, padded)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eos_id is not None:
-                done |= nxt == eos_id
-            for row, (token, finished) in enumerate(zip(nxt.tolist(), done.tolist())):
-                if not finished:
+            for row, token in enumerate(nxt.tolist()):  # the one wait for the GPU per new token
+                done[row] = done[row] or token == eos_id
+                if not done[row]:
                     out[row].append(token)
-            if done.all():
+            if all(done):
                 break
             tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
             valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from checkpoint import CheckpointError, set_rng_state, tokenizer_from_record
-from runtime import Dist, UserError, check_output_dir, validate
+from runtime import Dist, UserError, check_output_dir, remove_stale_temps, validate
 from train_config import TrainConfig
 
 
@@ -39,6 +39,7 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
     if found and cfg.init_from != "resume" and not cfg.overwrite:
         raise UserError(f"--out_dir {cfg.out_dir} holds a training run ({', '.join(found)}): --init_from resume "
                         "continues it, --overwrite replaces it, or choose another --out_dir")
+    remove_stale_temps(cfg.out_dir)  # half-written files of a run killed with -9: the whole ones stayed in place
 
 
 def resume_config(saved: dict, given: TrainConfig, path: str) -> tuple[TrainConfig, list[str]]:
@@ -69,6 +70,7 @@ def restore(ckpt: dict, path: str, optimizer: torch.optim.Optimizer, scaler: tor
                 load(ckpt[key])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path}: key {key!r} does not fit this model ({type(e).__name__}: {e})") from None
+    check_moments(optimizer, path)
     if len(ckpt["rng"]) == d.world_size:  # else the streams restart from the seed: not bit-exact
         try:
             set_rng_state(ckpt["rng"][d.rank])
@@ -76,6 +78,18 @@ def restore(ckpt: dict, path: str, optimizer: torch.optim.Optimizer, scaler: tor
             raise CheckpointError(f"{path}: key 'rng' is not a saved random state ({type(e).__name__})") from None
     return Progress(ckpt["step"], ckpt["data_state"]["epoch"], ckpt["data_state"]["index"], ckpt["best_val_loss"],
                     ckpt["history"])
+
+
+def check_moments(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Each loaded moment has its parameter's shape: load_state_dict does not check, and the fused AdamW kernel,
+    given a moment of the wrong size, writes outside it (seen here: the process died of heap corruption)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, v in optimizer.state.get(p, {}).items():
+                if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != p.shape):
+                    shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                    raise CheckpointError(f"{path}: key 'optimizer' does not fit this model (a moment {name!r} of "
+                                          f"{shape} for a parameter of {tuple(p.shape)})")
 
 
 def resume_tokenizer(ckpt: dict, path: str, vocab_size: int):

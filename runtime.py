@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import errno
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -123,12 +125,12 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise UserError(f"{path}: config file not found")
     try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8-sig")  # a UTF-8 BOM (Windows editors write one) is neither TOML nor JSON
         if path.endswith(".toml"):
             import tomllib
-            with open(path, "rb") as f:
-                return tomllib.load(f)
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return tomllib.loads(text)
+        data = json.loads(text)
     except Exception as e:  # tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError
         raise UserError(f"{path}: cannot parse config: {e}") from None
     if not isinstance(data, dict):
@@ -214,17 +216,52 @@ def temp_path(path: str) -> str:
     return f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
 
 
+def remove_stale_temps(directory: str) -> list[str]:
+    """Remove the temp files (temp_path) that processes of this host which no longer run left in `directory`
+    (killed with -9, or a power loss, mid-write); returns their paths. Another host's are left alone: whether its
+    process still runs cannot be told from here."""
+    pattern = re.compile(rf".+\.{re.escape(socket.gethostname())}\.(\d+)\.tmp")
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        found = pattern.fullmatch(name)
+        if found and not process_alive(int(found.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host runs; on Windows always True (there os.kill(pid, 0) sends a Ctrl-C)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+# How long the other ranks wait for local rank 0's download (gpt2-xl is 6 GB): their own barrier, in a gloo group
+# with this timeout, not the NCCL group's default of 10 minutes, which a slow download would exceed and kill the job.
+DOWNLOAD_TIMEOUT = datetime.timedelta(hours=2)
+
+
 @contextlib.contextmanager
 def local_rank_zero_first(d: "Dist"):
     """Run the block on each node's local rank 0 first (it downloads), then on the other ranks (they find
-    the files in the cache): one download per node instead of one per process."""
+    the files in the cache): one download per node instead of one per process. The ranks wait for each other in
+    a gloo group made for it, with DOWNLOAD_TIMEOUT (every rank must enter: new_group is a collective)."""
+    group = dist.new_group(backend="gloo", timeout=DOWNLOAD_TIMEOUT) if d.enabled else None
     if d.enabled and d.local_rank != 0:
-        dist.barrier()
+        dist.barrier(group=group)
     try:
         yield
     finally:
         if d.enabled and d.local_rank == 0:
-            dist.barrier()
+            dist.barrier(group=group)
 
 
 def download(url: str, path: str) -> None:

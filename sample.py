@@ -50,10 +50,12 @@ def stream(model, prompt: list[int], cfg: SampleConfig, eos_id: int, generator: 
     valid = torch.ones_like(tokens, dtype=torch.bool)
     cache = KVCache(model.config.n_layer, min(len(prompt) + cfg.max_new_tokens, model.config.block_size))
     for _ in range(cfg.max_new_tokens):
-        nxt = sample_next(model.next_logits(tokens, valid, cache), cfg.temperature, cfg.top_k, cfg.top_p, generator)
-        if nxt.item() == eos_id:
+        nxt = sample_next(model.next_logits(tokens, valid, cache, padded=False), cfg.temperature, cfg.top_k,
+                          cfg.top_p, generator)
+        token = nxt.item()  # the one wait for the GPU per new token
+        if token == eos_id:
             return
-        yield nxt.item()
+        yield token
         tokens = torch.cat([tokens, nxt.view(1, 1)], dim=1)
         valid = torch.cat([valid, valid[:, :1]], dim=1)
 

@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from checkpoint import check_training_checkpoint, rng_state, tokenizer_record
 from data import SYNTHETIC, Batch, Example, answer_start, collate, micro_batches
-from loss import StepLoss, mark_dynamic, output_weight, run_micro_batches, step_batches, step_totals
+from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, sum_totals
 from metrics import exact_match_rate, segment_losses
 from mfu import training_flops
-from model import GPT, load_checkpoint, model_from_payload, save_checkpoint
+from model import GPT, load_checkpoint, model_from_payload, save_checkpoint, varlen_problem
 from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
 from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
                      join_distributed, local_rank_zero_first, parse_config, run_cli, validate, write_text_atomic)
@@ -100,6 +100,8 @@ class Session:
     pending: list = dataclasses.field(default_factory=list)  # step records whose device numbers are unread
     clock: float = 0.0  # when the pending steps began
     speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
+    totals: object = None  # loss.example_totals of the training set: each step adds up its rows
+    output_totals: object = None  # the same at prompt and template weight 0: --loss_reduction output's N
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -116,8 +118,9 @@ class Session:
 
 
 def reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Sum over ranks (NCCL needs the tensor on the GPU); returns a CPU tensor."""
-    return all_reduce_sum(t.to(d.device) if d.enabled and d.device.startswith("cuda") else t).cpu()
+    """Sum over ranks, on this rank's device (NCCL only takes GPU tensors, gloo CPU ones); the result stays there,
+    so the caller reads it together with the other device numbers, in one wait."""
+    return all_reduce_sum(t.to(d.device, non_blocking=True))
 
 
 def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
@@ -158,11 +161,10 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
     lr = lr_at(s.prog.step, s.total, cfg.lr, cfg.min_lr, math.ceil(cfg.warmup_ratio * s.total), cfg.schedule)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
-    weight_sum, n_examples, tokens, weighted = step_totals(s.train, ids, cfg.prompt_loss_weight,
-                                                           cfg.template_loss_weight)
+    weight_sum, n_examples, tokens, weighted = sum_totals(s.totals, ids)
     norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum  # loss.py: the three reductions
     if cfg.loss_reduction == "output":
-        norm = output_weight(s.train, ids)
+        norm = sum_totals(s.output_totals, ids)[0]
     batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
     if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
@@ -194,10 +196,11 @@ def flush(s: Session, collective: bool = True) -> list[dict]:
     if not s.pending:
         return []
     recs, s.pending = s.pending, []
-    sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step
+    sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step, on the device
     if collective:
         sums = reduce(sums, s.d)
-    values = torch.cat([sums, torch.stack([r["grad_norm"] for r in recs]).double().unsqueeze(1)], 1).tolist()
+    norms = torch.stack([r["grad_norm"] for r in recs]).to(sums.device).double().unsqueeze(1)  # (k, 1)
+    values = torch.cat([sums, norms], 1).tolist()  # (k, 3): the one read of the device
     dt = (time.perf_counter() - s.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
     s.clock = time.perf_counter()
     for rec, (ce, kl, grad_norm) in zip(recs, values):
@@ -220,10 +223,13 @@ def flush(s: Session, collective: bool = True) -> list[dict]:
 def save(s: Session, name: str, weights_only: bool = False) -> None:
     """Write out_dir/name atomically: everything needed to continue exactly; or, with weights_only (best.pt),
     what evaluation needs: without the optimizer's two moments it is a third of the size. A model that is not
-    finite is never written: it would replace the last good checkpoint."""
-    if not torch.stack([torch.isfinite(p).all() for p in s.model.parameters()]).all():  # one host sync
-        raise TrainingDiverged(f"the weights hold NaN or inf at step {s.prog.step}: {name} not written; the last good "
-                               f"checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or float32")
+    finite (nor its optimizer moments, in ckpt.pt) is never written: it would replace the last good checkpoint."""
+    moments = [] if weights_only else [v for state in s.optimizer.state.values() for v in state.values()
+                                       if torch.is_tensor(v) and v.is_floating_point()]
+    if not torch.stack([torch.isfinite(t).all() for t in [*s.model.parameters(), *moments]]).all():  # one host sync
+        raise TrainingDiverged(f"the weights (or their optimizer moments) hold NaN or inf at step {s.prog.step}: "
+                               f"{name} not written; the last good checkpoint (if any) is in {s.cfg.out_dir}. Try a "
+                               "lower --lr or float32")
     rngs = [] if weights_only else all_rng_states(s.d)  # a collective: every rank calls it
     if not (s.d.is_main and s.cfg.save):
         return
@@ -259,11 +265,15 @@ def eval_and_save(s: Session) -> dict:
     return r
 
 
-def stop_requested(signals: StopAtStepBoundary, d: Dist) -> bool:
+def stop_requested(signals: StopAtStepBoundary, d: Dist, step: int, interval: int) -> bool:
     """Whether any rank got the signal: all ranks then stop at the same step (a rank that stopped alone would
-    leave the others waiting in a collective)."""
+    leave the others waiting in a collective). Under torchrun the ranks agree by an all-reduce, which waits for
+    the device: only every `interval` steps (the log interval, where flush waits anyway), so a signal stops the
+    run within `interval` steps and no other step syncs. A single process checks its flag at every step."""
     if not d.enabled:
         return signals.requested
+    if step % interval:
+        return False
     return reduce(torch.tensor([float(signals.requested)]), d).item() > 0
 
 
@@ -283,6 +293,10 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
     amp_dtype = amp_dtype_for(cfg.dtype, device_type)
     peak = set_up_device(cfg, d, amp_dtype)
+    if cfg.pack and device_type == "cuda" and (why := varlen_problem(amp_dtype is not None, cfg.dropout)):
+        cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update
+        if d.is_main:
+            print(f"--pack: {why}; training on padded rows instead (the same updates, slower)")
     with local_rank_zero_first(d):  # one download per node; the other ranks then read the cache
         if ckpt is None:
             model, tok = build_model(cfg)
@@ -299,8 +313,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     model.to(d.device).train()
-    if ref is not None:  # frozen: held in the training dtype, half the memory of float32 under autocast
-        ref.to(d.device, dtype=amp_dtype or torch.float32).eval().requires_grad_(False)
+    if ref is not None:  # frozen, in float32 as the model is: at step 0 both run the same computation, KL exactly 0
+        ref.to(d.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
     engine = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
     if cfg.compile:
         engine = torch.compile(engine)
@@ -316,7 +330,9 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
-                train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak)
+                train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak,
+                totals=example_totals(train_ex, cfg.prompt_loss_weight, cfg.template_loss_weight),
+                output_totals=example_totals(train_ex, 0.0) if cfg.loss_reduction == "output" else None)
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
@@ -347,7 +363,7 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
     try:
         s.clock = time.perf_counter()
         while prog.step < stop:
-            if signals is not None and stop_requested(signals, s.d):  # a signal came during the last step: stop here
+            if signals is not None and stop_requested(signals, s.d, prog.step, cfg.log_interval):  # a signal came during the last step: stop here
                 flush(s)
                 save(s, "ckpt.pt")
                 if s.d.is_main:

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+import loss as L  # noqa: E402
 import train as T  # noqa: E402
 from data import collate, useful_fraction  # noqa: E402
 from model import get_tokenizer  # noqa: E402
@@ -113,6 +114,7 @@ def session(cfg: BenchConfig, size: str) -> T.Session | None:
 def use(s: T.Session, loss: str, skip: bool) -> None:
     """Switch the session between the four settings: the weights of the batch, and the seam in the model."""
     s.cfg = dataclasses.replace(s.cfg, loss=loss, prompt_loss_weight=1.0 if loss == "im" else 0.0)
+    s.totals = L.example_totals(s.train, s.cfg.prompt_loss_weight, s.cfg.template_loss_weight)  # the step's sums
     s.engine.skip_zero = skip
 
 

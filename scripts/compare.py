@@ -297,7 +297,7 @@ RECORD_FIELDS = ("mode", "seed", "metrics", "steps", "time_s", "history", "train
 def load_records(path: str) -> list[dict]:
     """The runs of an earlier results.json (--resume), each checked to hold every field run_one writes."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             runs = json.load(f)["runs"]
     except FileNotFoundError:
         return []

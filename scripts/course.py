@@ -4,14 +4,15 @@
     python scripts/course.py grade [N]         # run exercise N's grading tests (no N: all), print the points
     python scripts/course.py reset N           # blank exercise N again, here
     python scripts/course.py check [N]         # instructors and CI: each grader fails on the blank and on every
-                                               # recorded wrong solution, and passes on the solution (--jobs 2)
+                                               # recorded wrong solution, passes on the solution, and passes with
+                                               # only the exercise and its prerequisites solved (--jobs 2)
 
 A solution region is the few lines a student writes, between a line `# BEGIN SOLUTION exN: hint` and a line
 `# END SOLUTION`. The handout keeps both markers (so `reset` finds the region again) and puts in between
     raise NotImplementedError("Exercise N: hint (docs/assignments.md)")
-A line `# HANDOUT DOCSTRING exN: text` right above a docstring that gives the answer away makes the handout's
-docstring just "text". Graders are the tests marked `@pytest.mark.exN` (pytest.ini registers the markers);
-wrong solutions are data, one module per mistake in scripts/wrong_solutions/ (see its README).
+Lines `# HANDOUT DOCSTRING exN: text` right above a docstring that gives the answer away make the handout's
+docstring just their texts, one line each. Graders are the tests marked `@pytest.mark.exN` (pytest.ini registers
+the markers); wrong solutions are data, one module per mistake in scripts/wrong_solutions/ (see its README).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ INSTRUCTOR_ONLY = (WRONG_DIR + os.sep, os.path.join("tests", "test_course.py"), 
 SOURCES = re.compile(r"^(scripts/)?[^/]+\.py$")  # where regions live: the modules and scripts, not the tests
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION ex(\d+)(?::\s*(.*))?$")
 END = re.compile(r"^\s*# END SOLUTION$")
-DOCSTRING = re.compile(r"^(\s*)# HANDOUT DOCSTRING ex(\d+): (.*)$")
+DOCSTRING = re.compile(r"^(\s*)# HANDOUT DOCSTRING ex(\d+):(?: (.*))?$")
 TRACEBACK_LINE = re.compile(r"^\S+\.py:\d+: ")  # pytest --tb=line: "file:line: Error: message"
 
 
@@ -49,15 +50,16 @@ class Exercise:
     title: str
     points: int
     tests: tuple[str, ...] = ()  # the test files holding its graders; none: a written answer, graded by hand
+    needs: tuple[int, ...] = ()  # the exercises its graders call: solve these first (docs/assignments.md's table)
 
 
 EXERCISES = {e.number: e for e in [
     Exercise(1, "the loss weights", 10, ("tests/test_data.py",)),
-    Exercise(2, "split-invariant normalization", 15, ("tests/test_train.py",)),
-    Exercise(3, "the KV cache", 20, ("tests/test_generation.py", "tests/test_model.py")),
+    Exercise(2, "split-invariant normalization", 15, ("tests/test_train.py",), needs=(1, 4, 5)),
+    Exercise(3, "the KV cache", 20, ("tests/test_generation.py", "tests/test_model.py"), needs=(5,)),
     Exercise(4, "skip what costs nothing", 10, ("tests/test_model.py",)),
     Exercise(5, "block-diagonal attention", 15, ("tests/test_attention.py", "tests/test_model.py",
-                                                 "tests/test_data.py")),
+                                                 "tests/test_data.py"), needs=(1,)),
     Exercise(6, "acc vs acc_norm", 10, ("tests/test_eval.py",)),
     Exercise(7, "the paper's two factors (written)", 10),
     Exercise(8, "the continuous prompt-loss weight", 10, ("tests/test_prompt_weight.py",)),
@@ -130,16 +132,23 @@ def docstring_end(lines: list[str], i: int) -> int:
 
 
 def reduce_docstrings(lines: list[str], exercise: int) -> list[str]:
-    """Each docstring under a `# HANDOUT DOCSTRING exN: text` line becomes text; the marker line goes."""
+    """Each docstring under `# HANDOUT DOCSTRING exN: text` lines becomes their texts, one line each; the markers
+    go."""
     out, i = [], 0
     while i < len(lines):
-        m = DOCSTRING.match(lines[i])
-        if m and int(m.group(2)) == exercise:
-            out.append(f'{m.group(1)}"""{m.group(3)}"""\n')
-            i = docstring_end(lines, i + 1) + 1
-        else:
+        texts = []
+        while i < len(lines) and (m := DOCSTRING.match(lines[i])) and int(m.group(2)) == exercise:
+            indent, i = m.group(1), i + 1
+            texts.append(m.group(3) or "")
+        if not texts:
             out.append(lines[i])
             i += 1
+            continue
+        if len(texts) == 1:
+            out.append(f'{indent}"""{texts[0]}"""\n')
+        else:
+            out += [f'{indent}"""{texts[0]}\n', *(f"{indent}{t}".rstrip() + "\n" for t in texts[1:]), f'{indent}"""\n']
+        i = docstring_end(lines, i) + 1
     return out
 
 
@@ -259,7 +268,8 @@ def grade(root: str, numbers: list[int]) -> bool:
         names = [line.split(" - ")[0].split("::")[-1] for line in failed]  # the test's name, no path or message
         status = "all tests pass" if ok else f"{len(failed)} failing: " + ", ".join(names)
         print(f"exercise {n}, {e.title}: {e.points if ok else 0}/{e.points} ({status})")
-    print(f"total: {earned}/{auto} autograded points")
+    if len(numbers) > 1:
+        print(f"total: {earned}/{auto} autograded points")
     return earned == auto
 
 
@@ -275,13 +285,19 @@ def wrong_solutions(root: str, exercise: int) -> list[tuple[str, dict[tuple[str,
     return out
 
 
+ALONE = "alone"  # the variant with every other exercise blanked but the declared prerequisites: it must pass
+
+
 def apply_variant(work: str, originals: dict[str, list[str]], exercise: int,
                   replace: dict[tuple[str, int], str] | None) -> None:
-    """Restore the solution, then blank the exercise (replace None) or put in a wrong solution's regions."""
+    """Restore the solution, then blank the exercise (replace None), put in a wrong solution's regions, or (replace
+    ALONE) blank every other exercise but the prerequisites it declares."""
     for rel, lines in originals.items():
         write(os.path.join(work, rel), lines)
-    if replace is None:
-        reset(work, exercise)
+    if replace is None or replace == ALONE:
+        keep = {exercise, *EXERCISES[exercise].needs} if replace == ALONE else set(EXERCISES) - {exercise}
+        for n in set(EXERCISES) - keep:
+            reset(work, n)
         return
     for (rel, k), code in replace.items():
         regions = [r for r in find_regions(originals[rel], rel) if r.exercise == exercise]
@@ -300,7 +316,7 @@ def grade_variant(works: queue.Queue, originals: dict[str, list[str]], exercise:
         ok, failed, out = run_grader(work, exercise, stop_first=True)
     finally:
         works.put(work)
-    expected = name == "solution"
+    expected = name == "solution" or replace == ALONE
     why = [line.split(": ", 1)[1] for line in out.splitlines() if TRACEBACK_LINE.match(line)]
     verdict = "PASSES" if ok else f"FAILS {failed[0] if failed else ''}\n      {(why or ['?'])[0][:300]}"
     line = f"  ex{exercise.number} {name}: {verdict} ({time.perf_counter() - t0:.1f} s)"
@@ -311,7 +327,8 @@ def grade_variant(works: queue.Queue, originals: dict[str, list[str]], exercise:
 def check(numbers: list[int], jobs: int = 1) -> None:
     """Build the handout, then prove each grader right on its blank, on each recorded wrong solution and on the
     solution. Each runs in a copy of the solution where only its own exercise is blanked or wrong, so that a
-    failure comes from that exercise alone; `jobs` copies grade side by side."""
+    failure comes from that exercise alone; `jobs` copies grade side by side. Last, each grader must pass where
+    only its exercise and the prerequisites it declares are solved: a student can follow the recommended order."""
     if not os.path.isdir(os.path.join(ROOT, WRONG_DIR)):
         raise UserError(f"check needs the instructor's repository: {WRONG_DIR} is not here")
     t0, problems = time.perf_counter(), []
@@ -324,6 +341,9 @@ def check(numbers: list[int], jobs: int = 1) -> None:
         originals = {rel: read(os.path.join(ROOT, rel)) for rel in source_files(ROOT)}
         tasks = [(EXERCISES[n], name, replace) for n in numbers if EXERCISES[n].tests
                  for name, replace in [("blank", None)] + wrong_solutions(ROOT, n) + [("solution", {})]]
+        tasks += [(e, f"solution with the others blanked but its prerequisites ({', '.join(map(str, e.needs))})"
+                   if e.needs else "solution with every other exercise blanked", ALONE)
+                  for e in (EXERCISES[n] for n in numbers) if e.tests]
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
             for line, problem in pool.map(lambda task: grade_variant(works, originals, *task), tasks):
                 print(line, flush=True)

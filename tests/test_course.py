@@ -1,6 +1,7 @@
 """scripts/course.py: the handout holds no solution, reset and grade work on a tree, check catches a grader that
-lets a wrong solution through. The full `course.py check` (36 grader runs, ~2.5 CPU-min) is its own CI step."""
+lets a wrong solution through. The full `course.py check` (53 grader runs) is its own CI step."""
 import os
+import re
 import subprocess
 import sys
 
@@ -20,10 +21,12 @@ def solution_lines() -> set[str]:
         lines = course.read(os.path.join(ROOT, rel))
         secret = {i for r in course.find_regions(lines, rel) for i in range(r.begin + 1, r.end)}
         for i, line in enumerate(lines):
-            if course.DOCSTRING.match(line):
+            if course.DOCSTRING.match(line) and not course.DOCSTRING.match(lines[i + 1]):  # the last marker line
                 secret |= set(range(i + 1, course.docstring_end(lines, i + 1) + 1))
         for i, line in enumerate(lines):
             (inside if i in secret else outside).add(line.strip())
+            if m := course.DOCSTRING.match(line):
+                outside.add((m.group(3) or "").strip())  # what the handout's docstring says instead is public
     return {line for line in inside - outside if len(line) >= 12 and not line.startswith(("#", '"""'))}
 
 
@@ -38,6 +41,7 @@ def test_handout_has_no_solution_text_no_history_and_no_instructor_files(tmp_pat
     assert len(secrets) > 20  # the regions of 7 exercises, and two docstrings of exercise 2
     assert "loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients" \
         in secrets
+    assert any(line.startswith("IT  0 ") for line in secrets)  # data.py's docstring: the weight table of exercise 1
     files = course.tree_files(str(tmp_path / "handout"))
     for rel in files:
         with open(tmp_path / "handout" / rel, encoding="utf-8", errors="replace") as f:
@@ -59,19 +63,21 @@ def test_reset_blanks_one_exercise_and_grade_scores_it(tmp_path):
     assert 'raise NotImplementedError("Exercise 6: ' in (tmp_path / "benchmarks.py").read_text()
     assert (tmp_path / "model.py").read_text() == open(os.path.join(ROOT, "model.py")).read()  # only exercise 6
     r = run(["grade", "6"], cwd=str(tmp_path))
-    assert r.returncode == 1 and "exercise 6, acc vs acc_norm: 0/10 (3 failing: " in r.stdout, r.stdout[-2000:]
+    assert r.returncode == 1 and "exercise 6, acc vs acc_norm: 0/10 (16 failing: " in r.stdout, r.stdout[-2000:]
+    assert "total:" not in r.stdout  # one exercise: its own line is the total
     assert "NotImplementedError: Exercise 6" in r.stdout  # grade N shows pytest's report: the hint and the line
 
 
 def test_check_flags_every_variant_its_grader_gets_wrong(monkeypatch, capsys):
     """check's bookkeeping, fast: a stand-in grader that passes everything, and reports what it was given. The
-    blank and each wrong solution must then be problems, the solution not. (The real graders run in CI's
-    `course.py check --jobs 2`, and in the grade test above.)"""
-    seen = []
+    blank and each wrong solution must then be problems, the solution and the solution with every other exercise
+    blanked not. (The real graders run in CI's `course.py check --jobs 2`, and in the grade test above.)"""
+    seen, others_blank = [], []
 
     def passes_everything(root, exercise, stop_first):
         code = "".join(r for r in course.read(os.path.join(root, "benchmarks.py")) if "return" in r or "raise" in r)
         seen.append(code)
+        others_blank.append('NotImplementedError("Exercise 5' in "".join(course.read(os.path.join(root, "model.py"))))
         return True, [], ""
 
     monkeypatch.setattr(course, "run_grader", passes_everything)
@@ -79,9 +85,11 @@ def test_check_flags_every_variant_its_grader_gets_wrong(monkeypatch, capsys):
         course.check([6], jobs=2)
     wrong = [name for name, _ in course.wrong_solutions(ROOT, 6)]
     assert str(e.value).splitlines()[1:] == [f"  exercise 6: the grader passes on {v}" for v in ["blank"] + wrong]
-    assert len(seen) == len(wrong) + 2 and sum('NotImplementedError("Exercise 6' in c for c in seen) == 1
+    assert len(seen) == len(wrong) + 3 and sum('NotImplementedError("Exercise 6' in c for c in seen) == 1
+    assert others_blank == [False] * (len(wrong) + 2) + [True]  # last: exercise 6 alone (it needs no other)
     assert sum(".encode()" in c for c in seen) == 1  # ex6_bytes was in place when its grader ran
-    assert "ex6 solution: PASSES" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ex6 solution: PASSES" in out and "ex6 solution with every other exercise blanked: PASSES" in out
 
 
 def test_regions_wrong_solutions_and_bad_input():
@@ -91,7 +99,11 @@ def test_regions_wrong_solutions_and_bad_input():
     issue_12_table = {"ex3_positions_ignore_padding", "ex3_mask_offset_plus_one", "ex3_mask_offset_minus_one",
                       "ex3_cache_never_advances", "ex4_head_then_index", "ex4_select_by_target", "ex5_ignores_start",
                       "ex5_padding_sees_nothing", "ex6_bytes", "ex6_last_on_ties"}
-    assert issue_12_table <= recorded, issue_12_table - recorded  # `check` proves each one caught
+    issue_20_table = {"ex2_forgets_norm", "ex2_kl_not_normalized", "ex2_kl_coef_ignored",
+                      "ex3_window_keeps_first_tokens", "ex3_window_one_short", "ex4_skips_whatever_skip_zero_says",
+                      "ex5_real_queries_see_padding", "ex6_ties_by_total_logprob", "ex6_float16",
+                      "ex6_empty_choice_unguarded"}
+    assert issue_12_table | issue_20_table <= recorded, (issue_12_table | issue_20_table) - recorded  # check: caught
     assert course.EXERCISES[7].tests == ()  # written: graded by the rubric, never "passes with no work"
     for n in course.EXERCISES:  # every wrong solution names a region that exists, compiles, keeps the markers
         for name, replace in course.wrong_solutions(ROOT, n):
@@ -109,6 +121,20 @@ def test_regions_wrong_solutions_and_bad_input():
         course.find_regions(["# END SOLUTION\n"], "x.py")
     r = run(["reset", "9"])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no exercise '9'" in r.stderr
+
+
+def test_assignments_table_and_order_follow_the_declared_prerequisites():
+    """docs/assignments.md's "needs" column is course.py's (check proves each grader needs no more), and the
+    recommended order puts every exercise after those it needs."""
+    with open(os.path.join(ROOT, "docs", "assignments.md"), encoding="utf-8") as f:
+        text = f.read()
+    rows = re.findall(r"^\| (\d) \| [^|]+ \| [^|]+ \| ([-\d, ]+) \| [^|]+ \|$", text, re.M)
+    table = {int(n): () if needs.strip() == "-" else tuple(int(x) for x in needs.split(",")) for n, needs in rows}
+    assert table == {n: e.needs for n, e in course.EXERCISES.items()}, table
+    order = [int(x) for x in re.search(r"in the order \*\*([\d, ]+)\*\*", text).group(1).split(",")]
+    assert sorted(order) == sorted(course.EXERCISES), order
+    for i, n in enumerate(order):
+        assert set(course.EXERCISES[n].needs) <= set(order[:i]), (n, course.EXERCISES[n].needs, order[:i])
 
 
 def test_handout_refuses_a_non_empty_directory(tmp_path):

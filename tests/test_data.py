@@ -47,17 +47,25 @@ def write(tmp_path, name: str, content) -> str:
 SEGMENT_NAMES = {TEMPLATE: "TEMPLATE", SYSTEM: "SYSTEM", USER: "USER", ASSISTANT: "ASSISTANT", EOT: "EOT", PAD: "PAD"}
 
 
+ROW = [TEMPLATE, SYSTEM, TEMPLATE, USER, USER, TEMPLATE, ASSISTANT, ASSISTANT, EOT, PAD, PAD]
+
+
 @pytest.mark.ex1
-@pytest.mark.parametrize("prompt_loss_weight, template_loss_weight", [(0.0, 0.0), (1.0, 0.0), (0.3, 0.25)])
-def test_loss_weights_one_segment_at_a_time(prompt_loss_weight, template_loss_weight):
-    expected = {TEMPLATE: template_loss_weight, SYSTEM: prompt_loss_weight, USER: prompt_loss_weight,
-                ASSISTANT: 1.0, EOT: 1.0, PAD: 0.0}
-    for seg, want in expected.items():
-        got = data.loss_weights([ASSISTANT, seg], prompt_loss_weight, template_loss_weight)
-        assert len(got) == 2, f"loss_weights of 2 tokens returned {len(got)} weights: one per token, weights[0] too"
-        assert got[1] == want, (f"a {SEGMENT_NAMES[seg]} token got weight {got[1]}, expected {want} (prompt_loss_weight"
-                                f"={prompt_loss_weight}, template_loss_weight={template_loss_weight})")
-        assert got[0] == 0.0, f"weights[0] is {got[0]}: token 0 has no context to be predicted from, so it is 0"
+@pytest.mark.parametrize("segs, prompt_loss_weight, template_loss_weight, want", [
+    (ROW, 0.0, 0.0, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]),
+    (ROW, 1.0, 0.0, [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]),
+    (ROW, 0.3, 0.25, [0.0, 0.3, 0.25, 0.3, 0.3, 0.25, 1.0, 1.0, 1.0, 0.0, 0.0]),
+    ([ASSISTANT, EOT], 0.3, 0.25, [0.0, 1.0]),
+    ([USER, ASSISTANT, EOT, PAD], 0.7, 0.0, [0.0, 1.0, 1.0, 0.0]),
+    ([SYSTEM, SYSTEM, TEMPLATE, EOT], 0.5, 1.0, [0.0, 0.5, 1.0, 1.0]),
+])
+def test_loss_weights_token_by_token(segs, prompt_loss_weight, template_loss_weight, want):
+    got = data.loss_weights(segs, prompt_loss_weight, template_loss_weight)
+    fed = (f"segments {[SEGMENT_NAMES[s] for s in segs]}, prompt_loss_weight={prompt_loss_weight}, "
+           f"template_loss_weight={template_loss_weight}")
+    assert len(got) == len(segs), f"{fed}: {len(got)} weights, expected {len(segs)} (one per token, weights[0] too)"
+    for t, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"{fed}: token {t} ({SEGMENT_NAMES[segs[t]]}) got weight {g}, expected {w}; all weights {got}"
 
 
 @pytest.mark.ex1
@@ -96,7 +104,8 @@ def test_multi_turn_with_system_exact_ids_segments_and_weights():
     assert ids == [i for t, _ in pieces for i in (b(t) if t else [E])]
     assert segs == [s for t, s in pieces for _ in (b(t) if t else [E])]
     w = {plw: data.encode_example(MULTI, BYTE, plw)[1] for plw in (0.0, 0.3, 1.0)}
-    expected = lambda plw: [0.0] + [{TEMPLATE: 0, SYSTEM: plw, USER: plw, ASSISTANT: 1, EOT: 1}[s] for s in segs[1:]]
+    expected = lambda plw: ([0] * 11 + [plw] * 8 + [0] * 10 + [plw] * 2 + [0] * 15 + [1] * 3  # EOT is the 3rd 1
+                            + [0] * 9 + [plw] * 4 + [0] * 15 + [1] * 2)
     assert w[0.0] == expected(0.0) and w[0.3] == expected(0.3) and w[1.0] == expected(1.0)
     assert sum(w[0.0]) == 2 + 1 + 1 + 1 and sum(w[1.0]) == 5 + 8 + 2 + 4
 
@@ -239,9 +248,12 @@ def test_packed_examples_do_not_see_each_other():
         logits = [net(x.idx, x.pos, x.doc, cu_seqlens=x.cu_seqlens) for x in batches]
         alone = net(data.collate(ex[:1], 1.0).idx)
     mine = batches[0].doc != 1
-    assert not torch.allclose(logits[0][~mine], logits[1][~mine])  # the perturbed example itself changed
-    torch.testing.assert_close(logits[0][mine], logits[1][mine], rtol=0, atol=1e-5)  # no other example did
-    torch.testing.assert_close(logits[0][batches[0].doc == 0], alone[0], rtol=0, atol=1e-5)  # = on its own
+    fed = "one packed row of 'first example', 'the second', 'third'"
+    assert not torch.allclose(logits[0][~mine], logits[1][~mine]), f"{fed}: changing the second changed nothing"
+    moved = (logits[0][mine] - logits[1][mine]).abs().max().item()
+    assert moved < 1e-5, f"{fed}: changing the second moved the others' logits by {moved:.2e}, expected below 1e-5"
+    diff = (logits[0][batches[0].doc == 0] - alone[0]).abs().max().item()
+    assert diff < 1e-5, f"{fed}: the first example's logits differ from its own alone by {diff:.2e}, expected < 1e-5"
 
 def test_epoch_batches_deterministic_random_grouped_and_complete():
     lengths = [(i * 37) % 200 + 5 for i in range(1000)]

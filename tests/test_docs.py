@@ -13,9 +13,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "export.py", "scripts/compare.py", "scripts/sweep.py",
-            "scripts/budget.py", "scripts/bench_model.py", "scripts/bench_train.py", "scripts/bench_gpu.py", "scripts/course.py",
-            "scripts/prompt_weight.py"]
-PASS_THROUGH = {"scripts/compare.py", "scripts/sweep.py", "scripts/budget.py"}  # they hand train.py's flags on (their --help says so)
+            "scripts/budget.py", "scripts/bench_model.py", "scripts/bench_train.py", "scripts/bench_gpu.py",
+            "scripts/course.py", "scripts/prompt_weight.py", "scripts/mutate.py"]
+PASS_THROUGH = {"scripts/compare.py", "scripts/sweep.py", "scripts/budget.py"}  # they hand train.py's flags on
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 

@@ -1,6 +1,7 @@
 """eval.py: the numbers it reports, checked against hand computations and the references they claim to follow."""
 import bz2
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -68,7 +69,8 @@ def test_acc_and_acc_norm_disagree_on_crafted_logprobs():
     # the long choice has the lower total (-6 < -4) but the higher per-character log-prob (-1 > -2)
     logprobs, choices = [-4.0, -6.0], ["ab", "abcdef"]
     assert bm.pick_acc(logprobs) == 0
-    assert bm.pick_acc_norm(logprobs, choices) == 1
+    picked = bm.pick_acc_norm(logprobs, choices)
+    assert picked == 1, f"choices {choices} with log-probs {logprobs}: pick_acc_norm picked {picked}, expected 1"
     assert bm.pick_acc([-1.0, -1.0, -2.0]) == 0  # ties: the first, like numpy's argmax
 
 
@@ -80,6 +82,58 @@ def test_acc_norm_counts_characters_not_bytes_and_ties_go_first():
                          f"character beats -3/2): divide by characters, len(choice), not UTF-8 bytes")
     picked = bm.pick_acc_norm([-2.0, -4.0, -9.0], ["a", "ab", "abc"])
     assert picked == 0, f"choices 0 and 1 tie at -2 per character: picked {picked}, expected 0 (ties: the first)"
+
+
+@pytest.mark.ex6
+def test_exact_ties_go_to_the_first_tied_choice_in_any_order():
+    """lm-evaluation-harness takes numpy's argmax: the first of tied choices, whatever their totals or lengths."""
+    scored = [("ab", -2.0), ("abcd", -4.0), ("abc", -3.0), ("a", -3.0), ("abcdefgh", -16.0)]  # -1,-1,-1,-3,-2 per char
+    for order in itertools.permutations(range(len(scored))):
+        choices, logprobs = [scored[i][0] for i in order], [scored[i][1] for i in order]
+        want = min(k for k, i in enumerate(order) if i < 3)
+        got = bm.pick_acc_norm(logprobs, choices)
+        assert got == want, (f"choices {choices} with log-probs {logprobs}: picked {got}, expected {want} (choices "
+                             f"{[k for k, i in enumerate(order) if i < 3]} tie at -1 per character; the first of them)")
+
+
+@pytest.mark.ex6
+@pytest.mark.parametrize("logprobs, choices, want", [
+    ([-1.5 * (1 + 2e-5) * 3, -1.5 * 7], ["abc", "abcdefg"], 1),  # -1.50003 vs -1.5 per character
+    ([-10.0002, -2.0 * 5], ["abcd", "abcde"], 1),  # -2.50005 vs -2.0
+    ([-0.700007 * 2, -0.7 * 9], ["ab", "abcdefghi"], 1),
+    ([-4.0, -3.99996, -4.0], ["abcd", "abcd", "abcd"], 1),
+    ([-7.99992, -8.0], ["abcd", "abcd"], 0),
+])
+def test_near_ties_are_told_apart_at_float32_precision_or_better(logprobs, choices, want):
+    """Scores that differ by a few parts in 100000: float32 or float64 arithmetic tells them apart, float16 or
+    bfloat16 makes them tie or swap."""
+    got = bm.pick_acc_norm(logprobs, choices)
+    per_char = [lp / len(c) for lp, c in zip(logprobs, choices)]
+    assert got == want, (f"choices {choices} with log-probs {logprobs}: picked {got}, expected {want} (per character "
+                         f"{[f'{x:.6f}' for x in per_char]}: compute in float32 or float64)")
+
+
+@pytest.mark.ex6
+@pytest.mark.parametrize("logprobs, choices, want", [
+    ([-0.5, -4.0], ["", "ab"], 0),  # the empty choice: -0.5 for its 1 character, against -2 per character
+    ([-3.0, -4.0], ["", "ab"], 1),  # -3 against -2
+    ([-1.0, -1.0], ["", "a"], 0),  # a tie: the first
+    ([-2.0, -1.0, -1.5], ["a", "", ""], 1),
+])
+def test_an_empty_choice_counts_as_one_character(logprobs, choices, want):
+    got = bm.pick_acc_norm(logprobs, choices)
+    assert got == want, f"choices {choices} with log-probs {logprobs}: picked {got}, expected {want}"
+
+
+@pytest.mark.ex6
+@pytest.mark.parametrize("logprobs, choices, want", [
+    ([-1.0, -3.0], ["a", "abcd"], 1),  # -1 vs -0.75 per character (not -0.5 vs -0.6: no space is added)
+    ([-2.0, -3.3], [" a", "abc"], 0),  # a choice given with a space keeps it: -1 vs -1.1 (not -2 vs -1.1)
+    ([-2.4, -3.0], ["ab ", "abc"], 0),  # -0.8 vs -1 (not -1.2 vs -1)
+])
+def test_len_counts_each_choice_exactly_as_given(logprobs, choices, want):
+    got = bm.pick_acc_norm(logprobs, choices)
+    assert got == want, f"choices {choices!r} with log-probs {logprobs}: picked {got}, expected {want}"
 
 
 class Uniform(torch.nn.Module):
@@ -95,7 +149,9 @@ def test_choice_metrics_end_to_end_acc_vs_acc_norm(tok):
     # byte tokens: " a" is 2 tokens for 1 char (-2 log V per char), " abcd" 5 for 4 (-1.25 log V per char)
     q = bm.Question("Pick one:", ["a", "abcd"], gold=1)
     r = ev.choice_metrics(Uniform(), tok, [q, bm.Question("Again:", ["abcd", "a"], gold=0)], config(), Dist())
-    assert r == {"examples": 2, "acc": 0.0, "acc_norm": 1.0}
+    assert r == {"examples": 2, "acc": 0.0, "acc_norm": 1.0}, (
+        f"choices 'a' and 'abcd' under a model that finds every byte token equally likely, the gold one 'abcd': "
+        f"{r}, expected acc 0 and acc_norm 1")
     lps = bm.continuation_logprobs(Uniform(), bm.choice_pairs(q, tok, chat=False), 4, "cpu")
     assert lps == pytest.approx([-2 * math.log(257), -5 * math.log(257)])
 

@@ -4,6 +4,7 @@ attention errors when a model keeps emitting one token, so the fixture here is o
 import pytest
 import torch
 
+import model as model_module
 from model import GPT, GPTConfig, KVCache, left_pad
 
 PROMPTS = [[5, 9, 2], [7, 1, 4, 1, 5, 9], [3, 3, 8, 2, 6]]  # row 0 is left-padded by 3, row 2 by 1
@@ -117,3 +118,64 @@ def test_greedy_with_cache_equals_without_on_outputs_that_vary(varied):
         first = next((t for t, (a, b) in enumerate(zip(cached[row], alone[row])) if a != b), None)
         assert first is None, (f"row {row} (left-padded by {padding(row)}): with the cache, greedy output departs "
                                f"from the row alone at new token {first}")
+
+
+@pytest.fixture
+def short_block():
+    """The varied model's kind with block_size 8, so that generation soon runs past it."""
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=8, vocab_size=67)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, (1.0 if "wpe" in name else 0.2) if p.dim() > 1 else 0.1)
+    return model
+
+
+@pytest.mark.ex3
+def test_past_the_block_size_the_last_block_size_tokens_run_token_by_token(short_block):
+    """Without a cache, next_logits runs the last block_size columns, each row's positions counting from its
+    first real token inside that window: the logits of a forward of the row's last block_size real tokens."""
+    prompts = [[5, 9, 2, 6, 5, 3], [7, 1], [3, 3, 8, 2]]  # 6 columns, then 10 more: past block_size 8 at column 9
+    new = [[(11 * r + 7 * t) % 67 for t in range(10)] for r in range(3)]
+    tokens, valid = left_pad(prompts, "cpu")
+    for step in range(len(new[0]) + 1):
+        if step:
+            tokens = torch.cat([tokens, torch.tensor([[row[step - 1]] for row in new])], 1)
+            valid = torch.cat([valid, torch.ones(3, 1, dtype=torch.bool)], 1)
+        with torch.no_grad():
+            got = short_block.next_logits(tokens, valid, None)
+            for row in range(3):
+                real = (prompts[row] + new[row][:step])[-8:]
+                want = short_block(torch.tensor([real]))[0, -1]
+                diff = (got[row] - want).abs().max().item()
+                assert diff < 1e-4, (
+                    f"next_logits without a cache, {tokens.size(1)} columns, row {row} (real tokens "
+                    f"{prompts[row] + new[row][:step]}), block_size 8: its logits differ by {diff:.3f} from a forward "
+                    f"of {real} at positions 0..{len(real) - 1}, expected below 1e-4 (the last block_size tokens, "
+                    f"positions counted inside that window)")
+
+
+@pytest.mark.ex3
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_past_the_block_size_slides_the_window(short_block, use_cache, monkeypatch):
+    """generate's next tokens are scripted (so that they vary); the logits it computes for each must be those of a
+    forward of each row's last 8 real tokens, before and after the cache (max_len 8) runs out."""
+    prompts, script = [[5, 9, 2, 6, 5, 3], [7, 1]], [[(11 * r + 7 * t + 3) % 67 for r in range(2)] for t in range(12)]
+    seen = []
+
+    def scripted(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return torch.tensor(script[len(seen) - 1])
+
+    monkeypatch.setattr(model_module, "sample_next", scripted)
+    short_block.generate(prompts, 12, use_cache=use_cache)
+    with torch.no_grad():
+        for step, logits in enumerate(seen):
+            for row in range(2):
+                real = prompts[row] + [t[row] for t in script[:step]]
+                want = short_block(torch.tensor([real[-8:]]))[0, -1]
+                diff = (logits[row] - want).abs().max().item()
+                assert diff < 1e-4, (
+                    f"generate({prompts}, use_cache={use_cache}), block_size 8, step {step}: row {row}'s logits "
+                    f"(after {real}) differ by {diff:.3f} from a forward of its last 8 tokens {real[-8:]}, expected "
+                    f"below 1e-4")

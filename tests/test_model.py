@@ -142,20 +142,27 @@ def test_tying_survives_an_optimizer_step(tiny):
     assert tiny.lm_head.weight.data_ptr() == tiny.transformer.wte.weight.data_ptr()
 
 
-@pytest.mark.ex3
 @pytest.mark.ex5
 def test_explicit_attention_equals_sdpa(tiny):
     idx = torch.randint(0, 67, (3, 20))
     doc = torch.tensor([0] * 8 + [1] * 9 + [-1] * 3).expand(3, 20)
     cu = torch.from_numpy(doc_starts(doc.numpy()))  # packed rows: attention stays inside each document
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
     with torch.no_grad():
         fused, fused_doc = tiny(idx), tiny(idx, doc=doc, cu_seqlens=cu)
-        fused_new = tiny.generate(prompts, 12)
         tiny.config.attention = "math"  # read at every forward
         assert (tiny(idx) - fused).abs().max() < 1e-5
-        assert (tiny(idx, doc=doc, cu_seqlens=cu) - fused_doc).abs().max() < 1e-5
-        assert tiny.generate(prompts, 12) == fused_new
+        diff = (tiny(idx, doc=doc, cu_seqlens=cu) - fused_doc).abs().max().item()
+    assert diff < 1e-5, (f"packed rows (documents of 8 and 9 tokens, then 3 of padding): math attention's logits "
+                         f"differ from sdpa's by {diff:.2e}, expected under 1e-5")
+
+
+@pytest.mark.ex3
+def test_explicit_attention_generates_what_sdpa_does(tiny):
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]  # the first is left-padded
+    fused = tiny.generate(prompts, 12)
+    tiny.config.attention = "math"
+    explicit = tiny.generate(prompts, 12)
+    assert explicit == fused, f"greedy from {prompts}: math attention gave {explicit}, sdpa {fused}"
 
 
 def test_dropout_follows_the_config_after_loading(tiny):
@@ -179,8 +186,10 @@ def test_loss_matches_hand_computation(tiny):
         logp = tiny(idx).log_softmax(-1)
     expected = sum(-weights[b, t] * logp[b, t, targets[b, t]] for b in range(2) for t in range(9))
     s, w = tiny.loss(idx, targets, weights)
-    assert s.dtype == w.dtype == torch.float32
-    assert abs(s.item() - expected.item()) < 1e-4 and abs(w.item() - weights.sum().item()) < 1e-6
+    assert s.dtype == w.dtype == torch.float32, f"loss() returned {s.dtype} and {w.dtype}, expected float32 both"
+    assert abs(s.item() - expected.item()) < 1e-4 and abs(w.item() - weights.sum().item()) < 1e-6, (
+        f"loss() of a (2, 9) batch with random weights, some 0: returned ({s.item():.5f}, {w.item():.5f}), expected "
+        f"({expected.item():.5f}, {weights.sum().item():.5f}): sum of w * CE position by position, and sum of w")
 
 
 def test_weighted_cross_entropy_ignores_targets_under_zero_weight():
@@ -200,8 +209,12 @@ def test_skipping_zero_weights_changes_nothing(tiny):
         s, w = tiny.loss(idx, targets, weights, skip_zero=skip)
         s.backward()
         results.append((s.item(), w.item(), tiny.transformer.h[0].attn.c_attn.weight.grad.clone()))
-    assert abs(results[0][0] - results[1][0]) < 1e-5 and abs(results[0][1] - results[1][1]) < 1e-5
-    assert torch.allclose(results[0][2], results[1][2], atol=1e-6)
+    (s1, w1, g1), (s0, w0, g0) = results
+    assert abs(s1 - s0) < 1e-5 and abs(w1 - w0) < 1e-5, (
+        f"loss() of a (3, 12) batch, about half its weights 0: ({s1:.5f}, {w1:.5f}) with skip_zero, ({s0:.5f}, "
+        f"{w0:.5f}) without: expected equal to 1e-5")
+    diff = (g1 - g0).abs().max().item()
+    assert diff < 1e-6, f"the same batch: gradients with and without skip_zero differ by up to {diff:.1e}, expected 0"
 
 
 @pytest.mark.ex4
@@ -209,7 +222,10 @@ def test_all_zero_weights_give_zero_loss_and_gradient(tiny):
     idx = torch.randint(0, 67, (2, 5))
     s, w = tiny.loss(idx, torch.full((2, 5), -1), torch.zeros(2, 5))
     s.backward()
-    assert s.item() == 0.0 and w.item() == 0.0 and tiny.lm_head.weight.grad.abs().max() == 0
+    grad = tiny.lm_head.weight.grad.abs().max().item()
+    assert s.item() == 0.0 and w.item() == 0.0 and grad == 0, (
+        f"loss() with every weight 0 (targets -1): returned ({s.item()}, {w.item()}), output head gradient up to "
+        f"{grad}, expected (0, 0) and no gradient")
 
 
 def test_optimizer_decays_matrices_only(tiny):
@@ -224,7 +240,11 @@ def test_select_returns_only_selected_rows(tiny):
     idx = torch.randint(0, 67, (2, 6))
     select = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
-        assert torch.allclose(tiny(idx, select=select), tiny(idx)[select], atol=1e-6)
+        got, want = tiny(idx, select=select), tiny(idx)[select]
+    assert got.shape == want.shape, f"forward(select=) with 4 of 12 positions selected: logits {tuple(got.shape)}, " \
+                                    f"expected {tuple(want.shape)}, the selected positions in row-major order"
+    diff = (got - want).abs().max().item()
+    assert diff < 1e-6, f"forward(select=): logits differ from those of the same positions of a full forward by {diff}"
 
 
 @pytest.mark.ex4
@@ -241,8 +261,21 @@ def test_output_head_runs_only_on_positions_with_nonzero_weight(tiny):
         tiny(idx, select=weights != 0)
     want = int((weights != 0).sum())
     assert rows == [want, want], (f"the output head ran on {rows[0]} rows in loss() and {rows[1]} in forward(select=), "
-                                  f"expected {want}, the positions with nonzero weight: select them (by weight, not "
-                                  f"by target) before lm_head")
+                                  f"expected {want}, the positions with nonzero weight (weights {weights.tolist()})")
+
+
+@pytest.mark.ex4
+def test_without_skip_zero_the_output_head_runs_on_every_position(tiny):
+    """--no-skip_zero is bench_train's baseline: the head on every position, whatever the weights."""
+    rows = []
+    tiny.lm_head.register_forward_pre_hook(lambda m, args: rows.append(args[0].numel() // args[0].size(-1)))
+    idx, targets = torch.randint(0, 67, (2, 10)), torch.randint(0, 67, (2, 10))
+    weights = torch.zeros(2, 10)
+    weights[0, 6:] = 1.0  # 4 of 20 positions weigh anything
+    with torch.no_grad():
+        tiny.loss(idx, targets, weights, skip_zero=False)
+    assert rows == [20], (f"loss(skip_zero=False) of a (2, 10) batch with 4 nonzero weights ran the output head on "
+                          f"{rows} rows, expected [20]: every position")
 
 
 def test_neftune_noise_only_in_training_and_scaled_by_example_length(tiny):
@@ -272,10 +305,14 @@ def test_packed_examples_do_not_see_each_other(tiny):
         packed = tiny(idx, pos=pos, doc=doc, cu_seqlens=cu)
         changed = idx.clone()
         changed[0, 5:12] = torch.randint(0, 67, (7,))
-        assert torch.equal(tiny(changed, pos=pos, doc=doc, cu_seqlens=cu)[0, :5], packed[0, :5])
-        assert (tiny(a.unsqueeze(0))[0] - packed[0, :5]).abs().max() < 1e-5
-        assert (tiny(b.unsqueeze(0))[0] - packed[0, 5:12]).abs().max() < 1e-5
-        assert not torch.isnan(packed).any()
+        moved = (tiny(changed, pos=pos, doc=doc, cu_seqlens=cu)[0, :5] - packed[0, :5]).abs().max().item()
+        diffs = [(tiny(a.unsqueeze(0))[0] - packed[0, :5]).abs().max().item(),
+                 (tiny(b.unsqueeze(0))[0] - packed[0, 5:12]).abs().max().item()]
+    fed = "one row packing examples of 5 and 7 tokens, then 3 of padding (doc [0]*5 + [1]*7 + [-1]*3)"
+    assert moved == 0, f"{fed}: changing the second example moved the first one's logits by {moved:.2e}, expected 0"
+    assert max(diffs) < 1e-5, (f"{fed}: the examples' logits differ from each example's alone by {diffs}, expected "
+                               f"below 1e-5")
+    assert not torch.isnan(packed).any(), f"{fed}: NaN logits at {packed.isnan().any(-1).nonzero().tolist()}"
 
 
 # ----------------------------------------------------------------------------- generation
@@ -284,8 +321,9 @@ def test_packed_examples_do_not_see_each_other(tiny):
 def test_cache_equals_no_cache_including_past_the_block_size(tiny):
     prompts = [list(range(1, 11)), [5, 9, 2]]
     for n in (10, 60):  # 60 new tokens run past block_size 48: the window slides
-        assert tiny.generate(prompts, n) == tiny.generate(prompts, n, use_cache=False)
-    assert len(tiny.generate(prompts, 60)[0]) == 60
+        cached, uncached = tiny.generate(prompts, n), tiny.generate(prompts, n, use_cache=False)
+        assert cached == uncached, f"greedy from {prompts}, {n} new tokens: with the cache {cached}, without {uncached}"
+        assert [len(row) for row in cached] == [n, n], f"{n} new tokens asked, {[len(row) for row in cached]} came"
 
 
 @pytest.mark.ex3
@@ -297,18 +335,22 @@ def test_cached_step_logits_equal_full_forward(tiny):
         tiny.next_logits(tokens[:, :8], valid[:, :8], cache)
         for t in range(9, 13):
             step = tiny.next_logits(tokens[:, :t], valid[:, :t], cache)
-            assert (step - tiny(tokens[:, :t])[:, -1]).abs().max() < 1e-5
+            diff = (step - tiny(tokens[:, :t])[:, -1]).abs().max().item()
+            assert diff < 1e-5, (f"2 rows without padding, prefill 8 tokens, then a cached step with {t} tokens: its "
+                                 f"logits differ from a full forward's by {diff:.2e}, expected below 1e-5")
 
 
 @pytest.mark.ex3
 def test_batched_mixed_lengths_equal_one_at_a_time(tiny):
     prompts = [[3], [7, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8]]
     alone = [tiny.generate([p], 15)[0] for p in prompts]
-    assert tiny.generate(prompts, 15) == alone
+    batched = tiny.generate(prompts, 15)
+    assert batched == alone, f"greedy from {prompts} as one batch: {batched}; each prompt alone: {alone}"
     eos = alone[1][4]  # a token that ends row 1 early; other rows stop at their own first eos, if any
     expected = [row[:row.index(eos)] if eos in row else row for row in alone]
-    assert tiny.generate(prompts, 15, eos_id=eos) == expected
-    assert tiny.generate(prompts, 15, eos_id=eos, use_cache=False) == expected
+    for cache in (True, False):
+        got = tiny.generate(prompts, 15, eos_id=eos, use_cache=cache)
+        assert got == expected, f"greedy from {prompts}, eos_id={eos}, use_cache={cache}: {got}, expected {expected}"
     assert len(expected[1]) == alone[1].index(eos) < 15
 
 
@@ -318,8 +360,10 @@ def test_sampling_is_seedable_and_cache_independent(tiny):
     def run(seed, cache=True):
         g = torch.Generator().manual_seed(seed)
         return tiny.generate(prompts, 20, temperature=1.0, top_k=20, top_p=0.9, generator=g, use_cache=cache)
-    assert run(0) == run(0) == run(0, cache=False)
-    assert run(0) != run(1)
+    first, again, uncached = run(0), run(0), run(0, cache=False)
+    assert first == again == uncached, (f"sampling from {prompts} with seed 0: {first}, then {again}, then without the "
+                                        f"cache {uncached}: expected the same three times")
+    assert run(0) != run(1), "seeds 0 and 1 sampled the same tokens"
 
 
 def test_top_k_and_top_p_filters():

@@ -1,6 +1,7 @@
 """train.py: the loss of a step does not depend on how it is split; resume is exact; failures are clear."""
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -80,14 +81,22 @@ MODES = {"it": dict(loss="it"), "im": dict(loss="im"), "plw0.3": dict(prompt_los
          "token-capped": dict(loss="im", batch_tokens=450)}  # steps of 7, 3, 7 examples: uneven micro-batches
 
 
+@contextlib.contextmanager
+def quiet():
+    """No training output (startup lines, progress bars) around a grading test's failure message."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 def ddp_worker(rank: int, port: int, data: str, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     init_distributed("cpu")  # train() uses the caller's process group and leaves it to the caller
     try:
-        for name, mode in MODES.items():
-            T.train(tiny(data, os.path.join(root, f"ddp-{name}"), micro_batch_size=2, **mode))
+        with quiet():
+            for name, mode in MODES.items():
+                T.train(tiny(data, os.path.join(root, f"ddp-{name}"), micro_batch_size=2, **mode))
     finally:
         destroy_distributed()
 
@@ -110,61 +119,79 @@ class NoScaler:
         return loss
 
 
-def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int]]],
-                  reduction: str = "token") -> torch.Tensor:
-    """The flattened gradient of one step whose examples are split into ranks x micro-batches, averaged over the
-    ranks as DDP does ([] = a micro-batch with nothing in it)."""
-    prompt_loss_weight = 0.3
-    parts = [L.step_batches(examples, micro, prompt_loss_weight) for micro in ranks]
+PROMPT_LOSS_WEIGHT = 0.3
+
+
+def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int]]], ref: GPT | None = None,
+                  kl_coef: float = 0.0, reduction: str = "token") -> tuple[torch.Tensor, float]:
+    """(the flattened gradient, norm) of one step run by run_micro_batches, whose examples are split into ranks x
+    micro-batches, averaged over the ranks as DDP does ([] = a micro-batch with nothing in it)."""
+    parts = [L.step_batches(examples, micro, PROMPT_LOSS_WEIGHT) for micro in ranks]
     ids = [i for micro in ranks for m in micro for i in m]
-    norm = L.step_totals(examples, ids, prompt_loss_weight)[0]  # the weight sum of the whole step, every rank
+    norm = L.step_totals(examples, ids, PROMPT_LOSS_WEIGHT)[0]  # the weight sum of the whole step, every rank
     if reduction == "output":
         norm = L.output_weight(examples, ids)
-    dummy = collate(examples[:1], prompt_loss_weight)
+    dummy = collate(examples[:1], PROMPT_LOSS_WEIGHT)
     grads = []
     for batches in parts:
         model.zero_grad()
-        L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, norm, len(ranks), None, 0.0,
+        L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, norm, len(ranks), ref, kl_coef,
                             contextlib.nullcontext(), NoScaler())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    return torch.stack(grads).mean(0)
+    return torch.stack(grads).mean(0), norm
 
 
-def uneven_examples() -> list[Example]:
+def hand_gradient(model: GPT, examples: list[Example], ref: GPT | None, kl_coef: float) -> torch.Tensor:
+    """The gradient of sum(w * (CE + kl_coef * KL)) / sum(w) over the whole step, written out: one forward of
+    every example at once, no micro-batches, no run_micro_batches."""
+    b = collate(examples, PROMPT_LOSS_WEIGHT)
+    model.zero_grad()
+    logp = model(b.idx, b.pos, b.doc).log_softmax(-1)  # (B, T, V)
+    ce = -logp.gather(-1, b.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    per_token = ce
+    if ref is not None:
+        with torch.no_grad():
+            logq = ref(b.idx, b.pos, b.doc).log_softmax(-1)
+        per_token = ce + kl_coef * (logp.exp() * (logp - logq)).sum(-1)  # KL(model || reference) per token
+    ((b.weights * per_token).sum() / b.weights.double().sum().float()).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.ex2
+@pytest.mark.parametrize("kl_coef", [0.0, 0.37])
+def test_micro_batch_scaling_gives_the_whole_batch_gradient(kl_coef):
+    """Fast and in one process: the gradient of every split equals that of sum(w * loss) / sum(w) over the step,
+    written out by hand: its size as well as its direction, with and without the KL term."""
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=67)
+    model = GPT(config)
+    ref = GPT(config) if kl_coef else None  # another random model: the KL term is far from 0
     rng = random.Random(0)
     examples = []
     for n in [3, 9, 5, 14, 4, 7, 11, 6]:  # very different lengths: micro-batches get very different weight sums
         k = rng.randint(1, n - 1)
         examples.append(Example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k)))
-    return examples
-
-
-@pytest.mark.ex2
-def test_micro_batch_scaling_gives_the_whole_batch_gradient():
-    """Fast and in one process: the gradient of any split equals that of sum(w * loss) / sum(w) over the step."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=67))
-    examples = uneven_examples()
-    whole = step_gradient(model, examples, [[list(range(8))]])
-    own = "divide every micro-batch by norm, the weight sum of the WHOLE step, not by its own"
-    cases = {"8 x 1": ([[[i] for i in range(8)]], own),
-             "micro-batches of 1, 3, 4": ([[[0], [1, 2, 3], [4, 5, 6, 7]]], own),
-             "2 ranks x 2 x 2": ([[[0, 1], [2, 3]], [[4, 5], [6, 7]]],
-                                 "DDP AVERAGES gradients over ranks (micro-batches SUM them): scale by world"),
-             "2 ranks, the second with an empty last micro-batch": ([[[0, 1, 2], [3, 4, 5]], [[6, 7], []]],
-                                                                    "the dummy micro-batch (b is None) only joins "
-                                                                    "the all-reduce: it must add no gradient")}
-    for name, (ranks, hint) in cases.items():
-        got = step_gradient(model, examples, ranks)
-        scale = (got @ whole / (whole @ whole)).item()  # 1 if only the overall factor is off
-        error = ((got - whole).norm() / whole.norm()).item()
-        assert error < 1e-5, (f"{name}: the gradient is {scale:.3f} x the whole batch's (relative error "
-                              f"{error:.1e}): {hint}")
+    want = hand_gradient(model, examples, ref, kl_coef)
+    cases = {"1 micro-batch of 8": [[list(range(8))]],
+             "8 micro-batches of 1": [[[i] for i in range(8)]],
+             "micro-batches of 1, 3, 4": [[[0], [1, 2, 3], [4, 5, 6, 7]]],
+             "2 ranks x 2 micro-batches of 2": [[[0, 1], [2, 3]], [[4, 5], [6, 7]]],
+             "2 ranks, the second's last micro-batch empty (b is None)": [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]}
+    fed = (f"kl_coef={kl_coef} against a reference model" if ref else "no KL (ref None, kl_coef 0)")
+    for name, ranks in cases.items():
+        got, norm = step_gradient(model, examples, ranks, ref, kl_coef)
+        scale = (got @ want / (want @ want)).item()  # the overall factor, if only the factor is off
+        error = ((got - want).norm() / want.norm()).item()
+        assert error < 1e-5, (
+            f"{name}, world={len(ranks)}, norm={norm:.2f}, {fed}: the gradient summed over micro-batches and "
+            f"averaged over ranks is {scale:.4g} x the gradient of sum(w * (CE + kl_coef * KL)) / sum(w) over the "
+            f"whole step (relative error {error:.1e}, expected below 1e-5)")
 
 
 def test_output_reduction_counts_only_output_tokens_and_is_split_invariant():
     """--loss_reduction output: N = the step's output tokens (weight 1 in every mode), hand-counted; instruction
-    and template tokens add to the numerator only. Its gradient is the same for every split of the step."""
+    and template tokens add to the numerator only. The gradient of every split equals that of
+    sum(w * CE) / n_out over the whole step, written out by hand."""
     examples = [Example([5, 6, 7, 8, 9], [USER, USER, ASSISTANT, ASSISTANT, EOT]),  # targets: 1 prompt, 3 output
                 Example([1, 2, 3, 4, 5, 6, 7], [USER, TEMPLATE, USER, USER, USER, ASSISTANT, EOT])]  # 1 template,
     assert L.output_weight(examples, [0, 1]) == 5.0                                   # 3 prompt, 2 output tokens
@@ -172,15 +199,19 @@ def test_output_reduction_counts_only_output_tokens_and_is_split_invariant():
     assert L.step_totals(examples, [0, 1], 0.5, 0.25)[0] == 5.0 + 0.5 * 4 + 0.25 * 1  # token: every weight
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=67))
-    examples = uneven_examples()
-    whole = step_gradient(model, examples, [[list(range(8))]], "output")
-    token = step_gradient(model, examples, [[list(range(8))]], "token")
-    outputs, weights = L.output_weight(examples, range(8)), L.step_totals(examples, range(8), 0.3)[0]
-    assert outputs < weights and (token * weights / outputs - whole).norm() < 1e-5 * whole.norm()  # only N differs
-    for ranks in ([[[i] for i in range(8)]], [[[0], [1, 2, 3], [4, 5, 6, 7]]], [[[0, 1], [2, 3]], [[4, 5], [6, 7]]],
-                  [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]):
-        got = step_gradient(model, examples, ranks, "output")
-        assert ((got - whole).norm() / whole.norm()).item() < 1e-5, ranks
+    rng = random.Random(0)
+    examples = []
+    for n in [3, 9, 5, 14, 4, 7, 11, 6]:  # very different lengths: micro-batches get very different weight sums
+        k = rng.randint(1, n - 1)
+        examples.append(Example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k)))
+    n_out = sum(len(e.ids) - e.segs.index(ASSISTANT) for e in examples)  # outputs: every token from the first
+    weights = L.step_totals(examples, range(8), PROMPT_LOSS_WEIGHT)[0]
+    want = hand_gradient(model, examples, None, 0.0) * (weights / n_out)  # sum(w * CE) / n_out, not / sum(w)
+    assert n_out < weights - 1  # the two reductions differ: the test can fail
+    for ranks in ([[list(range(8))]], [[[i] for i in range(8)]], [[[0], [1, 2, 3], [4, 5, 6, 7]]],
+                  [[[0, 1], [2, 3]], [[4, 5], [6, 7]]], [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]):
+        got, norm = step_gradient(model, examples, ranks, reduction="output")
+        assert norm == n_out and ((got - want).norm() / want.norm()).item() < 1e-5, ranks
 
 
 def test_output_reduction_at_prompt_weight_0_is_token_exactly(data_file, tmp_path):
@@ -200,20 +231,24 @@ def test_update_does_not_depend_on_the_split(data_file, tmp_path):
         runs = {"8x1": {}, "2x4": dict(micro_batch_size=2), "packed 2x4": dict(micro_batch_size=2, pack=True)}
         if name == "it":
             runs["no skip_zero"] = dict(skip_zero=False)
-        for run, kw in runs.items():
-            T.train(tiny(data_file, str(tmp_path / f"{name}-{run}"), **mode, **kw))
+        with quiet():
+            for run, kw in runs.items():
+                T.train(tiny(data_file, str(tmp_path / f"{name}-{run}"), **mode, **kw))
         ref = params(str(tmp_path / f"{name}-8x1"))
         for run in [r for r in runs if r != "8x1"] + ["ddp"]:
             out = str(tmp_path / (f"ddp-{name}" if run == "ddp" else f"{name}-{run}"))
+            split = "2 processes x 2 x 2" if run == "ddp" else run
+            fed = f"3 training steps with {', '.join(f'{k}={v}' for k, v in mode.items())}, split as {split}"
             diff = max_diff(ref, params(out))
-            print(f"split invariance, {name}, {run} vs 8x1: max |parameter difference| {diff:.1e}")
-            assert diff < 1e-6, (name, run, diff)
+            assert diff < 1e-6, f"{fed}: the parameters differ from 8 x 1's by up to {diff:.1e}, expected below 1e-6"
             # Adam's update hardly changes when ALL gradients are scaled alike (a wrong overall factor), so
             # compare the losses and the gradient norms of every step too.
             steps = [r for r in log_records(out) if "loss" in r]
             ref_steps = [r for r in log_records(str(tmp_path / f"{name}-8x1")) if "loss" in r]
             for key in ("loss", "grad_norm", "weighted_tokens"):
-                assert [r[key] for r in steps] == pytest.approx([r[key] for r in ref_steps], rel=1e-6), (name, run)
+                got, want = [r[key] for r in steps], [r[key] for r in ref_steps]
+                assert got == pytest.approx(want, rel=1e-6), (
+                    f"{fed}: the logged {key} of each step is {got}, with 8 x 1 {want} (expected equal to 1e-6)")
     assert max_diff(params(str(tmp_path / "it-8x1")), params(str(tmp_path / "plw0.3-8x1"))) > 1e-4  # modes differ
 
 

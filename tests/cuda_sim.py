@@ -1,0 +1,451 @@
+"""A CUDA-faithful test tier on the CPU: tensors that keep their data on the CPU but behave as CUDA tensors do for
+placement, so the real programs' GPU paths run in CI and fail on the bugs a GPU would show.
+
+    with CudaSim(monkeypatch) as sim:      # torch.cuda.is_available() is True, an "NVIDIA H100 80GB HBM3"
+        train.train(cfg_with_device_cuda)  # every tensor the program puts on "cuda" is a CudaTensor
+        assert sim.syncs == [...]           # the host syncs it made, by name
+
+What it checks, as CUDA does: a tensor on "cuda" reports cuda:0 (device, is_cuda, get_device); an operator that
+mixes it with a CPU tensor raises "Expected all tensors to be on the same device" (0-dim CPU tensors are allowed,
+as CUDA allows them: they are scalars); `.numpy()` raises; `.item()`, `.tolist()`, `.cpu()`, `.to("cpu")`, `bool()`,
+`int()`, `float()` and data-dependent shapes (nonzero, boolean-mask indexing) are counted as host syncs;
+`torch.autocast("cuda", ...)` casts as autocast does (the CPU's cast lists underneath); checkpoints written from
+"cuda" tensors carry the "cuda:0" location tag, so loading them without map_location fails on a CPU-only machine
+as it does for real; collectives refuse CPU tensors when the simulated backend is NCCL.
+
+What it cannot see: kernels (no CUDA kernel runs: FlashAttention and its varlen kernel, fused optimizers and cuBLAS
+numerics are the CPU's; autocast uses the CPU's cast lists), streams and asynchronous errors, NCCL itself
+(collectives run on gloo underneath; torch's C++ DDP cannot read these tensors, so tests use a stand-in), memory (no
+allocator, no out-of-memory; memory statistics are zeros; pinning is a no-op), and torch.compile (dynamo does not
+trace these tensors; inductor/triton never run). Modes are per thread: a background thread's factory calls with
+device="cuda" are not simulated (imgpt's prefetch thread only collates and pins, on the CPU).
+
+How: CudaTensor is a wrapper subclass whose real device is the CPU (so autograd and C++ code run) while Python sees
+cuda:0 (__torch_function__ answers .device, .is_cuda, ...); __torch_dispatch__ checks placement and unwraps;
+a TorchFunctionMode turns device="cuda" factories and .to("cuda") into CudaTensors; monkeypatches make torch.cuda,
+torch.autocast("cuda"), torch.Generator(device="cuda"), checkpoints' location tags and collectives answer as on a GPU.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.distributed as dist
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+CUDA0 = torch.device("cuda", 0)
+DEVICE_NAME = "NVIDIA H100 80GB HBM3"
+SAME_DEVICE = "Expected all tensors to be on the same device, but found at least two devices, {} and {}!"
+
+
+def is_cuda_device(device) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
+
+
+class CudaTensor(torch.Tensor):
+    """A tensor "on cuda:0" whose data (`_data`) lives on the CPU. Autograd and the dispatcher see a CPU tensor
+    (so backward runs without a CUDA build); Python sees cuda:0, and every operator checks placement."""
+
+    _data: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, data: torch.Tensor, requires_grad: bool = False):
+        assert type(data) is torch.Tensor and data.device.type == "cpu", type(data)
+        r = torch.Tensor._make_wrapper_subclass(cls, data.shape, strides=data.stride(),
+                                                storage_offset=data.storage_offset(), dtype=data.dtype,
+                                                layout=data.layout, device=data.device, requires_grad=requires_grad)
+        r._data = data.detach()
+        return r
+
+    def __init__(self, data, requires_grad=False):  # __new__ did everything
+        pass
+
+    def __repr__(self) -> str:
+        return f"CudaTensor({self._data!r}, device='cuda:0')"
+
+    def __tensor_flatten__(self):  # a traceable wrapper: Module.to() swaps parameters in place (weight tying holds)
+        return ["_data"], None
+
+    @staticmethod
+    def __tensor_unflatten__(inner, meta, outer_size, outer_stride):
+        return CudaTensor(inner["_data"])
+
+    def __reduce_ex__(self, protocol):  # torch.save: the data, tagged with the location "cuda:0" (see CudaSim)
+        SIM.saving.add(self._data.untyped_storage().data_ptr())
+        return self._data.__reduce_ex__(protocol)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handled = SIM.python_api(func, args, kwargs)
+        if handled is not NotImplemented:
+            return handled
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return SIM.dispatch(func, args, kwargs or {})
+
+
+def wrap(t: torch.Tensor) -> CudaTensor:
+    return t if isinstance(t, CudaTensor) else CudaTensor(t)
+
+
+def _device_of(t) -> str:
+    return "cuda:0" if isinstance(t, CudaTensor) else str(t.device)
+
+
+class _Sim:
+    """The simulator's state (one per process): syncs seen, whether the machine has a GPU, the backend."""
+
+    def __init__(self):
+        self.active = False
+        self.syncs: list[str] = []
+        self.saving: set[int] = set()
+        self.backend = "gloo"  # "nccl" once init_process_group asked for it: then CPU tensors are refused
+        self.in_api = 0
+        self.to_host = 0  # inside move() to the host: the one _to_copy(device=cpu) that leaves the device
+
+    def count(self, name: str) -> None:
+        if self.in_api == 0:
+            self.syncs.append(name)
+
+    # -------------------------------------------------------------------- the Python API of a "cuda" tensor
+
+    def python_api(self, func, args, kwargs):
+        T = torch.Tensor
+        leaves = tree_flatten((args, kwargs))[0]
+        check_generator([t for t in leaves if isinstance(t, torch.Tensor)], leaves)  # the Python objects: here
+        if func == T.device.__get__:  # property getters are new method-wrappers on each access: ==, not is
+            return CUDA0
+        if func == T.is_cuda.__get__:
+            return True
+        if func == T.is_cpu.__get__:
+            return False
+        if func is T.get_device:
+            return 0
+        if func in (T.numpy, T.__array__):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                            "to host memory first.")
+        if func in (T.is_pinned,):
+            return False
+        if func is T.pin_memory:
+            raise RuntimeError("cannot pin 'torch.cuda.FloatTensor' only dense CPU tensors can be pinned")
+        if func is T.untyped_storage:
+            return args[0]._data.untyped_storage()
+        if func is T.data_ptr:
+            return args[0]._data.data_ptr()
+        sync = {T.item: "item", T.tolist: "tolist", T.__bool__: "bool", T.__int__: "int", T.__float__: "float",
+                T.__index__: "index", T.__format__: "format"}.get(func)
+        if sync is not None:
+            self.count(sync)
+            self.in_api += 1
+            try:
+                with torch._C.DisableTorchFunctionSubclass():
+                    return func(args[0]._data, *args[1:], **kwargs)
+            finally:
+                self.in_api -= 1
+        if func in (T.to, T.cpu, T.cuda, T.type):
+            return self.move(func, args, kwargs)
+        return NotImplemented
+
+    def move(self, func, args, kwargs):
+        """Tensor.to / .cpu() / .cuda(): to the host is a sync and a copy; to "cuda" keeps a CudaTensor."""
+        self_, rest = args[0], args[1:]
+        T = torch.Tensor
+        if func is T.cpu:
+            device, dtype, copy = torch.device("cpu"), None, False
+        elif func is T.cuda:
+            device, dtype, copy = CUDA0, None, False
+        elif func is T.type:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        else:
+            device, dtype, copy = parse_to(rest, kwargs)
+        on_cuda = isinstance(self_, CudaTensor)
+        to_cuda = is_cuda_device(device) or (device is None and on_cuda)
+        dtype = dtype or self_.dtype
+        if to_cuda:
+            if on_cuda:
+                if dtype == self_.dtype and not copy:
+                    return self_
+                return torch.ops.aten._to_copy.default(self_, dtype=dtype)
+            if self_.requires_grad and torch.is_grad_enabled():
+                raise NotImplementedError("cuda_sim: moving a tensor that requires grad onto cuda")
+            return CudaTensor(self_.detach().to(dtype=dtype, copy=True))
+        if on_cuda:  # to the host: the host waits for the device
+            self.count("cpu")
+            self.to_host += 1
+            try:
+                return torch.ops.aten._to_copy.default(self_, dtype=dtype, device=torch.device("cpu"))
+            finally:
+                self.to_host -= 1
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    # -------------------------------------------------------------------- operators
+
+    SYNC_OPS = {"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::masked_select",
+                "aten::unique_dim", "aten::_unique2", "aten::repeat_interleave"}
+
+    def dispatch(self, func, args, kwargs):
+        name = func._schema.name
+        leaves, _ = tree_flatten((args, kwargs))
+        tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+        if name == "aten::_to_copy" and self.to_host:
+            return func(args[0]._data, **kwargs)  # to the host: a plain CPU tensor
+        if name == "aten::_to_copy" and kwargs.get("device") is not None:  # autograd and autocast name the
+            kwargs = {**kwargs, "device": torch.device("cpu")}  # device underneath (the CPU): it stays on "cuda"
+        if name == "aten::copy_" and not isinstance(args[0], CudaTensor):  # a device-to-host copy into a CPU tensor
+            self.count("copy_")
+            return func(args[0], args[1]._data, *args[2:], **kwargs)
+        check = tensors
+        if name == "aten::copy_":  # copies may cross devices
+            check = []
+        elif name in ("aten::index", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"):
+            check = [args[0]] + ([args[2]] if len(args) > 2 else [])  # indices may be on the CPU, as on CUDA
+        cpu = [t for t in check if not isinstance(t, CudaTensor) and t.dim() > 0]
+        if cpu and any(isinstance(t, CudaTensor) for t in check):
+            raise RuntimeError(SAME_DEVICE.format("cuda:0", "cpu") + f" (in {name})")
+        if name in self.SYNC_OPS or (name == "aten::index" and any(
+                i is not None and i.dtype == torch.bool for i in args[1])):
+            self.count(name)
+        unwrap = lambda t: t._data if isinstance(t, CudaTensor) else t
+        out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
+        return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out) if name not in (
+            "aten::_local_scalar_dense", "aten::is_nonzero") else out
+
+
+SIM = _Sim()
+
+
+def parse_to(args, kwargs):
+    """(device, dtype, copy) of Tensor.to's argument forms: (device, dtype), (dtype), (tensor), keywords."""
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    for a in args:
+        if a is None or isinstance(a, bool):  # non_blocking, or Module.to's dtype None
+            continue
+        if isinstance(a, torch.dtype):
+            dtype = a
+        elif isinstance(a, torch.Tensor):
+            device, dtype = a.device, a.dtype
+        elif isinstance(a, (str, torch.device, int)):
+            device = torch.device(a) if not isinstance(a, int) else torch.device("cuda", a)
+    return (torch.device(device) if device is not None else None), dtype, kwargs.get("copy", False)
+
+
+class SimGenerator(torch._C.Generator):
+    """torch.Generator(device="cuda"): a CPU generator marked as CUDA's, so that a sampler given the wrong one
+    raises as CUDA does ("Expected a 'cuda' device type for generator")."""
+
+    def __new__(cls, device="cpu"):
+        g = super().__new__(cls, "cpu")
+        g.sim_cuda = is_cuda_device(device)
+        return g
+
+
+def check_generator(tensors, leaves) -> None:
+    on_cuda = any(isinstance(t, CudaTensor) for t in tensors)
+    for g in leaves:
+        if isinstance(g, torch._C.Generator) and getattr(g, "sim_cuda", False) != on_cuda:
+            raise RuntimeError(f"Expected a '{'cuda' if on_cuda else 'cpu'}' device type for generator but found "
+                               f"'{'cpu' if on_cuda else 'cuda'}'")
+
+
+def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), **kw):
+    """torch.nn.attention.varlen.varlen_attn as CUDA runs it: CUDA tensors, int32 offsets on the GPU, bf16/fp16,
+    an Ampere or newer GPU; computed here as dense attention inside each document (its result, not its speed)."""
+    if not all(isinstance(t, CudaTensor) for t in (query, key, value, cu_seq_q)):
+        raise RuntimeError("varlen_attn: FlashAttention only runs on CUDA tensors")
+    if torch.cuda.get_device_capability() < (8, 0):
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
+    if query.dtype not in (torch.float16, torch.bfloat16) or cu_seq_q.dtype != torch.int32:
+        raise RuntimeError(f"FlashAttention only support fp16 and bf16 data type (got {query.dtype}, offsets "
+                           f"{cu_seq_q.dtype})")
+    assert window_size == (-1, 0), window_size  # causal: all that imgpt asks for
+    N = query.size(0)
+    doc = torch.searchsorted(cu_seq_q[1:].long(), torch.arange(N, device=query.device), right=True)  # (N,)
+    mask = (doc[:, None] == doc[None, :]) & torch.ones(N, N, dtype=torch.bool, device=query.device).tril()
+    q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (nh, N, hs)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)  # (N, nh, hs)
+
+
+class _FactoryMode(TorchFunctionMode):
+    """Factory functions given device="cuda" (torch.zeros, arange, tensor, full, ...) and a plain CPU tensor's
+    .to("cuda") / .cuda() make CudaTensors; pinning is a no-op (the CPU build has no pinned memory)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        T = torch.Tensor
+        leaves = tree_flatten((args, kwargs))[0]
+        check_generator([t for t in leaves if isinstance(t, torch.Tensor)], leaves)
+        plain = args and isinstance(args[0], torch.Tensor) and not isinstance(args[0], CudaTensor)
+        if func in (T.to, T.cuda) and plain:
+            return SIM.move(func, args, kwargs)
+        if func is T.pin_memory and plain:
+            return args[0]
+        if is_cuda_device(kwargs.get("device")) and not (args and isinstance(args[0], torch.Tensor)
+                                                        and func.__name__ not in ("tensor", "as_tensor")):
+            out = func(*args, **{**kwargs, "device": "cpu"})
+            return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out)
+        return func(*args, **kwargs)
+
+
+class CudaSim:
+    """Turns the simulation on for a test (monkeypatch undoes every patch): torch.cuda answers as one H100 (or
+    `devices` of them), factories and .to("cuda") make CudaTensors, autocast("cuda") casts, collectives check."""
+
+    def __init__(self, monkeypatch, devices: int = 1, gpu_machine: bool = True, capability=(9, 0),
+                 name: str = DEVICE_NAME):
+        self.mp, self.devices, self.capability, self.name = monkeypatch, devices, capability, name
+        self.gpu_machine = gpu_machine
+        self.mode = _FactoryMode()
+        self.peak = 0
+
+    @property
+    def syncs(self) -> list[str]:
+        return SIM.syncs
+
+    def reset(self) -> None:
+        SIM.syncs.clear()
+
+    def __enter__(self) -> "CudaSim":
+        mp, c = self.mp, torch.cuda
+        rng = {}
+        fake_rng = lambda: rng.setdefault("state", torch.get_rng_state().clone())
+        mp.setattr(c, "is_available", lambda: True)
+        mp.setattr(c, "device_count", lambda: self.devices)
+        current = [0]
+        mp.setattr(c, "current_device", lambda: current[0])
+        mp.setattr(c, "set_device", lambda device: current.__setitem__(0, torch.device("cuda", device).index
+                                                                      if isinstance(device, int) else
+                                                                      torch.device(device).index or 0))
+        mp.setattr(c, "_lazy_init", lambda: None)
+        mp.setattr(c, "is_initialized", lambda: True)
+        mp.setattr(c, "get_device_name", lambda device=None: self.name)
+        mp.setattr(c, "get_device_capability", lambda device=None: self.capability)
+        mp.setattr(c, "is_bf16_supported", lambda including_emulation=True: self.capability >= (8, 0)
+                   or including_emulation)
+        mp.setattr(c, "synchronize", lambda device=None: SIM.count("synchronize"))
+        mp.setattr(c, "reset_peak_memory_stats", lambda device=None: None)
+        mp.setattr(c, "max_memory_allocated", lambda device=None: 0)
+        mp.setattr(c, "memory_allocated", lambda device=None: 0)
+        mp.setattr(c, "empty_cache", lambda: None)
+        mp.setattr(c, "manual_seed", lambda seed: None)
+        mp.setattr(c, "manual_seed_all", lambda seed: None)
+        mp.setattr(c, "get_rng_state", lambda device=None: fake_rng().clone())
+        mp.setattr(c, "get_rng_state_all", lambda: [fake_rng().clone() for _ in range(self.devices)])
+        def set_rng(state, device="cuda"):
+            index = device if isinstance(device, int) else (torch.device(device).index or 0)
+            if index >= self.devices:
+                raise RuntimeError("CUDA error: invalid device ordinal")
+            rng["state"] = state.clone()
+
+        mp.setattr(c, "set_rng_state", set_rng)
+        mp.setattr(c, "set_rng_state_all", lambda states: [set_rng(st, i) for i, st in enumerate(states)])
+        real_autocast, real_enabled = torch.autocast, torch.is_autocast_enabled
+        # autocast("cuda") would only switch the CUDA dispatch key, which our CPU-backed tensors lack: the
+        # CPU's autocast casts them instead (same dtypes; the CPU's op lists)
+        autocast = lambda device_type, *a, **kw: real_autocast("cpu" if device_type == "cuda" else device_type, *a,
+                                                               **kw)
+        mp.setattr(torch, "autocast", autocast)
+        mp.setattr(torch.amp, "autocast", autocast)
+        mp.setattr(torch, "is_autocast_enabled",
+                   lambda device_type=None: real_enabled("cpu" if device_type == "cuda" else device_type)
+                   if device_type is not None else real_enabled())
+        self._patch_grouping()
+        mp.setattr(torch, "Generator", SimGenerator)
+        try:  # torch >= 2.10; an older torch has no varlen kernel to simulate (imgpt then trains padded)
+            import torch.nn.attention.varlen as varlen
+            mp.setattr(varlen, "varlen_attn", varlen_attn)
+        except ImportError:
+            pass
+        real_pin = torch.Tensor.pin_memory  # modes are per thread; collate pins in a background thread
+        mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: t if not isinstance(t, CudaTensor) else real_pin(t))
+        self._patch_collectives()
+        self._patch_serialization()
+        SIM.active, SIM.syncs[:] = True, []
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.mode.__exit__(*exc)
+        SIM.active, SIM.backend = False, "gloo"
+
+    def _patch_grouping(self) -> None:
+        """torch groups tensors by device in C++, which sees the CPU underneath: the groups of CudaTensors are
+        keyed cuda:0 again (clip_grad_norm_ and the optimizers move their results to that device)."""
+        import torch.nn.utils.clip_grad as clip_grad
+        import torch.optim.optimizer as optimizer
+        import torch.utils._foreach_utils as foreach_utils
+        real = foreach_utils._group_tensors_by_device_and_dtype
+
+        def grouped(tensorlistlist, with_indices=False):
+            out = real(tensorlistlist, with_indices)
+            first = lambda lists: next((t for t in lists[0] if t is not None), None)  # noqa: E731
+            return {((CUDA0 if isinstance(first(v[0]), CudaTensor) else device), dtype): v
+                    for (device, dtype), v in out.items()}
+
+        for module in (foreach_utils, clip_grad, optimizer):
+            if hasattr(module, "_group_tensors_by_device_and_dtype"):
+                self.mp.setattr(module, "_group_tensors_by_device_and_dtype", grouped)
+
+    # -------------------------------------------------------------------- checkpoints
+
+    def _patch_serialization(self) -> None:
+        import torch.serialization as S
+        tag = lambda storage: "cuda:0" if storage.data_ptr() in SIM.saving else None
+
+        def deserialize(obj, location):
+            if not location.startswith("cuda"):
+                return None
+            if not self.gpu_machine:
+                raise RuntimeError("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() "
+                                   "is False. If you are running on a CPU-only machine, please use torch.load with "
+                                   "map_location=torch.device('cpu') to map your storages to the CPU.")
+            return obj  # loaded "on cuda" as CPU storage (the tensors come back plain: a known simplification)
+
+        tag.cuda_sim = True  # a second simulator in the same test replaces the first one's entry
+        registry = [entry for entry in S._package_registry if not getattr(entry[1], "cuda_sim", False)]
+        self.mp.setattr(S, "_package_registry", registry)
+        S.register_package(1, tag, deserialize)
+        real_save = torch.save
+
+        @functools.wraps(real_save)
+        def save(*a, **kw):
+            try:
+                return real_save(*a, **kw)
+            finally:
+                SIM.saving.clear()
+
+        self.mp.setattr(torch, "save", save)
+
+    # -------------------------------------------------------------------- collectives
+
+    def _patch_collectives(self) -> None:
+        """NCCL refuses CPU tensors; gloo does the work on the CPU data underneath."""
+        real_init, real = dist.init_process_group, {}
+
+        def init(backend=None, *a, device_id=None, **kw):
+            SIM.backend = backend or "gloo"
+            return real_init("gloo", *a, **kw)
+
+        self.mp.setattr(dist, "init_process_group", init)
+
+        def checked(name):
+            fn = getattr(dist, name)
+            real[name] = fn
+
+            def collective(*a, **kw):
+                tensors = [t for t in tree_flatten((a, kw))[0] if isinstance(t, torch.Tensor)]
+                if SIM.backend == "nccl" and any(not isinstance(t, CudaTensor) for t in tensors):
+                    raise RuntimeError("No backend type associated with device type cpu")
+                return fn(*tree_map(lambda t: t._data if isinstance(t, CudaTensor) else t, a),
+                          **tree_map(lambda t: t._data if isinstance(t, CudaTensor) else t, kw))
+
+            self.mp.setattr(dist, name, collective)
+
+        for name in ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor"):
+            checked(name)
