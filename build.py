@@ -75,6 +75,13 @@ def plan_epoch(cfg: TrainConfig, train_ex: list[Example], epoch: int) -> list[li
                          batch_tokens=cfg.batch_tokens or None)
 
 
+def use_tf32() -> None:
+    """TF32 for float32 matmuls and convolutions, through the fp32_precision API (torch >= 2.9; the old
+    allow_tf32 flags are deprecated, and torch refuses a mix of the two)."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
 def set_up_device(cfg: TrainConfig, d: Dist, amp_dtype: torch.dtype | None) -> float | None:
     """Threads and float modes for this device; returns its peak FLOP/s at the training precision (for MFU),
     None (said once) where unknown."""
@@ -86,7 +93,7 @@ def set_up_device(cfg: TrainConfig, d: Dist, amp_dtype: torch.dtype | None) -> f
         return None
     if not device.startswith("cuda"):
         return None
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # float32 runs: TF32 matmuls
+    use_tf32()  # float32 runs: TF32 matmuls
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "tf32"}[amp_dtype]
     name = torch.cuda.get_device_name(device)
     if (peak := peak_flops(name, precision)) is None and d.is_main:

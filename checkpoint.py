@@ -16,6 +16,8 @@ import pickle
 import random
 import re
 import urllib.error
+import warnings
+from typing import Any
 
 import tiktoken
 import torch
@@ -98,10 +100,12 @@ def read_weight_file(path: str) -> dict[str, torch.Tensor]:
     try:
         if path.endswith(".safetensors"):
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors only: no code runs
+        try:
+            return torch_load(path, mmap=True)  # tensors only: no code runs
+        except Exception:  # a legacy (non-zip) file cannot be memory-mapped: read it whole, with its own error
+            return torch_load(path)
     except Exception as e:  # safetensors, pickle and zip errors have no common base class
-        refuse_code(path, e)
-        raise CheckpointError(f"{path}: corrupt or truncated weights file ({type(e).__name__}: {e})") from None
+        raise load_error(path, e, "a weights file") from None
 
 
 def config_from_hf(hf: dict, path: str = "config.json") -> dict:
@@ -352,6 +356,28 @@ def save_checkpoint(path: str, payload: dict) -> None:
     write_atomic(path, write)
 
 
+def load_error(path: str, e: Exception, what: str) -> CheckpointError:
+    """One line for a file torch.load could not read: code refused as such (refuse_code), anything else as what the
+    file is not, with torch's reason in a few words, never its advice to retry with weights_only=False (which would
+    run whatever code the file holds)."""
+    refuse_code(path, e)
+    text = str(e).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line
+             and "torch.load" not in line and "file an issue" not in line]
+    reason = f"{type(e).__name__}: {lines[0].split('. ')[0][:100]}" if lines else type(e).__name__
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return CheckpointError(f"{path}: not {what} (an empty file)")
+    return CheckpointError(f"{path}: not {what} (damaged, or another kind of file: {reason})")
+
+
+def torch_load(path: str, **kw) -> Any:
+    """torch.load with weights_only=True (tensors and plain values: no code runs), quiet about a foreign pickle's
+    protocol: what cannot be read is load_error's one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True, **kw)
+
+
 def refuse_code(path: str, e: Exception) -> None:
     """A file whose pickle names a callable (`posix.system`, a class) holds code, which weights_only refused to run:
     say so in one line, without torch's advice to retry with weights_only=False."""
@@ -366,10 +392,9 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch_load(path)
     except Exception as e:  # pickle, zip and weights_only errors have no common base class
-        refuse_code(path, e)
-        raise CheckpointError(f"{path}: not a readable imgpt checkpoint ({type(e).__name__}: {e})") from None
+        raise load_error(path, e, "a PyTorch checkpoint") from None
     if not isinstance(payload, dict) or not all(isinstance(payload.get(k), dict) for k in ("model", "model_config")):
         raise CheckpointError(f"{path}: not an imgpt checkpoint (needs the keys 'model' and 'model_config', "
                               "each a dictionary)")
@@ -383,10 +408,14 @@ def saved_train_config(ckpt: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     try:  # mmap: read the small config without loading the weights and optimizer state a second time
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        payload = torch_load(path, mmap=True)
     except Exception:  # e.g. a legacy (non-zip) file: fall back to a plain load, with its clear errors
         payload = load_checkpoint(path)
-    return payload.get("config") if isinstance(payload, dict) else None
+    config = payload.get("config") if isinstance(payload, dict) else None
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointError(f"{path}: key 'config' holds a {type(config).__name__}, not the training settings "
+                              "train.py writes there")
+    return config
 
 
 TRAINING_KEYS = {"model": dict, "model_config": dict, "tokenizer": (str, dict), "config": dict, "optimizer": dict,

@@ -36,12 +36,12 @@ import torch
 from tqdm import tqdm
 
 import data
-import checkpoint as ckpt_io
 import model as modeling
 import synthetic
 from benchmarks import (Question, choice_pairs, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag,
                         read_mmlu)
 from metrics import exact_match_rate, segment_losses
+from train_config import saved_config
 from runtime import (Dist, UserError, all_reduce_sum, check_device, destroy_distributed, join_distributed,
                      local_rank_zero_first, opt, parse_config, run_cli, write_text_atomic)
 
@@ -341,7 +341,7 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     Returns {"ckpt", "config", "metrics": {task: {...}}, "file"}."""
     dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
     cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt))
-    saved = ckpt_io.saved_train_config(cfg.ckpt)
+    saved = saved_config(cfg.ckpt)
     has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
     if not has_data and (cfg.generate or cfg.memorization):
         raise UserError(f"--generate/--memorization need --data: {cfg.ckpt} holds no training config to take it from")

@@ -147,6 +147,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         for key, value in file_values.items():
             if key not in _field_types(cls):
                 raise UserError(f"{config_path}: unknown setting {key!r}")
+            check_file_value(config_path, key, value, _field_types(cls)[key])
             if isinstance(value, list):
                 file_values[key] = ",".join(map(str, value))
         parser.set_defaults(**file_values)
@@ -165,10 +166,51 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         raise
 
 
+def check_file_value(path: str, key: str, value: Any, tp: Any) -> None:
+    """A config file's value has the kind its setting takes (kind_error); the error names the file and the key."""
+    if (wrong := kind_error(value, tp)) is not None:
+        raise UserError(f"{path}: key {key!r}: {wrong}")
+
+
+def kind_error(value: Any, tp: Any, strings_parse: bool = True) -> str | None:
+    """None if `value` has the kind a setting of type `tp` takes: a string for a text, a number for a number (or,
+    with strings_parse, a string parsed as the flag would be), true/false for a switch, a list for a list; null
+    only where the flag takes none (the recipe's value). Else 'expected ..., got ...'."""
+    text = (str,) if strings_parse else ()
+    kinds = {str: (str,), int: (int, *text), float: (int, float, *text), bool: (bool, *text)}
+    optional, base = type(None) in typing.get_args(tp), _scalar(tp)
+    inner = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+    if (inner or base) not in kinds:
+        return None  # a kind no flag has today: parsing it says what is wrong
+    if value is None:
+        ok = optional
+    elif inner is not None:
+        ok = (strings_parse and isinstance(value, str)) or (isinstance(value, list) and all(
+            isinstance(v, kinds[inner]) and not (isinstance(v, bool) and inner is not bool) for v in value))
+    else:
+        ok = isinstance(value, kinds[base]) and not (isinstance(value, bool) and base is not bool)
+    if ok:
+        return None
+    want = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}[inner or base]
+    want = f"a list of {want.removeprefix('a ')}s" if inner is not None else want
+    shown = "null" if value is None else f"{type(value).__name__} {json.dumps(value, default=str)[:40]}"
+    return f"expected {want}{' or null' if optional else ''}, got {shown}"
+
+
 def _given_flags(argv: Sequence[str] | None) -> set[str]:
     """Names of the settings given on the command line (`--lr 1`, `--lr=1`, `--no-fused`)."""
     flags = {a[2:].split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
     return flags | {f.removeprefix("no-") for f in flags}
+
+
+def given_settings(cls: type, argv: Sequence[str] | None = None) -> set[str]:
+    """The settings of `cls` the user gave: flags on the command line, and the keys of its --config file."""
+    argv = sys.argv[1:] if argv is None else argv
+    given = _given_flags(argv)
+    config_path = config_parser(cls).parse_known_args(argv)[0].config
+    if config_path:
+        given |= set(read_config_file(config_path))
+    return given & set(_field_types(cls))
 
 
 def make_config(cls: type[T], values: dict[str, Any]) -> T:

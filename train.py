@@ -36,9 +36,11 @@ from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step
 from metrics import exact_match_rate, segment_losses
 from mfu import training_flops
 from model import GPT, load_checkpoint, model_from_payload, save_checkpoint, varlen_problem
-from rundir import RUN_FILES, Progress, prepare_out_dir, restore, resume_config, resume_tokenizer
+from rundir import (RUN_FILES, Progress, check_length, hold_out_dir, keep_log_until, prepare_out_dir, restore,
+                    resume_config, resume_tokenizer)
 from runtime import (Dist, StopAtStepBoundary, UserError, all_reduce_sum, amp_dtype_for, destroy_distributed,
-                     join_distributed, local_rank_zero_first, parse_config, run_cli, validate, write_text_atomic)
+                     given_settings, join_distributed, local_rank_zero_first, parse_config, run_cli, validate,
+                     write_text_atomic)
 from train_config import TrainConfig, resolve
 from build import build_data, build_model, lr_at, plan_epoch, set_up_device, split_sizes  # noqa: F401 (train.X)
 from train_report import startup_lines, summary_lines
@@ -277,16 +279,17 @@ def stop_requested(signals: StopAtStepBoundary, d: Dist, step: int, interval: in
     return reduce(torch.tensor([float(signals.requested)]), d).item() > 0
 
 
-def setup(cfg: TrainConfig, d: Dist) -> Session:
-    """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint."""
-    ckpt, ignored, ckpt_path = None, [], os.path.join(cfg.out_dir, "ckpt.pt")
+def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
+    """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint. `typed`:
+    the settings the user gave (rundir.resume_config), which a resumed run takes or refuses."""
+    ckpt, ckpt_path = None, os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path)
         check_training_checkpoint(ckpt, ckpt_path)
     if d.is_main:
         prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
     if ckpt is not None:
-        cfg, ignored = resume_config(ckpt["config"], cfg, ckpt_path)
+        cfg = resume_config(ckpt["config"], cfg, ckpt_path, typed)
     device_type = torch.device(d.device).type
     cfg = resolve(cfg, device_type, d.world_size)
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
@@ -327,6 +330,7 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
     random.seed(cfg.seed + d.rank)
     if ckpt is not None:
         prog = restore(ckpt, ckpt_path, optimizer, scaler, d)
+        check_length(cfg, prog.step, total)
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
@@ -340,8 +344,8 @@ def setup(cfg: TrainConfig, d: Dist) -> Session:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(s.path(name))
             open(s.path("log.jsonl"), "w").close()
-        if ignored:
-            print(f"resuming with the checkpoint's settings; ignored: {' '.join(ignored)}")
+        else:  # the steps logged after the checkpoint run again: each step is logged once
+            keep_log_until(s.path("log.jsonl"), prog.step)
         print("\n".join(startup_lines(cfg, model.config, model.num_params(), len(train_ex), len(val_ex), stats, accum,
                                       d.world_size, total, d.device, prog.step if ckpt else None,
                                       steps_per_epoch)))
@@ -402,11 +406,13 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
 def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
     validate(cfg)
+    typed = given_settings(TrainConfig, argv) if argv is not None else None
     d, owned = join_distributed(cfg.device)
     try:
-        s = setup(cfg, d)
-        with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
-            return run(s, signals, argv)
+        with hold_out_dir(cfg.out_dir) if d.is_main else contextlib.nullcontext():  # one run per out_dir
+            s = setup(cfg, d, typed)
+            with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
+                return run(s, signals, argv)
     finally:
         if owned:
             destroy_distributed()

@@ -7,12 +7,14 @@ before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import os
+import typing
 from dataclasses import dataclass
 
-from checkpoint import saved_train_config
+from checkpoint import CheckpointError, saved_train_config
 from data import SPLIT_DEFAULTS, WORLD_TASKS
 from model import GPTConfig
-from runtime import UserError, check_device, opt
+from runtime import UserError, check_device, kind_error, opt
 
 
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
@@ -88,9 +90,14 @@ class TrainConfig:
     batch_tokens: int = opt(0, "also cap each step at this many padded tokens: batch_size is then the most "
                             "examples per step, and each step accumulates as many micro-batches as it needs")
     micro_batch_size: int | None = opt(None, "examples per forward pass and rank (0 = batch/ranks; fine-tune 8)")
-    epochs: float | None = opt(None, "passes over the training set, if max_steps is 0 (fine-tune 2)")
-    max_steps: int | None = opt(None, "optimizer steps, overrides epochs (scratch 400; synthetic-qa from a base 300: "
-                                "23 epochs of its 200 examples, 100 of 40; 0 = use epochs)")
+    epochs: float | None = opt(None, "passes over the training set: the run's length unless --max_steps sets it "
+                               "(fine-tune 2; giving it sets max_steps to 0). With --init_from resume: extends or "
+                               "shortens the run, see --max_steps")
+    max_steps: int | None = opt(None, "optimizer steps; give it or --epochs, not both (scratch 400; synthetic-qa "
+                                "from a base 300: 23 epochs of its 200 examples, 100 of 40; 0 = use epochs). "
+                                "With --init_from resume: a finished run continues to the new length, its learning-"
+                                "rate schedule stretched to it (the rate jumps back to where the longer schedule "
+                                "is at the resumed step)")
     stop_step: int = opt(0, "stop after this step with a checkpoint, schedule unchanged, e.g. for job time limits")
     lr: float | None = opt(None, "peak learning rate (scratch 3e-3, fine-tune 2e-5)")
     min_lr: float | None = opt(None, "learning rate at the end of the decay (scratch lr/10, fine-tune 0)")
@@ -133,6 +140,8 @@ class TrainConfig:
             (c.micro_batch_size == 0 or c.batch_size % c.micro_batch_size == 0,
              f"--batch_size {c.batch_size} is not divisible by --micro_batch_size {c.micro_batch_size}"),
             (c.max_steps > 0 or c.epochs > 0, "set --max_steps or --epochs above 0"),
+            (not (self.max_steps and self.epochs), f"--max_steps {self.max_steps} and --epochs {self.epochs} both "
+             f"set the run's length: give one of them (--max_steps 0 --epochs {self.epochs} counts in epochs)"),
             (c.init_from in ("scratch", "resume") or not (c.n_layer or c.n_head or c.n_embd),
              "--n_layer/--n_head/--n_embd only apply to --init_from scratch"),
         ]
@@ -145,11 +154,28 @@ class TrainConfig:
             scratch_config(c, vocab_size=257)
 
 
+def saved_config(ckpt: str) -> dict | None:
+    """The TrainConfig a train.py checkpoint saved (checkpoint.saved_train_config), each value of its setting's kind."""
+    saved = saved_train_config(ckpt)
+    if saved is not None:
+        check_saved_config(saved, os.path.join(ckpt, "ckpt.pt") if os.path.isdir(ckpt) else ckpt)
+    return saved
+
+
+def check_saved_config(saved: dict, path: str) -> None:
+    """A checkpoint's settings each of the kind train.py writes (no null where a number belongs): one line naming
+    the file and the setting, not a traceback where the value is first used."""
+    types = typing.get_type_hints(TrainConfig)
+    for key, value in saved.items():
+        if key in types and (wrong := kind_error(value, types[key], strings_parse=False)) is not None:
+            raise CheckpointError(f"{path}: key 'config': setting {key!r}: {wrong}")
+
+
 def check_same_world(cfg: TrainConfig) -> None:
     """Questions about the built-in world only make sense to a base that learned the same world."""
     if cfg.data != "synthetic-qa" or cfg.init_from in ("scratch", "resume"):
         return
-    base = saved_train_config(cfg.init_from)
+    base = saved_config(cfg.init_from)
     if base and base.get("data") in WORLD_TASKS and base.get("synth_keys") != cfg.synth_keys:
         raise UserError(f"--synth_keys {cfg.synth_keys}: the base {cfg.init_from} learned a world of "
                         f"{base.get('synth_keys')} keys; tune it with --synth_keys {base.get('synth_keys')}")
@@ -167,6 +193,8 @@ def resolve(cfg: TrainConfig, device_type: str = "cpu", world_size: int = 1) -> 
     """Fill every None with the recipe's value, and --loss into prompt_loss_weight. Fine-tuning on CUDA gets
     bigger micro-batches (GPU_MICRO_BATCH, or the batch's share of each process if smaller)."""
     recipe = recipe_for(cfg)
+    if (cfg.epochs is None) != (cfg.max_steps is None):  # one length given: it wins over the recipe's other one
+        recipe = {**recipe, "epochs": 0.0} if cfg.epochs is None else {**recipe, "max_steps": 0}
     filled = {k: v for k, v in recipe.items() if hasattr(cfg, k) and getattr(cfg, k) is None}
     if recipe is PAPER_RECIPE and device_type == "cuda" and cfg.micro_batch_size is None:
         batch = cfg.batch_size if cfg.batch_size is not None else recipe["batch_size"]

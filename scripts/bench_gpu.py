@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import loss as L  # noqa: E402
+from build import use_tf32  # noqa: E402
 from data import ASSISTANT, USER, Example, epoch_batches  # noqa: E402
 from mfu import peak_flops, training_flops  # noqa: E402
 from model import GPT, GPTConfig, varlen_problem  # noqa: E402
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     peak = peak_flops(name, "bf16" if cfg.dtype == "bfloat16" else "tf32") if device.startswith("cuda") else None
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
+        use_tf32()
     print(f"torch {torch.__version__}, {name}, peak {peak / 1e12 if peak else '-'} TFLOP/s, "
           f"{sum(p.numel() for p in GPT(config).parameters()) / 1e6:.1f}M parameters, {cfg.dtype}")
     engines = build_engines(cfg, config, device)

@@ -44,7 +44,7 @@ import eval as evaluation  # noqa: E402
 import train as training  # noqa: E402
 from model import get_tokenizer, load_checkpoint  # noqa: E402
 from report import summary_markdown, write_results  # noqa: E402  (scripts/, next to this file)
-from runtime import UserError, opt, parse_config, run_cli  # noqa: E402
+from runtime import UserError, given_settings, opt, parse_config, run_cli  # noqa: E402
 
 RESERVED = ("seed", "out_dir", "loss", "prompt_loss_weight")  # train settings that the modes and seeds decide
 
@@ -70,6 +70,10 @@ class CompareConfig:
     keep_checkpoints: bool = opt(False, "keep each run's ckpt.pt/best.pt (large for GPT-2)")
     jobs: int = opt(2, "runs trained at once, each in its own process (1 = one after another, in this process)",
                     low=1)
+
+    def decides(self) -> dict[str, str]:
+        """The train settings each run gets from this script, and the flags here that set them."""
+        return {k: "--modes, --seeds and --out_dir" for k in RESERVED}
 
     def validate(self) -> None:
         if not all_modes(self):
@@ -131,11 +135,15 @@ def parse_args(cls: type, argv: list[str] | None = None):
         parse_config(cls, ["--help"])
     mine, rest = split_argv(argv, cls)
     cfg = parse_config(cls, mine)
-    given = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
-    if given & set(RESERVED):
-        raise UserError(f"--{sorted(given & set(RESERVED))[0]}: set by --modes, --seeds and --out_dir here")
     file_flags = ["--config", cfg.train_config] if cfg.train_config else []
-    return cfg, parse_config(training.TrainConfig, file_flags + rest)
+    given = given_settings(training.TrainConfig, file_flags + rest)
+    if taken := sorted(given & set(cfg.decides())):  # a typed flag never loses silently to what a run sets
+        raise UserError(f"--{taken[0]}: set by {cfg.decides()[taken[0]]} here")
+    base = parse_config(training.TrainConfig, file_flags + rest)
+    if base.init_from == "resume":
+        raise UserError("--init_from resume: compare.py trains every run anew (its --resume reuses finished runs); "
+                        "to start every run from a trained model, give its checkpoint: --init_from out/ckpt.pt")
+    return cfg, base
 
 
 def run_train_config(base, cfg: CompareConfig, mode: str, seed: int, run_dir: str):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import fnmatch
 import os
 import queue
 import re
@@ -155,20 +156,40 @@ def reduce_docstrings(lines: list[str], exercise: int) -> list[str]:
 # ----------------------------------------------------------------------------- trees of files
 
 def tree_files(root: str) -> list[str]:
-    """The project's files, relative to root: what git tracks or would (a fresh clone), or else every file."""
+    """The project's files, relative to root: what git tracks, never what a user made in the checkout (a virtualenv,
+    out/, caches, notes). Outside git (a copy of a handout): every file but those .gitignore names, and virtualenvs
+    under any name."""
     try:
-        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
-                                capture_output=True, text=True, check=True).stdout.splitlines()
-        if os.path.samefile(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True,
-                                           text=True, check=True).stdout.strip(), root):
-            return [p for p in listed if os.path.isfile(os.path.join(root, p))]
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        if os.path.samefile(top, root):
+            listed = subprocess.run(["git", "ls-files", "--cached", "-z"], cwd=root, capture_output=True, text=True,
+                                    check=True).stdout.split("\0")
+            return [p for p in listed if p and os.path.isfile(os.path.join(root, p))]
     except (OSError, subprocess.CalledProcessError):
         pass
+    ignored = ignore_patterns(root)
     files = []
     for d, dirs, names in os.walk(root):
-        dirs[:] = [x for x in dirs if x not in (".git", "__pycache__", ".pytest_cache", "out")]
-        files += [os.path.relpath(os.path.join(d, name), root) for name in names]
-    return files
+        dirs[:] = [x for x in dirs if x != ".git" and not is_ignored(x + "/", ignored)
+                   and not os.path.isfile(os.path.join(d, x, "pyvenv.cfg"))]
+        files += [os.path.relpath(os.path.join(d, name), root) for name in names if not is_ignored(name, ignored)]
+    return sorted(files)
+
+
+def ignore_patterns(root: str) -> list[str]:
+    """The name patterns of root's .gitignore (`name/` for directories only)."""
+    try:
+        with open(os.path.join(root, ".gitignore"), encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip() and not line.startswith(("#", "!"))]
+    except FileNotFoundError:
+        return []
+
+
+def is_ignored(name: str, patterns: list[str]) -> bool:
+    """Whether a file name (a directory's ends with /) matches one of .gitignore's patterns."""
+    is_dir = name.endswith("/")
+    return any(fnmatch.fnmatch(name.rstrip("/"), p.strip("/")) for p in patterns if is_dir or not p.endswith("/"))
 
 
 def source_files(root: str) -> list[str]:

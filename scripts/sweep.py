@@ -39,6 +39,8 @@ from model import get_tokenizer  # noqa: E402
 from runtime import UserError, opt, run_cli, write_text_atomic  # noqa: E402
 
 KNOB_TASKS = ("synthetic", "synthetic-qa")  # built-in tasks whose examples and facts are knobs, not subsets
+# the train settings each factor's points set (--synth_mentions stays the user's: mentions at the default 8 facts)
+FACTOR_KNOBS = {"examples": ("synth_examples", "num_examples"), "ratio": ("synth_facts",)}
 DEFAULT_POINTS = {"examples": [50, 100, 200, 400], "ratio": [1, 2, 4, 8]}
 # (metric, title, lower is better); the gain is signed so that a positive gain means IM did better
 GAINS = [("heldout_loss", "held-out output loss: IT − IM", True), ("exact_match", "exact match: IM − IT", False),
@@ -54,6 +56,9 @@ class SweepConfig(CompareConfig):
                                 "synthetic-qa's ratio may start at 0 facts: the question alone)", low=0)
     bins: int = opt(3, "ratio with --data FILE: number of equal-size subsets by per-example ratio", low=2)
     seeds: int = opt(2, "runs per mode and point", low=1)
+
+    def decides(self) -> dict[str, str]:
+        return {**super().decides(), **{k: "--factor and --points" for k in FACTOR_KNOBS[self.factor]}}
 
     def validate(self) -> None:
         super().validate()

@@ -104,7 +104,7 @@ def test_plain_text_trains_evaluates_and_resumes_exactly(tmp_path):
     assert log[-1]["val_output_loss"] < log[0]["val_output_loss"]  # every held-out token is an output token
     assert full["steps"] == 6
     T.train(text_run(corpus, str(tmp_path / "part"), stop_step=4))
-    T.train(text_run("ignored", str(tmp_path / "part"), init_from="resume"))
+    T.train(T.TrainConfig(init_from="resume", out_dir=str(tmp_path / "part")))
     a = load_checkpoint(str(tmp_path / "full" / "ckpt.pt"))["model"]
     b = load_checkpoint(str(tmp_path / "part" / "ckpt.pt"))["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

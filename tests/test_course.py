@@ -56,6 +56,33 @@ def test_handout_has_no_solution_text_no_history_and_no_instructor_files(tmp_pat
         assert bool(blanks) == bool(e.tests), (n, blanks)
 
 
+def test_handout_holds_the_tracked_files_only_never_a_virtualenv_out_or_user_files(tmp_path):
+    """A checkout where the quick start made .venv and train.py made out/, plus a user's notes and caches: the
+    handout holds what git tracks (less the instructor's files), in git and in a copy without .git alike."""
+    work = tmp_path / "checkout"
+    course.copy_tree(ROOT, str(work), instructor=True)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    tracked = set(course.tree_files(str(work)))
+    made = {".venv/pyvenv.cfg": "home = /usr/bin\n", ".venv/lib/site-packages/pkg/solution.py": "x = 1\n",
+            "venv2/pyvenv.cfg": "home = /usr/bin\n", "venv2/lib/mod.py": "y = 2\n", "out/ckpt.pt": "weights",
+            "out/log.jsonl": "{}\n", "__pycache__/model.cpython-311.pyc": "bytes", "notes.txt": "my answers\n",
+            "scripts/my_try.py": "print(1)\n"}
+    for rel, text in made.items():
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(text)
+    r = run(["handout", str(tmp_path / "handout")], cwd=str(work))
+    assert r.returncode == 0, r.stderr
+    files = set(course.tree_files(str(tmp_path / "handout")))
+    assert files == {p for p in tracked if not p.startswith(course.INSTRUCTOR_ONLY)} and len(files) > 40
+    subprocess.run(["rm", "-rf", str(work / ".git")], check=True)  # a copy without git: .gitignore and venvs decide
+    r = run(["handout", str(tmp_path / "handout2")], cwd=str(work))
+    assert r.returncode == 0, r.stderr
+    files = set(course.tree_files(str(tmp_path / "handout2")))
+    assert not [p for p in files if p.startswith((".venv", "venv2", "out", "__pycache__"))], sorted(files)
+    assert files >= {p for p in tracked if not p.startswith(course.INSTRUCTOR_ONLY)}
+
+
 def test_reset_blanks_one_exercise_and_grade_scores_it(tmp_path):
     course.copy_tree(ROOT, str(tmp_path), instructor=True)
     r = run(["reset", "6"], cwd=str(tmp_path))

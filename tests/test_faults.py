@@ -144,7 +144,7 @@ def test_resume_checks_the_checkpoint_and_names_it_and_the_key(finished_run, tmp
     corrupt(ckpt, how)
     save_checkpoint(str(tmp_path / "ckpt.pt"), ckpt)
     with pytest.raises(CheckpointError) as e:
-        T.train(tiny("", str(tmp_path), init_from="resume"))
+        T.train(T.TrainConfig(init_from="resume", out_dir=str(tmp_path)))
     assert str(e.value).startswith(f"{tmp_path / 'ckpt.pt'}: ") and message in str(e.value)
 
 
@@ -153,7 +153,7 @@ def test_resume_refuses_a_tokenizer_larger_than_the_model(finished_run, tmp_path
     ckpt["tokenizer"] = gpt2_bpe_dir
     save_checkpoint(str(tmp_path / "ckpt.pt"), ckpt)
     with pytest.raises(CheckpointError, match="ckpt.pt: key 'tokenizer': 50257 tokens, the model only 257"):
-        T.train(tiny("", str(tmp_path), init_from="resume"))
+        T.train(T.TrainConfig(init_from="resume", out_dir=str(tmp_path)))
 
 
 # ----------------------------------------------------------------------------- output places

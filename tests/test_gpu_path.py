@@ -350,13 +350,24 @@ def test_gpu_benchmark_targets_read_the_best_variant():
                                "lima, packed vs unpacked: 1.36x (target 1.5x): missed"]
 
 
-def test_cuda_setup_turns_on_tf32_and_finds_the_peak_of_the_precision(monkeypatch, capsys):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+@pytest.fixture
+def fp32_ieee():
+    """float32 matmuls and convolutions in full precision for the test, and the modes before it restored after (by
+    hand: on torch 2.14 monkeypatch cannot restore the deprecated allow_tf32, which the fp32_precision API serves)."""
+    modules = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    before = [m.fp32_precision for m in modules]
+    for m in modules:
+        m.fp32_precision = "ieee"
+    yield modules
+    for m, value in zip(modules, before):
+        m.fp32_precision = value
+
+
+def test_cuda_setup_turns_on_tf32_and_finds_the_peak_of_the_precision(fp32_ieee, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     cuda = runtime.Dist(device="cuda:0")
     assert T.set_up_device(T.TrainConfig(), cuda, None) == 495e12  # float32 runs: TF32 matmuls, TF32 peak
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert [m.fp32_precision for m in fp32_ieee] == ["tf32", "tf32"]
     assert T.set_up_device(T.TrainConfig(), cuda, torch.bfloat16) == 989e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     assert T.set_up_device(T.TrainConfig(), cuda, torch.float16) is None

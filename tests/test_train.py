@@ -361,7 +361,7 @@ def test_resume_is_bit_exact(data_file, tmp_path, uninterrupted):
     first = T.train(tiny(data_file, out, stop_step=4, **RESUME))
     assert first["steps"] == 4 and not first["finished"]
     assert load_checkpoint(os.path.join(out, "ckpt.pt"))["step"] == 4
-    second = T.train(tiny("ignored: the data comes from the checkpoint's config", out, init_from="resume"))
+    second = T.train(T.TrainConfig(init_from="resume", out_dir=out))  # the rest comes from the checkpoint
     assert second["steps"] == 6 and second["finished"]
     resumed = params(out)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
@@ -402,8 +402,8 @@ def test_ctrl_c_at_any_moment_resumes_exactly(trial, data_file, tmp_path, monkey
     rng, moment = random.Random(trial), MOMENTS[trial % len(MOMENTS)]
     step, setup = rng.randrange(5), T.setup  # the run has 6 steps: the signal always comes before the last
 
-    def setup_with_interrupt(cfg, d):
-        s = setup(cfg, d)
+    def setup_with_interrupt(cfg, d, typed=None):
+        s = setup(cfg, d, typed)
         interrupt_once(s, moment, step, rng)
         return s
 
@@ -412,7 +412,7 @@ def test_ctrl_c_at_any_moment_resumes_exactly(trial, data_file, tmp_path, monkey
         T.train(tiny(data_file, str(tmp_path), **RESUME))
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == step + 1  # the interrupted step, whole
     monkeypatch.setattr(T, "setup", setup)
-    T.train(tiny(data_file, str(tmp_path), init_from="resume"))
+    T.train(tiny(data_file, str(tmp_path), init_from="resume", **RESUME))
     resumed = params(str(tmp_path))
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), (moment, step)
 
