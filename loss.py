@@ -8,6 +8,17 @@ micro-batch can divide its own weighted sum by it and backpropagate at once; gra
 8 x 1, 2 x 4 or 2 processes x 2 x 2 then gives the same update (tests/test_train.py checks it to 1e-6).
 Dividing each micro-batch by its own weight sum instead, the common shortcut, weights tokens of short
 micro-batches more: the update then depends on the split.
+
+--loss_reduction picks the denominator N (the numerator is always the sum over the step of w * CE, with w the
+token's loss weight: 1 on outputs, the prompt weight lambda on instructions):
+    token     N = sum of w over the step:        (sum_out CE + lambda sum_prompt CE) / (n_out + lambda n_prompt)
+              (template tokens, weight 0 by default, add to both; the paper's code: a mean over every trained
+              token, so IM's outputs get n_out / (n_out + n_prompt) of it)
+    output    N = the output tokens' weight only: (sum_out CE + lambda sum_prompt CE) / n_out
+              = IT's loss + lambda x the prompt tokens' summed loss on the same scale: the outputs' gradient does
+              not shrink as lambda grows (at lambda 0 it is exactly token)
+    sequence  each example's weights rescaled to sum to 1, N = the number of examples (per_example_weights)
+Each N is counted from the step's example ids (sum_totals; output_weight for output), so each is split-invariant.
 """
 from __future__ import annotations
 
@@ -87,6 +98,12 @@ def step_totals(examples: list[Example], ids: list[int], prompt_loss_weight: flo
     """sum_totals of the step `ids`, counting only its examples (for callers without a dataset's totals)."""
     chosen = [examples[i] for i in ids]
     return sum_totals(example_totals(chosen, prompt_loss_weight, template_loss_weight), list(range(len(ids))))
+
+
+def output_weight(examples: list[Example], ids: list[int]) -> float:
+    """The output tokens' weight of a whole step (--loss_reduction output's N): the weight sum IT would have at
+    template weight 0, whatever the prompt and template weights of the run, since outputs weigh 1 in every mode."""
+    return step_totals(examples, ids, prompt_loss_weight=0.0, template_loss_weight=0.0)[0]
 
 
 def step_batches(examples: list[Example], micro: list[list[int]], prompt_loss_weight: float,

@@ -81,6 +81,7 @@ class Session:
     clock: float = 0.0  # when the pending steps began
     speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
     totals: object = None  # loss.example_totals of the training set: each step adds up its rows
+    output_totals: object = None  # the same at prompt and template weight 0: --loss_reduction output's N
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -115,7 +116,9 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     weight_sum, n_examples, tokens, weighted = sum_totals(s.totals, ids)
-    norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum
+    norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum  # loss.py: the three reductions
+    if cfg.loss_reduction == "output":
+        norm = sum_totals(s.output_totals, ids)[0]
     batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
     if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
@@ -272,7 +275,8 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
                 train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak,
-                totals=example_totals(train_ex, cfg.prompt_loss_weight, cfg.template_loss_weight))
+                totals=example_totals(train_ex, cfg.prompt_loss_weight, cfg.template_loss_weight),
+                output_totals=example_totals(train_ex, 0.0) if cfg.loss_reduction == "output" else None)
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
@@ -283,7 +287,8 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
         else:  # the steps logged after the checkpoint run again: each step is logged once
             keep_log_until(s.path("log.jsonl"), prog.step)
         print("\n".join(startup_lines(cfg, model.config, model.num_params(), len(train_ex), len(val_ex), stats, accum,
-                                      d.world_size, total, d.device, prog.step if ckpt else None)))
+                                      d.world_size, total, d.device, prog.step if ckpt else None,
+                                      steps_per_epoch)))
     return s
 
 

@@ -29,7 +29,8 @@ PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0,
 # The pretrained regime of the built-in world, on a CPU: pretraining on its corpus takes 1000 steps of 24 documents
 # to know every fact, also deep into a context (documents of up to 8 lines left the facts unknown past ~150 tokens);
 # tuning that base on a few questions takes small, gentle steps (at 1e-3 both losses erase what the base knew).
-# Measured in README "The pretrained regime".
+# 300 steps of 16 are 23 epochs of the default 200 questions and 100 of README's 40 (an epoch: steps of 16, 16, 8),
+# far past the paper's 2 to 10: scripts/budget.py compares IT and IM at those. Measured in README "The pretrained regime".
 CORPUS_RECIPE = {**SCRATCH_RECIPE, "batch_size": 24, "max_steps": 1000}
 BASE_TUNING_RECIPE = {**SCRATCH_RECIPE, "batch_size": 16, "max_steps": 300, "lr": 3e-4}
 # On a GPU, 8 examples of ~200 tokens leave most of it idle waiting for kernel launches: up to 32 per forward
@@ -76,7 +77,9 @@ class TrainConfig:
     loss: str = opt("it", "it: loss on outputs only; im: loss on instructions too (prompt weight 0 or 1)")
     prompt_loss_weight: float | None = opt(None, "weight of instruction tokens; overrides --loss (IT=0, IM=1)")
     template_loss_weight: float = opt(0.0, "weight of template tokens like <|user|> (paper: 0)")
-    loss_reduction: str = opt("token", "token: sum(w*loss)/sum(w) over the step; sequence: mean over examples "
+    loss_reduction: str = opt("token", "token: sum(w*loss)/sum(w) over the step (the paper's code: a mean over "
+                              "every trained token); output: sum(w*loss)/(output tokens' weight), so IM = IT's loss "
+                              "+ prompt weight x the prompt's summed loss on IT's scale; sequence: mean over examples "
                               "of each example's weighted mean (what the paper's code did at one example per GPU)")
     kl_coef: float = opt(0.0, "add kl_coef * KL(model || initial model) on the weighted positions (paper Table 3)")
     neftune_alpha: float = opt(0.0, "NEFTune: uniform noise alpha/sqrt(L*d) on token embeddings (paper: 5)")
@@ -90,7 +93,8 @@ class TrainConfig:
     epochs: float | None = opt(None, "passes over the training set: the run's length unless --max_steps sets it "
                                "(fine-tune 2; giving it sets max_steps to 0). With --init_from resume: extends or "
                                "shortens the run, see --max_steps")
-    max_steps: int | None = opt(None, "optimizer steps; give it or --epochs, not both (scratch 400; 0 = use epochs). "
+    max_steps: int | None = opt(None, "optimizer steps; give it or --epochs, not both (scratch 400; synthetic-qa "
+                                "from a base 300: 23 epochs of its 200 examples, 100 of 40; 0 = use epochs). "
                                 "With --init_from resume: a finished run continues to the new length, its learning-"
                                 "rate schedule stretched to it (the rate jumps back to where the longer schedule "
                                 "is at the resumed step)")
@@ -123,7 +127,7 @@ class TrainConfig:
         checks = [
             (c.loss in ("it", "im"), f"--loss must be it or im, got {c.loss!r}"),
             (c.prompt_loss_weight >= 0 and c.template_loss_weight >= 0, "loss weights must be >= 0"),
-            (c.loss_reduction in ("token", "sequence"), "--loss_reduction must be token or sequence"),
+            (c.loss_reduction in ("token", "output", "sequence"), "--loss_reduction must be token, output or sequence"),
             (c.schedule in ("linear", "cosine", "constant"), "--schedule must be linear, cosine or constant"),
             (c.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype {c.dtype!r} is not one of the choices"),
             (c.lr > 0, f"--lr must be > 0, got {c.lr}"),

@@ -21,8 +21,11 @@ def loss_name(prompt_loss_weight: float) -> str:
 
 
 def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, n_val: int, stats: dict,
-                  accum: int, world: int, total: int, device: str, resumed_at: int | None) -> list[str]:
-    """A few readable lines: loss, model, data, schedule, files, and the IT note on the prompt loss."""
+                  accum: int, world: int, total: int, device: str, resumed_at: int | None,
+                  steps_per_epoch: int = 0) -> list[str]:
+    """A few readable lines: loss, model, data, schedule (its steps also as epochs: passes over the training set,
+    when steps_per_epoch is given), files, and the IT note on the prompt loss."""
+    epochs = f", {total / steps_per_epoch:.3g} epochs of {n_train}" if steps_per_epoch else ""
     origin = "from scratch" if cfg.init_from == "scratch" else f"from {cfg.init_from}"
     n = max(stats["examples"], 1)
     ratio = stats["prompt_tokens"] / max(stats["output_tokens"], 1)
@@ -34,8 +37,8 @@ def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, 
         f"data: {cfg.data}, {n_train} train / {n_val} held-out examples, {stats['prompt_tokens'] / n:.0f} instruction"
         f" and {stats['output_tokens'] / n:.0f} output tokens each (ratio {ratio:.1f}), {stats['truncated']} "
         f"truncated, {stats['dropped']} dropped",
-        f"steps: {total} of {cfg.batch_size} examples ({cfg.micro_batch_size} per micro-batch x {accum} accumulation"
-        f" x {world} process{'es' if world > 1 else ''}), lr {cfg.lr:g} {cfg.schedule}, on {device}"
+        f"steps: {total} of {cfg.batch_size} examples{epochs} ({cfg.micro_batch_size} per micro-batch x {accum} "
+        f"accumulation x {world} process{'es' if world > 1 else ''}), lr {cfg.lr:g} {cfg.schedule}, on {device}"
         + (f", resuming at step {resumed_at}" if resumed_at is not None else ""),
         f"files: {cfg.out_dir}/ (ckpt.pt, best.pt, log.jsonl, summary.json with every setting)",
     ]

@@ -12,6 +12,7 @@ the number of steps and the learning rate; runs differ only in their mode. A mod
     plw0.3      any prompt_loss_weight (--prompt_loss_weights 0.1,0.3 adds plw0.1 and plw0.3)
     +neft       NEFTune noise on the embeddings, alpha = --neftune_alpha (paper: 5)
     +kl         a KL penalty towards the initial model, coefficient --kl_coef (paper Table 3)
+    +out        the step's loss divided by the output tokens' weight only (--loss_reduction output, loss.py)
 Any other flag (--lr, --max_steps, --data, --init_from, --device, ...) goes to train.py unchanged
 (`python train.py --help` lists them); the modes and seeds set --prompt_loss_weight and --seed.
 
@@ -92,17 +93,19 @@ class CompareConfig:
 # ----------------------------------------------------------------------------- modes and settings (pure)
 
 def mode_settings(mode: str, neftune_alpha: float, kl_coef: float) -> dict:
-    """The train settings a mode name stands for, e.g. 'im+neft' -> prompt weight 1, NEFTune on, no KL."""
+    """The train settings a mode name stands for, e.g. 'im+neft' -> prompt weight 1, NEFTune on, no KL; '+out'
+    also sets --loss_reduction output (without it, the comparison's own reduction stays)."""
     base, *extras = mode.split("+")
     weights = {"it": 0.0, "im": 1.0}
     try:
         plw = weights[base] if base in weights else float(base.removeprefix("plw")) if base.startswith("plw") else None
     except ValueError:
         plw = None
-    if plw is None or plw < 0 or any(e not in ("neft", "kl") for e in extras):
-        raise UserError(f"--modes: bad mode {mode!r}: expected it, im or plw<weight>, then optional +neft, +kl")
+    if plw is None or plw < 0 or any(e not in ("neft", "kl", "out") for e in extras):
+        raise UserError(f"--modes: bad mode {mode!r}: expected it, im or plw<weight>, then optional +neft, +kl, "
+                        "+out")
     return {"prompt_loss_weight": plw, "neftune_alpha": neftune_alpha if "neft" in extras else 0.0,
-            "kl_coef": kl_coef if "kl" in extras else 0.0}
+            "kl_coef": kl_coef if "kl" in extras else 0.0} | ({"loss_reduction": "output"} if "out" in extras else {})
 
 
 def all_modes(cfg: CompareConfig) -> list[str]:
@@ -166,7 +169,8 @@ def flatten_metrics(report: dict) -> dict:
     m = report["metrics"]
     flat = {"heldout_loss": m["heldout"]["output_loss"], "heldout_prompt_loss": m["heldout"]["prompt_loss"]}
     if "train" in m:
-        flat.update(train_loss=m["train"]["output_loss"], gap=m["heldout"]["output_loss"] - m["train"]["output_loss"])
+        flat.update(train_loss=m["train"]["output_loss"], gap=m["heldout"]["output_loss"] - m["train"]["output_loss"],
+                    train_prompt_loss=m["train"]["prompt_loss"])
     if "generate" in m:
         flat.update({k: m["generate"][k] for k in ("exact_match", "bleu", "rouge_l")})
     if "probe" in m:  # the pretrained regime: how much of the base's knowledge the tuning left

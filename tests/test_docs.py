@@ -14,9 +14,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "scripts/export.py", "scripts/compare.py", "scripts/sweep.py",
-            "scripts/bench_model.py", "scripts/bench_train.py", "scripts/bench_gpu.py", "scripts/course.py",
-            "scripts/prompt_weight.py", "scripts/mutate.py"]
-PASS_THROUGH = {"scripts/compare.py", "scripts/sweep.py"}  # they hand train.py's flags on (their --help says so)
+            "scripts/budget.py", "scripts/bench_model.py", "scripts/bench_train.py", "scripts/bench_gpu.py",
+            "scripts/course.py", "scripts/prompt_weight.py", "scripts/mutate.py"]
+PASS_THROUGH = {"scripts/compare.py", "scripts/sweep.py", "scripts/budget.py"}  # they hand train.py's flags on
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DOCS = {p: open(os.path.join(ROOT, p), encoding="utf-8").read()  # README.md and the pages under docs/
         for p in ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))

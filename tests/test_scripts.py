@@ -10,6 +10,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
+import budget  # noqa: E402
 import compare  # noqa: E402
 import report  # noqa: E402
 import sweep  # noqa: E402
@@ -51,6 +52,8 @@ def test_mode_settings():
     assert compare.mode_settings("plw0.3+kl", 5.0, 0.1) == {"prompt_loss_weight": 0.3, "neftune_alpha": 0.0,
                                                             "kl_coef": 0.1}
     assert compare.mode_settings("it+neft+kl", 2.0, 0.5)["neftune_alpha"] == 2.0
+    assert compare.mode_settings("im+out", 5.0, 0.1) == {"prompt_loss_weight": 1.0, "neftune_alpha": 0.0,
+                                                         "kl_coef": 0.0, "loss_reduction": "output"}
     for bad in ("xx", "plw", "plwabc", "plw-1", "im+noise", "IM"):
         with pytest.raises(UserError, match="bad mode"):
             compare.mode_settings(bad, 5.0, 0.1)
@@ -231,3 +234,47 @@ def test_sweep_end_to_end_two_points(tmp_path):
     assert table.count("| ratio") == 2
     assert_png(os.path.join(out, "sweep.png"))
     assert_png(os.path.join(out, "ratio1", "curves.png"))
+
+
+# ----------------------------------------------------------------------------- budget.py
+
+def test_budgets_set_examples_and_epochs_or_steps_and_nothing_else():
+    base = compare.training.TrainConfig(data="synthetic-qa", init_from="out/base")
+    assert budget.parse_budget("40x10") == (40, 10.0, None) and budget.parse_budget("40@300") == (40, None, 300)
+    assert budget.budget_settings("200x2.5", base) == {"synth_examples": 200, "max_steps": 0, "epochs": 2.5}
+    assert budget.budget_settings("40@300", base) == {"synth_examples": 40, "max_steps": 300}
+    for bad in ("40", "x10", "40x0", "0x2", "40@0", "40x10@3", "40 epochs"):
+        with pytest.raises(UserError, match="bad budget"):
+            budget.parse_budget(bad)
+    with pytest.raises(UserError, match="set by --budgets"):
+        budget.main(["--max_steps", "5"])
+
+
+def test_budget_rows_are_mean_and_std_per_mode():
+    records = [record("it", 0, exact_match=0.5), record("it", 1, exact_match=0.7), record("im", 0, exact_match=0.1)]
+    rows = budget.budget_row("40x2", records, 6, 2.0)
+    assert [(r["mode"], r["seeds"]) for r in rows] == [("it", 2), ("im", 1)]
+    assert rows[0]["cells"]["exact_match"] == pytest.approx((0.6, 0.1414213), abs=1e-6)
+    assert rows[1]["cells"]["exact_match"] == (0.1, 0.0)
+    table = budget.budget_markdown(rows)
+    assert "| 40x2 | 6 | 2 | it | 0.600 ± 0.141 | n/a |" in table and "|  |  |  | im | 0.100 ± 0.000 | n/a |" in table
+
+
+def test_budget_end_to_end_epochs_and_steps(tmp_path):
+    out = str(tmp_path / "budget")
+    pairs = [TINY[i:i + 2] for i in range(0, len(TINY), 2)]  # the budgets decide the examples and the steps
+    tiny = [a for flag, value in pairs if flag not in ("--max_steps", "--synth_examples") for a in (flag, value)]
+    assert len(tiny) == len(TINY) - 4
+    rows = budget.main(["--out_dir", out, "--budgets", "12x2,30@2", "--seeds", "1"] + tiny)
+    assert [(r["budget"], r["mode"], r["steps"], r["epochs"]) for r in rows] == [
+        ("12x2", m, 6, 2.0) for m in ("it", "im", "im+out")] + [("30@2", m, 2, 0.25) for m in ("it", "im", "im+out")]
+    with open(os.path.join(out, "budget.json")) as f:
+        budgets = json.load(f)["budgets"]
+    runs = {(b["budget"], r["mode"]): r for b in budgets for r in b["runs"]}
+    assert runs[("12x2", "it")]["steps"] == 6 and runs[("30@2", "im")]["steps"] == 2
+    assert runs[("12x2", "im+out")]["train_settings"]["loss_reduction"] == "output"
+    assert runs[("12x2", "im")]["train_settings"]["loss_reduction"] == "token"
+    assert runs[("12x2", "it")]["train_settings"]["synth_examples"] == 12
+    assert "train_prompt_loss" in runs[("30@2", "it")]["metrics"]
+    assert_png(os.path.join(out, "budget.png"))
+    assert_png(os.path.join(out, "12x2", "curves.png"))

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import loss as L
 import train as T
 from conftest import free_port, log_records, tiny
-from data import ASSISTANT, USER, Example, collate
+from data import ASSISTANT, EOT, TEMPLATE, USER, Example, collate
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
 from imgpt.distributed import StopAtStepBoundary, destroy_distributed, init_distributed
@@ -40,7 +40,7 @@ def max_diff(a: dict, b: dict) -> float:
 # ----------------------------------------------------------------------------- split invariance
 
 MODES = {"it": dict(loss="it"), "im": dict(loss="im"), "plw0.3": dict(prompt_loss_weight=0.3),
-         "sequence": dict(loss="im", loss_reduction="sequence"),
+         "sequence": dict(loss="im", loss_reduction="sequence"), "output": dict(loss="im", loss_reduction="output"),
          "token-capped": dict(loss="im", batch_tokens=450)}  # steps of 7, 3, 7 examples: uneven micro-batches
 
 
@@ -80,12 +80,14 @@ PROMPT_LOSS_WEIGHT = 0.3
 
 
 def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int]]], ref: GPT | None = None,
-                  kl_coef: float = 0.0) -> tuple[torch.Tensor, float]:
+                  kl_coef: float = 0.0, reduction: str = "token") -> tuple[torch.Tensor, float]:
     """(the flattened gradient, norm) of one step run by run_micro_batches, whose examples are split into ranks x
     micro-batches, averaged over the ranks as DDP does ([] = a micro-batch with nothing in it)."""
     parts = [L.step_batches(examples, micro, PROMPT_LOSS_WEIGHT) for micro in ranks]
     ids = [i for micro in ranks for m in micro for i in m]
     norm = L.step_totals(examples, ids, PROMPT_LOSS_WEIGHT)[0]  # the weight sum of the whole step, every rank
+    if reduction == "output":
+        norm = L.output_weight(examples, ids)
     dummy = collate(examples[:1], PROMPT_LOSS_WEIGHT)
     grads = []
     for batches in parts:
@@ -143,6 +145,39 @@ def test_micro_batch_scaling_gives_the_whole_batch_gradient(kl_coef):
             f"whole step (relative error {error:.1e}, expected below 1e-5)")
 
 
+def test_output_reduction_counts_only_output_tokens_and_is_split_invariant():
+    """--loss_reduction output: N = the step's output tokens (weight 1 in every mode), hand-counted; instruction
+    and template tokens add to the numerator only. The gradient of every split equals that of
+    sum(w * CE) / n_out over the whole step, written out by hand."""
+    examples = [Example([5, 6, 7, 8, 9], [USER, USER, ASSISTANT, ASSISTANT, EOT]),  # targets: 1 prompt, 3 output
+                Example([1, 2, 3, 4, 5, 6, 7], [USER, TEMPLATE, USER, USER, USER, ASSISTANT, EOT])]  # 1 template,
+    assert L.output_weight(examples, [0, 1]) == 5.0                                   # 3 prompt, 2 output tokens
+    assert L.output_weight(examples, [1]) == 2.0 and L.output_weight(examples, [1, 1, 0]) == 7.0
+    assert L.step_totals(examples, [0, 1], 0.5, 0.25)[0] == 5.0 + 0.5 * 4 + 0.25 * 1  # token: every weight
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=67))
+    rng = random.Random(0)
+    examples = []
+    for n in [3, 9, 5, 14, 4, 7, 11, 6]:  # very different lengths: micro-batches get very different weight sums
+        k = rng.randint(1, n - 1)
+        examples.append(Example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k)))
+    n_out = sum(len(e.ids) - e.segs.index(ASSISTANT) for e in examples)  # outputs: every token from the first
+    weights = L.step_totals(examples, range(8), PROMPT_LOSS_WEIGHT)[0]
+    want = hand_gradient(model, examples, None, 0.0) * (weights / n_out)  # sum(w * CE) / n_out, not / sum(w)
+    assert n_out < weights - 1  # the two reductions differ: the test can fail
+    for ranks in ([[list(range(8))]], [[[i] for i in range(8)]], [[[0], [1, 2, 3], [4, 5, 6, 7]]],
+                  [[[0, 1], [2, 3]], [[4, 5], [6, 7]]], [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]):
+        got, norm = step_gradient(model, examples, ranks, reduction="output")
+        assert norm == n_out and ((got - want).norm() / want.norm()).item() < 1e-5, ranks
+
+
+def test_output_reduction_at_prompt_weight_0_is_token_exactly(data_file, tmp_path):
+    """IT's loss is the same under both reductions (its weighted tokens are its outputs): identical parameters."""
+    for reduction in ("token", "output"):
+        T.train(tiny(data_file, str(tmp_path / reduction), loss="it", loss_reduction=reduction, micro_batch_size=2))
+    assert max_diff(params(str(tmp_path / "token")), params(str(tmp_path / "output"))) == 0.0
+
+
 @pytest.mark.ex2
 def test_update_does_not_depend_on_the_split(data_file, tmp_path):
     """One epoch, 3 optimizer steps (8, 8 and 1 examples; token-capped: 7, 3, 7): the updates of 8 x 1, 2 x 4,
@@ -174,35 +209,41 @@ def test_update_does_not_depend_on_the_split(data_file, tmp_path):
     assert max_diff(params(str(tmp_path / "it-8x1")), params(str(tmp_path / "plw0.3-8x1"))) > 1e-4  # modes differ
 
 
-def hand_losses(model, examples, prompt_loss_weight: float) -> tuple[float, float]:
-    """(token-level, sequence-level) loss of a batch, one example at a time: sum(w*ce)/sum(w), mean of means."""
+def hand_losses(model, examples, prompt_loss_weight: float) -> dict[str, float]:
+    """The loss of a batch under each reduction, one example at a time: token = sum(w*ce)/sum(w), sequence = mean
+    of means, output = sum(w*ce)/(the output tokens' count, their weight at prompt weight 0)."""
     sums = []
     with torch.no_grad():
         for e in examples:
             b = collate([e], prompt_loss_weight=prompt_loss_weight)
             ce, w = model.loss(b.idx, b.targets, b.weights, pos=b.pos, doc=b.doc, skip_zero=False)
-            sums.append((ce.item(), w.item()))
-    return sum(c for c, _ in sums) / sum(w for _, w in sums), sum(c / w for c, w in sums) / len(sums)
+            outputs = collate([e], prompt_loss_weight=0.0).weights.sum().item()
+            sums.append((ce.item(), w.item(), outputs))
+    return {"token": sum(c for c, _, _ in sums) / sum(w for _, w, _ in sums),
+            "sequence": sum(c / w for c, w, _ in sums) / len(sums),
+            "output": sum(c for c, _, _ in sums) / sum(n for _, _, n in sums)}
 
 
 def test_loss_reductions_equal_hand_computation(data_file, tmp_path):
     """A full step's logged loss (2 x 4 micro-batches): token = sum(w*ce)/sum(w) over the batch; sequence = mean
-    of per-example means. Not the first step: at initialization every token's loss is about ln(vocab)."""
+    of per-example means; output = sum(w*ce) / the output tokens' count. Not the first step: at initialization
+    every token's loss is about ln(vocab)."""
     cfg = T.resolve(tiny(data_file, "", micro_batch_size=2))
     model, tok = T.build_model(cfg)
     train_ex, _, _ = T.build_data(cfg, tok)
     plan = T.plan_epoch(cfg, train_ex, 0)
     k = next(i for i in range(1, len(plan)) if len(plan[i]) == 8)  # the step checked: 8 examples, after a first
-    for reduction in ("token", "sequence"):
+    for reduction in ("token", "sequence", "output"):
         cfg = tiny(data_file, str(tmp_path / reduction), micro_batch_size=2, max_steps=k + 1, stop_step=k, lr=3e-2,
                    warmup_ratio=0.0, prompt_loss_weight=0.3, loss_reduction=reduction)
         T.train(cfg)
         model.load_state_dict(params(cfg.out_dir))  # the parameters before step k
         T.train(dataclasses.replace(cfg, init_from="resume", stop_step=0))
         logged = [r["loss"] for r in log_records(cfg.out_dir) if "loss" in r][k]
-        token, sequence = hand_losses(model, [train_ex[i] for i in plan[k]], prompt_loss_weight=0.3)
-        assert abs(token - sequence) > 1e-4  # the reductions differ by 10x the tolerance below: the test can fail
-        assert logged == pytest.approx(token if reduction == "token" else sequence, abs=1e-5)
+        hand = hand_losses(model, [train_ex[i] for i in plan[k]], prompt_loss_weight=0.3)
+        others = [v for r, v in hand.items() if r != reduction]
+        assert min(abs(hand[reduction] - v) for v in others) > 1e-4  # 10x the tolerance below: the test can fail
+        assert logged == pytest.approx(hand[reduction], abs=1e-5)
 
 
 def test_per_example_weights_normalizes_each_packed_example():

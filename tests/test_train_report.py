@@ -25,6 +25,10 @@ def test_startup_is_a_few_readable_lines():
     assert len(lines) == 6 and lines[5].startswith("note: IT never trains on the instructions")
     im = startup_lines(resolve(TrainConfig(loss="im")), GPTConfig.preset("tiny"), 1, 2, 1, STATS, 1, 1, 4, "cpu", 3)
     assert len(im) == 5 and im[0] == "IM: loss on the instructions too" and im[3].endswith("resuming at step 3")
+    qa = resolve(TrainConfig(init_from="out/base", data="synthetic-qa", micro_batch_size=16))
+    qa = startup_lines(qa, GPTConfig.preset("tiny"), 1, 40, 40, STATS, 1, 1, 300, "cpu", None,
+                       steps_per_epoch=3)  # 40 examples in steps of 16, 16, 8
+    assert qa[3].startswith("steps: 300 of 16 examples, 100 epochs of 40 (16 per micro-batch")
 
 
 def test_the_comparison_command_swaps_the_loss_and_the_out_dir():
