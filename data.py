@@ -36,11 +36,11 @@ from imgpt.splits import load_split
 from imgpt.synthetic import synthetic_split
 from imgpt.tokenizers import get_tokenizer
 from imgpt.tokenviz import ShowConfig, legend, render
-from imgpt.train_config import TrainConfig
+from imgpt.train_config import LOSS_PRESETS, TrainConfig
 
 TEMPLATE, SYSTEM, USER, ASSISTANT, EOT = 0, 1, 2, 3, 4  # the segment of each token
+PROMPT_SEGMENTS, OUTPUT_SEGMENTS = (SYSTEM, USER), (ASSISTANT, EOT)  # the instruction's segments; the answer's
 PAD = -1
-LOSS_PRESETS = {"it": 0.0, "im": 1.0}  # --loss it|im: shorthands for prompt_loss_weight
 ROLE_TAGS = {"system": ("<|system|>\n", SYSTEM), "user": ("<|user|>\n", USER),
              "assistant": ("<|assistant|>\n", ASSISTANT)}  # role -> (the tag before its content, its segment)
 PLAIN_ROLES = {"text": ASSISTANT, "context": USER}  # plain text, no template: a document is all output (weight 1
@@ -93,13 +93,13 @@ def truncate_pieces(pieces: list[tuple[list[int], int]], max_len: int) -> tuple[
     """
     lens = [len(p) for p, _ in pieces]
     if sum(lens) > max_len:
-        prompt = sum(n for n, (_, s) in zip(lens, pieces) if s in (SYSTEM, USER))
+        prompt = sum(n for n, (_, s) in zip(lens, pieces) if s in PROMPT_SEGMENTS)
         template = sum(n for n, (_, s) in zip(lens, pieces) if s == TEMPLATE)
         room = max_len - template
         keep = max(room - (sum(lens) - prompt - template), min(prompt, room // 2), 0)
         cut, out = prompt - keep, []
         for p, s in pieces:  # earliest prompt pieces go first: oldest turns, then the left of the last one
-            k = min(cut, len(p)) if s in (SYSTEM, USER) else 0
+            k = min(cut, len(p)) if s in PROMPT_SEGMENTS else 0
             out.append((p[k:], s))
             cut -= k
         pieces = out
@@ -133,7 +133,7 @@ def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_wei
 def answer_start(segs: list[int]) -> int:
     """Where the last answer begins: the first token of the final run of ASSISTANT/EOT segments."""
     i = len(segs)
-    while i > 0 and segs[i - 1] in (ASSISTANT, EOT):
+    while i > 0 and segs[i - 1] in OUTPUT_SEGMENTS:
         i -= 1
     return i
 
@@ -159,7 +159,7 @@ class Example:
 
 
 def has_output(segs: list[int]) -> bool:
-    return any(s in (ASSISTANT, EOT) for s in segs[1:])
+    return any(s in OUTPUT_SEGMENTS for s in segs[1:])
 
 
 def windows(ids: list[int], segs: list[int], max_len: int) -> list[tuple[list[int], list[int]]]:

@@ -138,15 +138,16 @@ def mark_dynamic(b: Batch) -> None:
             torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
-def run_micro_batches(engine: nn.Module, batches: list[Batch | None], dummy: Batch, norm: float, world: int,
+def run_micro_batches(step_loss: nn.Module, batches: list[Batch | None], dummy: Batch, divisor: float, world: int,
                       ref: GPT | None, kl_coef: float, amp, scaler) -> torch.Tensor:
     # HANDOUT DOCSTRING ex2: Forward and backward of this rank's micro-batches; returns [CE, KL] of the step here.
     """Forward and backward of this rank's micro-batches (on the device); returns [cross-entropy, KL] of the
     step on this rank, as a device tensor: reading it would wait for the GPU, so the caller decides when.
 
-    Each micro-batch's loss is divided by `norm`, the weight sum of the whole step over all ranks, and multiplied
-    by `world`, because DDP AVERAGES gradients over ranks: mean_r(world * g_r / norm) = sum_r g_r / norm, exactly
-    the gradient of sum(w * loss) / sum(w). Gradients SUM over micro-batches, so accumulation needs no extra factor.
+    Each micro-batch's loss is divided by `divisor`, the weight sum of the whole step over all ranks, and
+    multiplied by `world`, because DDP AVERAGES gradients over ranks: mean_r(world * g_r / divisor) =
+    sum_r g_r / divisor, exactly the gradient of sum(w * loss) / sum(w). Gradients SUM over micro-batches, so
+    accumulation needs no extra factor.
     """
     parts = []
     last = len(batches) - 1
@@ -155,19 +156,19 @@ def run_micro_batches(engine: nn.Module, batches: list[Batch | None], dummy: Bat
             continue  # nothing to compute, and no gradient sync is due on this micro-step
         sync = i == last
         x = dummy if b is None else b  # a rank with nothing left still joins the final gradient all-reduce...
-        with contextlib.nullcontext() if sync or world == 1 else engine.no_sync():
+        with contextlib.nullcontext() if sync or world == 1 else step_loss.no_sync():
             with amp:
                 ref_logits = None
                 if ref is not None:
                     with torch.no_grad():
                         ref_logits = ref(x.idx, x.pos, x.doc, x.select, 0.0, x.cu_seqlens)
-                ce, kl = engine(x.idx, x.targets, x.weights, x.pos, x.doc, x.select, x.cu_seqlens, ref_logits)
+                ce, kl = step_loss(x.idx, x.targets, x.weights, x.pos, x.doc, x.select, x.cu_seqlens, ref_logits)
             # BEGIN SOLUTION ex2: scale ce + kl_coef * kl so gradients add up to those of the whole step
-            loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients
+            loss = (ce + kl_coef * kl) * (world / divisor) * (0.0 if b is None else 1.0)  # ...with zero gradients
             # END SOLUTION
             scaler.scale(loss).backward()
         if b is not None:
             parts.append(torch.stack([ce.detach(), kl.detach()]))
     if not parts:
         return torch.zeros(2, dtype=torch.float64, device=dummy.idx.device if dummy is not None else "cpu")
-    return torch.stack(parts).double().sum(0) / norm
+    return torch.stack(parts).double().sum(0) / divisor

@@ -11,11 +11,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from data import ASSISTANT, EOT, SYSTEM, USER, Batch, Example, answer_start, collate
+from data import EOT, OUTPUT_SEGMENTS, PROMPT_SEGMENTS, Batch, Example, answer_start, collate
 from imgpt.distributed import Dist, all_reduce_sum
 
-OUTPUT_SEGMENTS = (ASSISTANT, EOT)
-PROMPT_SEGMENTS = (SYSTEM, USER)
 
 
 def segment_loss_sums(model: torch.nn.Module, batch: Batch) -> torch.Tensor:

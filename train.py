@@ -63,7 +63,7 @@ class Session:
     cfg: TrainConfig
     d: Dist
     model: GPT  # unwrapped and uncompiled: what checkpoints and evaluation use
-    engine: nn.Module  # the model and its loss, maybe compiled, maybe wrapped in DDP
+    step_loss: nn.Module  # loss.StepLoss (the model and its loss in one forward), maybe compiled, maybe in DDP
     ref: GPT | None  # frozen initial model for --kl_coef
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -116,9 +116,9 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     weight_sum, n_examples, tokens, weighted = sum_totals(s.totals, ids)
-    norm = n_examples if cfg.loss_reduction == "sequence" else weight_sum  # loss.py: the three reductions
+    divisor = n_examples if cfg.loss_reduction == "sequence" else weight_sum  # loss.py: the three reductions
     if cfg.loss_reduction == "output":
-        norm = sum_totals(s.output_totals, ids)[0]
+        divisor = sum_totals(s.output_totals, ids)[0]
     batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
     if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
@@ -126,7 +126,7 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
     for b in batches + [dummy]:
         if cfg.compile and b is not None:
             mark_dynamic(b)
-    sums = run_micro_batches(s.engine, batches, dummy, max(norm, 1e-12), d.world_size, s.ref, cfg.kl_coef,
+    sums = run_micro_batches(s.step_loss, batches, dummy, max(divisor, 1e-12), d.world_size, s.ref, cfg.kl_coef,
                              s.amp(), s.scaler)
     s.scaler.unscale_(s.optimizer)  # clip the true gradient, not the fp16-scaled one
     grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or math.inf)
@@ -258,11 +258,11 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     model.to(d.device).train()
     if ref is not None:  # frozen, in float32 as the model is: at step 0 both run the same computation, KL exactly 0
         ref.to(d.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
-    engine = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
+    step_loss = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
     if cfg.compile:
-        engine = torch.compile(engine)
+        step_loss = torch.compile(step_loss)
     if d.enabled:
-        engine = DDP(engine, device_ids=[d.local_rank] if device_type == "cuda" else None)
+        step_loss = DDP(step_loss, device_ids=[d.local_rank] if device_type == "cuda" else None)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2))  # fused on CPU/CUDA
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
     prog = Progress()
@@ -273,7 +273,7 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
         check_length(cfg, prog.step, total)
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
-    s = Session(cfg, d, model, engine, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
+    s = Session(cfg, d, model, step_loss, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
                 train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak,
                 totals=example_totals(train_ex, cfg.prompt_loss_weight, cfg.template_loss_weight),
                 output_totals=example_totals(train_ex, 0.0) if cfg.loss_reduction == "output" else None)
@@ -307,7 +307,8 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
     try:
         s.clock = time.perf_counter()
         while prog.step < stop:
-            if signals is not None and stop_requested(signals, s.d, prog.step, cfg.log_interval):  # a signal came during the last step: stop here
+            # a signal came during the last step (checked at log intervals under torchrun): stop here
+            if signals is not None and stop_requested(signals, s.d, prog.step, cfg.log_interval):
                 flush(s)
                 save(s, "ckpt.pt")
                 if s.d.is_main:
@@ -333,7 +334,7 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
     summary = {"steps": prog.step, "total_steps": s.total, "finished": prog.step >= s.total,
                "time_s": time.perf_counter() - t0, "train_examples": len(s.train), "val_examples": len(s.val),
                "world_size": s.d.world_size, "accum": s.accum,
-               "plain_text": not any(answer_start(e.segs) for e in s.train),  # no instruction to answer: language modelling
+               "plain_text": not any(answer_start(e.segs) for e in s.train),  # no instruction: language modelling
                "tokens_per_s": sum(s.speeds) / max(1, len(s.speeds)),
                "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
                "history": prog.history, "config": asdict(cfg)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgpt.cli import UserError, opt
+from imgpt.train_config import LOSS_PRESETS
 
 RESET = "\033[0m"
 SHADES = {"zero": ("\033[48;5;236m", "\033[48;5;239m"), "part": ("\033[48;5;94m", "\033[48;5;130m"),
@@ -66,7 +67,7 @@ class ShowConfig:
 
     def prompt_loss_weight(self) -> float:
         try:
-            return {"it": 0.0, "im": 1.0}[self.loss] if self.loss in ("it", "im") else float(self.loss)
+            return LOSS_PRESETS[self.loss] if self.loss in LOSS_PRESETS else float(self.loss)
         except ValueError:
             raise UserError(f"--loss: expected it, im or a number, got {self.loss!r}") from None
 

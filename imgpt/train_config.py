@@ -36,6 +36,7 @@ BASE_TUNING_RECIPE = {**SCRATCH_RECIPE, "batch_size": 16, "max_steps": 300, "lr"
 # On a GPU, 8 examples of ~200 tokens leave most of it idle waiting for kernel launches: up to 32 per forward
 # (Alpaca-length data at 124M-1.5B parameters fits 80 GB; lower --micro_batch_size for long data on large models).
 # The update does not change: the step's loss is normalized over the whole batch (loss.py).
+LOSS_PRESETS = {"it": 0.0, "im": 1.0}  # --loss it|im: the prompt loss weight each names (Shi et al. Eq. 3, Eq. 4)
 GPU_MICRO_BATCH = 32
 
 
@@ -125,7 +126,7 @@ class TrainConfig:
         """Fail before any work, with the flag's name, on settings that cannot work."""
         c = resolve(self)
         checks = [
-            (c.loss in ("it", "im"), f"--loss must be it or im, got {c.loss!r}"),
+            (c.loss in LOSS_PRESETS, f"--loss must be it or im, got {c.loss!r}"),
             (c.prompt_loss_weight >= 0 and c.template_loss_weight >= 0, "loss weights must be >= 0"),
             (c.loss_reduction in ("token", "output", "sequence"), "--loss_reduction must be token, output or sequence"),
             (c.schedule in ("linear", "cosine", "constant"), "--schedule must be linear, cosine or constant"),
@@ -202,7 +203,7 @@ def resolve(cfg: TrainConfig, device_type: str = "cpu", world_size: int = 1) -> 
     if cfg.min_lr is None:
         filled["min_lr"] = recipe["min_lr_ratio"] * (cfg.lr if cfg.lr is not None else recipe["lr"])
     if cfg.prompt_loss_weight is None:
-        filled["prompt_loss_weight"] = 1.0 if cfg.loss == "im" else 0.0
+        filled["prompt_loss_weight"] = LOSS_PRESETS.get(cfg.loss, 0.0)  # an unknown --loss fails in validate
     return dataclasses.replace(cfg, **filled)
 
 

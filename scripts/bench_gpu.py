@@ -129,14 +129,14 @@ def reference_models(config: GPTConfig) -> dict[str, torch.nn.Module]:
 
 # ----------------------------------------------------------------------------- one training step each
 
-def our_step(engine, model: GPT, optimizer, batches: list, norm: float, amp, device: str, dynamic: bool = False):
+def our_step(engine, model: GPT, optimizer, batches: list, divisor: float, amp, device: str, dynamic: bool = False):
     """train.py's step: the micro-batches' forward and backward, then AdamW. dynamic (compiled engines): mark the
     lengths dynamic on the device copies, as train.py does; .to() makes new tensors, without the marks."""
     def step() -> None:
         on_device = [b.to(device) for b in batches]
         for b in on_device if dynamic else []:
             L.mark_dynamic(b)
-        L.run_micro_batches(engine, on_device, None, norm, 1, None, 0.0, amp, _NO_SCALER)
+        L.run_micro_batches(engine, on_device, None, divisor, 1, None, 0.0, amp, _NO_SCALER)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step

@@ -117,7 +117,7 @@ def use(s: T.Session, loss: str, skip: bool) -> None:
     """Switch the session between the four settings: the weights of the batch, and the seam in the model."""
     s.cfg = dataclasses.replace(s.cfg, loss=loss, prompt_loss_weight=1.0 if loss == "im" else 0.0)
     s.totals = L.example_totals(s.train, s.cfg.prompt_loss_weight, s.cfg.template_loss_weight)  # the step's sums
-    s.engine.skip_zero = skip
+    s.step_loss.skip_zero = skip
 
 
 def data_stats(s: T.Session, plan: list[list[int]]) -> dict:

@@ -88,15 +88,9 @@ MUTATIONS = [
              "the evaluation history restarts on resume"),
     Mutation(4, "imgpt/rundir.py", 'set_rng_state(ckpt["rng"][d.rank])', "pass", "the random streams are not restored"),
     # 5. No code runs from a file
-    Mutation(5, "checkpoint.py", 'payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)',
-             'payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)',
-             "the training config is read with weights_only=False"),
-    Mutation(5, "checkpoint.py", 'payload = torch.load(path, map_location="cpu", weights_only=True)\n',
-             'payload = torch.load(path, map_location="cpu", weights_only=False)\n',
-             "checkpoints are loaded with weights_only=False"),
-    Mutation(5, "checkpoint.py", 'return torch.load(path, map_location="cpu", weights_only=True, mmap=True)',
-             'return torch.load(path, map_location="cpu", weights_only=False, mmap=True)',
-             "Hugging Face .bin weights are loaded with weights_only=False"),
+    Mutation(5, "imgpt/checkpoint.py", 'return torch.load(path, map_location="cpu", weights_only=True, **kw)',
+             'return torch.load(path, map_location="cpu", weights_only=False, **kw)',
+             "every checkpoint, saved config and .bin file is loaded with weights_only=False"),
     Mutation(5, "imgpt/benchmarks.py", "choices = ast.literal_eval(text.strip())", "choices = eval(text.strip())",
              "MMLU choice lists go through eval"),
     # 6. Valid input is read

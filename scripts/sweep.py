@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (puts the repository root on sys.path too)
 import report  # noqa: E402
 from compare import CompareConfig  # noqa: E402
-from data import ASSISTANT, EOT, SYSTEM, USER, encode_segments  # noqa: E402
+from data import OUTPUT_SEGMENTS, PROMPT_SEGMENTS, encode_segments  # noqa: E402
 from imgpt.cli import UserError, opt, run_cli  # noqa: E402
 from imgpt.files import write_text_atomic  # noqa: E402
 from imgpt.formats import load_conversations  # noqa: E402
@@ -89,8 +89,8 @@ def point_settings(factor: str, value: int, base) -> dict:
 def example_ratio(messages: list[dict], tok) -> float:
     """Instruction (system + user) tokens over output (assistant + end-of-text) tokens of one conversation."""
     _, segs = encode_segments(messages, tok)
-    prompt = sum(s in (SYSTEM, USER) for s in segs)
-    return prompt / max(1, sum(s in (ASSISTANT, EOT) for s in segs))
+    prompt = sum(s in PROMPT_SEGMENTS for s in segs)
+    return prompt / max(1, sum(s in OUTPUT_SEGMENTS for s in segs))
 
 
 def ratio_bins(convs: list, ratios: list[float], bins: int) -> list[list]:

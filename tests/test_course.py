@@ -39,7 +39,7 @@ def test_handout_has_no_solution_text_no_history_and_no_instructor_files(tmp_pat
     course.handout(str(tmp_path / "handout"))
     secrets = solution_lines()
     assert len(secrets) > 20  # the regions of 7 exercises, and two docstrings of exercise 2
-    assert "loss = (ce + kl_coef * kl) * (world / norm) * (0.0 if b is None else 1.0)  # ...with zero gradients" \
+    assert "loss = (ce + kl_coef * kl) * (world / divisor) * (0.0 if b is None else 1.0)  # ...with zero gradients" \
         in secrets
     assert any(line.startswith("IT  0 ") for line in secrets)  # data.py's docstring: the weight table of exercise 1
     files = course.tree_files(str(tmp_path / "handout"))

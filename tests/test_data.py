@@ -12,6 +12,7 @@ from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example
 from imgpt import batching, formats, splits, synthetic, tokenviz
 from imgpt.cli import UserError
 from imgpt.tokenizers import get_tokenizer
+from imgpt.train_config import LOSS_PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,7 +128,7 @@ def test_loss_weights_table_presets_and_padding():
     segs = [TEMPLATE, USER, SYSTEM, TEMPLATE, ASSISTANT, EOT, PAD]
     assert data.loss_weights(segs, 0.5, 0.25) == [0.0, 0.5, 0.5, 0.25, 1.0, 1.0, 0.0]
     assert data.loss_weights([USER, USER], 1.0) == [0.0, 1.0]  # the first token is never a target
-    assert data.LOSS_PRESETS == {"it": 0.0, "im": 1.0}
+    assert LOSS_PRESETS == {"it": 0.0, "im": 1.0}  # --loss it|im, for train.py and data.py show alike
 
 
 def conversations_for_properties() -> list[list[dict]]:

@@ -81,21 +81,21 @@ PROMPT_LOSS_WEIGHT = 0.3
 
 def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int]]], ref: GPT | None = None,
                   kl_coef: float = 0.0, reduction: str = "token") -> tuple[torch.Tensor, float]:
-    """(the flattened gradient, norm) of one step run by run_micro_batches, whose examples are split into ranks x
+    """(the flattened gradient, divisor) of one step run by run_micro_batches, whose examples are split into ranks x
     micro-batches, averaged over the ranks as DDP does ([] = a micro-batch with nothing in it)."""
     parts = [L.step_batches(examples, micro, PROMPT_LOSS_WEIGHT) for micro in ranks]
     ids = [i for micro in ranks for m in micro for i in m]
-    norm = L.step_totals(examples, ids, PROMPT_LOSS_WEIGHT)[0]  # the weight sum of the whole step, every rank
+    divisor = L.step_totals(examples, ids, PROMPT_LOSS_WEIGHT)[0]  # the weight sum of the whole step, every rank
     if reduction == "output":
-        norm = L.output_weight(examples, ids)
+        divisor = L.output_weight(examples, ids)
     dummy = collate(examples[:1], PROMPT_LOSS_WEIGHT)
     grads = []
     for batches in parts:
         model.zero_grad()
-        L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, norm, len(ranks), ref, kl_coef,
+        L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, divisor, len(ranks), ref, kl_coef,
                             contextlib.nullcontext(), NoScaler())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    return torch.stack(grads).mean(0), norm
+    return torch.stack(grads).mean(0), divisor
 
 
 def hand_gradient(model: GPT, examples: list[Example], ref: GPT | None, kl_coef: float) -> torch.Tensor:
@@ -136,11 +136,11 @@ def test_micro_batch_scaling_gives_the_whole_batch_gradient(kl_coef):
              "2 ranks, the second's last micro-batch empty (b is None)": [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]}
     fed = (f"kl_coef={kl_coef} against a reference model" if ref else "no KL (ref None, kl_coef 0)")
     for name, ranks in cases.items():
-        got, norm = step_gradient(model, examples, ranks, ref, kl_coef)
+        got, divisor = step_gradient(model, examples, ranks, ref, kl_coef)
         scale = (got @ want / (want @ want)).item()  # the overall factor, if only the factor is off
         error = ((got - want).norm() / want.norm()).item()
         assert error < 1e-5, (
-            f"{name}, world={len(ranks)}, norm={norm:.2f}, {fed}: the gradient summed over micro-batches and "
+            f"{name}, world={len(ranks)}, divisor={divisor:.2f}, {fed}: the gradient summed over micro-batches and "
             f"averaged over ranks is {scale:.4g} x the gradient of sum(w * (CE + kl_coef * KL)) / sum(w) over the "
             f"whole step (relative error {error:.1e}, expected below 1e-5)")
 
@@ -167,8 +167,8 @@ def test_output_reduction_counts_only_output_tokens_and_is_split_invariant():
     assert n_out < weights - 1  # the two reductions differ: the test can fail
     for ranks in ([[list(range(8))]], [[[i] for i in range(8)]], [[[0], [1, 2, 3], [4, 5, 6, 7]]],
                   [[[0, 1], [2, 3]], [[4, 5], [6, 7]]], [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]):
-        got, norm = step_gradient(model, examples, ranks, reduction="output")
-        assert norm == n_out and ((got - want).norm() / want.norm()).item() < 1e-5, ranks
+        got, divisor = step_gradient(model, examples, ranks, reduction="output")
+        assert divisor == n_out and ((got - want).norm() / want.norm()).item() < 1e-5, ranks
 
 
 def test_output_reduction_at_prompt_weight_0_is_token_exactly(data_file, tmp_path):
