@@ -293,6 +293,13 @@ class _FactoryMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _SimStream:
+    """The current stream of the simulated GPU: nothing is ever graph-captured here."""
+
+    def is_capturing(self) -> bool:
+        return False
+
+
 class CudaSim:
     """Turns the simulation on for a test (monkeypatch undoes every patch): torch.cuda answers as one H100 (or
     `devices` of them), factories and .to("cuda") make CudaTensors, autocast("cuda") casts, collectives check."""
@@ -329,6 +336,14 @@ class CudaSim:
         mp.setattr(c, "is_bf16_supported", lambda including_emulation=True: self.capability >= (8, 0)
                    or including_emulation)
         mp.setattr(c, "synchronize", lambda device=None: SIM.count("synchronize"))
+        # torch.accelerator, which the optimizers ask about CUDA graph capture on a CUDA build (torch >= 2.14): the
+        # machine's one accelerator is this GPU, its current stream never capturing
+        mp.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda"))
+        mp.setattr(torch.accelerator, "is_available", lambda: True)
+        mp.setattr(torch.accelerator, "device_count", lambda: self.devices)
+        mp.setattr(torch.accelerator, "current_device_index", lambda: current[0])
+        mp.setattr(torch.accelerator, "current_stream", lambda device=None: _SimStream())
+        mp.setattr(torch.accelerator, "synchronize", lambda device=None: SIM.count("synchronize"))
         mp.setattr(c, "reset_peak_memory_stats", lambda device=None: None)
         mp.setattr(c, "max_memory_allocated", lambda device=None: 0)
         mp.setattr(c, "memory_allocated", lambda device=None: 0)
