@@ -146,7 +146,7 @@ class TrainConfig:
             (c.init_from in ("scratch", "resume") or not (c.n_layer or c.n_head or c.n_embd),
              "--n_layer/--n_head/--n_embd only apply to --init_from scratch"),
         ]
-        for ok, message in checks:  # check_numbers (runtime.validate) has already checked each number's range
+        for ok, message in checks:  # check_numbers (imgpt.cli.validate) has already checked each number's range
             if not ok:
                 raise UserError(message)
         check_device(c.device)

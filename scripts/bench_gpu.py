@@ -97,7 +97,7 @@ def mix_examples(mix: str, config: GPTConfig, n: int, seed: int = 0) -> list[Exa
 
 
 def typical_step(ex: list[Example], batch: int) -> list[int]:
-    """The example ids of one optimizer step as training groups them (data.epoch_batches: similar lengths
+    """The example ids of one optimizer step as training groups them (imgpt.batching.epoch_batches: similar lengths
     together), the step with the median token count of an epoch's plan."""
     plan = epoch_batches([len(e.ids) for e in ex], batch, seed=0, epoch=0)
     plan = sorted((b for b in plan if len(b) == batch), key=lambda b: sum(len(ex[i].ids) for i in b))

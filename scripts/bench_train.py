@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import loss as L  # noqa: E402
 import train as T  # noqa: E402
 from data import collate, useful_fraction  # noqa: E402
+from imgpt.batching import plan_epoch  # noqa: E402
 from imgpt.cli import UserError, opt, parse_config, run_cli  # noqa: E402
 from imgpt.device import autodetect_device  # noqa: E402
 from imgpt.distributed import Dist  # noqa: E402
@@ -167,7 +168,7 @@ def probe(cfg: BenchConfig) -> None:
     size, loss, skip = cfg.probe.split(",")
     s = session(cfg, size)
     use(s, loss, skip == "True")
-    plan = T.plan_epoch(s.cfg, s.train, 0)
+    plan = plan_epoch(s.cfg, s.train, 0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # Linux: reset the peak resident size (VmHWM) to the current one
     before = resident_kib()["VmRSS"]
@@ -189,7 +190,7 @@ def bench(cfg: BenchConfig, size: str) -> None:
     if s is None:
         print(f"\n{size}: skipped (no GPT-2 BPE offline: ../shared/data/gpt2 or tiktoken's cache)")
         return
-    plan = T.plan_epoch(s.cfg, s.train, 0)
+    plan = plan_epoch(s.cfg, s.train, 0)
     d = data_stats(s, plan)
     r = timings(s, plan, cfg.for_size("rounds", size))
     if cfg.memory and not s.d.device.startswith("cuda") and os.path.exists("/proc/self/clear_refs"):

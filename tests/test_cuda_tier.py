@@ -7,18 +7,19 @@ import json
 import os
 import sys
 
-import cuda_sim
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from cuda_sim import CudaSim, CudaTensor
-from conftest import tiny_run
 
+import cuda_sim
 import eval as ev
 import sample
 import train as T
+from conftest import tiny_run
+from cuda_sim import CudaSim, CudaTensor
 from imgpt import distributed
+from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import make_config
 from imgpt.gpt_config import GPTConfig
@@ -101,7 +102,7 @@ def test_a_cuda_training_step_never_waits_and_flush_reads_once(tmp_path, sim, kw
     """No host sync from the batches' copy to the optimizer step (the varlen path; the gradient scaler, the KL
     reference), then flush reads every pending step's numbers with one tolist."""
     s = T.setup(resolve(tiny_run(tmp_path, device="cuda", **kw), "cuda"), distributed.Dist(device="cuda:0"))
-    plan = T.plan_epoch(s.cfg, s.train, 0)
+    plan = plan_epoch(s.cfg, s.train, 0)
     assert all(isinstance(p, CudaTensor) for p in s.model.parameters())
     sim.reset()
     for ids in plan[:3]:
@@ -371,7 +372,7 @@ def test_loss_totals_are_counted_once_per_dataset(tmp_path, monkeypatch):
     T.train(tiny_run(tmp_path, max_steps=3, loss="im"))
     assert calls == [20]  # once, over the 20 training examples
     s = T.setup(resolve(tiny_run(tmp_path / "again", prompt_loss_weight=0.3)), distributed.Dist())
-    for ids in T.plan_epoch(s.cfg, s.train, 0):
+    for ids in plan_epoch(s.cfg, s.train, 0):
         w = [np.asarray(L.loss_weights(s.train[i].segs, 0.3)[1:], dtype=np.float64) for i in ids]
         assert L.sum_totals(s.totals, ids) == pytest.approx(
             (sum(float(x.sum()) for x in w), len(ids), sum(len(x) for x in w), sum(int((x != 0).sum()) for x in w)),

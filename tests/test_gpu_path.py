@@ -17,6 +17,7 @@ import train as T
 from conftest import tiny_run
 from data import ASSISTANT, USER, Example, collate, doc_starts
 from imgpt import device, distributed, files, mfu, pretrained
+from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
 from imgpt.gpt_config import GPTConfig
 from imgpt.train_config import resolve
@@ -129,7 +130,7 @@ def test_a_training_step_never_waits_for_the_device(tmp_path, pack):
     """No nonzero and no item() from collate's output to the optimizer step (each is a GPU->host sync); the
     step's losses are read once, by flush, at the log interval."""
     s = T.setup(resolve(tiny_run(tmp_path, pack=pack)), distributed.Dist())
-    plan = T.plan_epoch(s.cfg, s.train, 0)
+    plan = plan_epoch(s.cfg, s.train, 0)
     batches = T.prepare(s, plan[0])
     with SyncSpy() as spy:
         T.train_step(s, plan[0], batches)
@@ -206,7 +207,7 @@ def test_logged_mfu_is_the_flops_of_the_step_over_time_and_peak(tmp_path, monkey
     T.train(tiny_run(tmp_path, max_steps=2, log_interval=1))
     recs = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl") if '"loss"' in line]
     s = T.setup(resolve(tiny_run(tmp_path / "again")), distributed.Dist())
-    ids = T.plan_epoch(s.cfg, s.train, 0)[0]
+    ids = plan_epoch(s.cfg, s.train, 0)[0]
     weighted = L.step_totals(s.train, ids, 0.0)[3]
     flops = mfu.training_flops(2, 32, s.model.config.vocab_size, [len(s.train[i].ids) - 1 for i in ids], weighted)
     assert recs[0]["flops"] == flops

@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 import loss as L
 import train as T
 from conftest import free_port, log_records, tiny
-from data import ASSISTANT, EOT, TEMPLATE, USER, Example, collate
+from data import ASSISTANT, EOT, TEMPLATE, USER, Example, build_data, collate
+from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
 from imgpt.distributed import StopAtStepBoundary, destroy_distributed, init_distributed
@@ -230,8 +231,8 @@ def test_loss_reductions_equal_hand_computation(data_file, tmp_path):
     every token's loss is about ln(vocab)."""
     cfg = T.resolve(tiny(data_file, "", micro_batch_size=2))
     model, tok = T.build_model(cfg)
-    train_ex, _, _ = T.build_data(cfg, tok)
-    plan = T.plan_epoch(cfg, train_ex, 0)
+    train_ex, _, _ = build_data(cfg, tok)
+    plan = plan_epoch(cfg, train_ex, 0)
     k = next(i for i in range(1, len(plan)) if len(plan[i]) == 8)  # the step checked: 8 examples, after a first
     for reduction in ("token", "sequence", "output"):
         cfg = tiny(data_file, str(tmp_path / reduction), micro_batch_size=2, max_steps=k + 1, stop_step=k, lr=3e-2,
@@ -331,7 +332,7 @@ def interrupt_once(s: T.Session, moment: str, step: int, rng: random.Random) -> 
     """Send this process SIGINT once, at a random point of `moment` during optimizer step `step` (0-based): inside
     a random module's forward or a random parameter's backward (of any micro-batch), or in the optimizer step,
     before or after the fused kernel moved the weights (but before the loop counted the step)."""
-    ids = T.plan_epoch(s.cfg, s.train, step // 3)[step % 3]  # 3 steps an epoch, of 8, 8 and 1 examples
+    ids = plan_epoch(s.cfg, s.train, step // 3)[step % 3]  # 3 steps an epoch, of 8, 8 and 1 examples
     micro_batches = math.ceil(len(ids) / s.cfg.micro_batch_size)
     nth, calls = rng.randrange(micro_batches) if moment in ("forward", "backward") else 0, []
 
