@@ -145,3 +145,9 @@ def cli_error(main, argv: list[str], monkeypatch, capsys) -> str:
     last = err.rstrip("\n").split("\n")[-1]
     assert exit_info.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
     return last + "\n"
+
+
+def write_file(path, content: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(content)
+    return str(path)

@@ -1,5 +1,4 @@
 """eval.py: the numbers it reports, checked against hand computations and the references they claim to follow."""
-import bz2
 import dataclasses
 import itertools
 import json
@@ -9,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
-import sacrebleu
 import torch
 import torch.nn.functional as F
 
 import data
 import eval
 import eval as ev
+from conftest import write_file
 from imgpt import benchmarks as bm
 from imgpt import formats, synthetic, text_metrics
 from imgpt.checkpoint import save_checkpoint
@@ -190,119 +189,8 @@ def test_chat_choices_are_the_assistant_reply(tok):
 
 # ----------------------------------------------------------------------------- exact match, BLEU, ROUGE-L
 
-def test_exact_match_and_gsm8k_strict_match_as_lm_eval():
-    assert text_metrics.exact_match("  The  answer\nis 4 ", "The answer is 4")
-    assert not text_metrics.exact_match("The answer is 4.", "The answer is 4")
-    ref = "She has 3 + 15 = 18 apples.\n#### 18"
-    assert text_metrics.exact_match("3 + 15 = 18\n#### 18", ref)
-    assert text_metrics.exact_match("#### 18 (I think, not 20)\n#### 20", ref)  # take_first: the first marked number
-    assert text_metrics.exact_match("#### 1,800.", "#### 1800")  # ',' and a final '.' are ignored on both sides
-    # lm-eval's strict match refuses what a lenient rule would accept:
-    assert not text_metrics.exact_match("#### 18.00", ref)  # no number canonicalization
-    assert not text_metrics.exact_match("#### $18", ref)  # '$' is not in the answer pattern: "[invalid]"
-    assert not text_metrics.exact_match("3 apples and 15 more: 18", ref)  # no marker: "[invalid]"
-    assert text_metrics.gsm8k_answer("x #### -3.50 y") == "-3.50" and text_metrics.gsm8k_answer("none") == "[invalid]"
-    assert text_metrics.gsm8k_clean("Step 1. $1,000\n#### 1,000.") == "1000"
-
-
-def test_bleu_equals_sacrebleu_and_hand_value():
-    # 1- to 4-gram precisions 5/6, 3/5, 2/4, 1/3, equal lengths (no brevity penalty)
-    assert text_metrics.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(
-        100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
-    hyps, refs = ["the cat sat on the mat", "a dog ran off", "hello"], ["the cat sat on a mat", "the dog ran", "hi"]
-    assert text_metrics.bleu(hyps, refs) == sacrebleu.corpus_bleu(hyps, [refs]).score  # corpus-level, not a mean
-    assert text_metrics.bleu([], []) == 0.0
-
-
-def test_rouge_l_hand_cases():
-    assert text_metrics.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
-    assert text_metrics.rouge_l("the cat sat on the mat", "The cat is on the MAT") == pytest.approx(5 / 6)
-    assert text_metrics.rouge_l("a b c d", "b d e") == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))  # 4/7
-    assert text_metrics.rouge_l("", "x") == text_metrics.rouge_l("x", "") == text_metrics.rouge_l("x", "y") == 0.0
-    # rouge-score's tokenizer: punctuation is a separator, not part of a word
-    assert text_metrics.rouge_l("pen", "Pen.") == 1.0 and text_metrics.rouge_l("a-b, c!", "A b c") == 1.0
-    assert text_metrics.rouge_tokens("It's 3.5 km/h!") == ["it", "s", "3", "5", "km", "h"]
-    assert text_metrics.rouge_l("...", "pen") == 0.0  # nothing left to match
-    m = text_metrics.text_metrics(["a b c d", "x"], ["b d e", "x"])
-    assert m["exact_match"] == 0.5 and m["rouge_l"] == pytest.approx(100 * (4 / 7 + 1) / 2)
-
 
 # ----------------------------------------------------------------------------- readers
-
-def write(path, content: bytes) -> str:
-    with open(path, "wb") as f:
-        f.write(content)
-    return str(path)
-
-
-def test_mmlu_reader_separators_columns_and_stray_byte(tmp_path):
-    plain = bm.read_mmlu_csv(write(tmp_path / "a.csv", b'"What is 2+2, really?",3,4,5,6,B\nNext?,a,b,c,d,D\n'))
-    assert [(q.context, q.choices, q.gold) for q in plain] == [
-        ("What is 2+2, really?", ["3", "4", "5", "6"], 1), ("Next?", ["a", "b", "c", "d"], 3)]
-    redux = bm.read_mmlu_csv(write(tmp_path / "b.csv", b"answer;question;choices;error_type\n"
-                                   b"2;Pick, one;\"['x; 1', \"\"y's\"\", 'z', 'w']\";ok\n"))
-    assert [(q.context, q.choices, q.gold) for q in redux] == [("Pick, one", ["x; 1", "y's", "z", "w"], 2)]
-    shuffled = bm.read_mmlu_csv(write(tmp_path / "c.csv", b"D,question,B,Answer,A,C,,\n4,Q?,2,c,1,3,,\n"))
-    assert (shuffled[0].choices, shuffled[0].gold) == (["1", "2", "3", "4"], 2)
-    stray = bm.read_mmlu_csv(write(tmp_path / "d.csv",
-                                   b"question,choices,answer\n\"Don\xd5t\nstop\",\"['a', 'b']\",1\n"))
-    assert stray[0].context == "Don\ufffdt\nstop" and stray[0].gold == 1
-
-
-def test_mmlu_reader_errors_name_file_line_and_field(tmp_path):
-    bad = write(tmp_path / "e.csv", b"question,choices,answer\n"
-                b"\"two\nlines\",\"['a', 'b']\",0\nQ,\"['a', 'b']\",E\n")  # the bad record starts on line 4
-    with pytest.raises(formats.DataError, match=r"e\.csv:4: field 'answer'"):
-        bm.read_mmlu_csv(bad)
-    with pytest.raises(formats.DataError, match=r"f\.csv:2: field 'choices'"):
-        bm.read_mmlu_csv(write(tmp_path / "f.csv", b"question,choices,answer\nQ,__import__('os'),0\n"))
-    with pytest.raises(formats.DataError, match=r"g\.csv:1:"):
-        bm.read_mmlu_csv(write(tmp_path / "g.csv", b"just some text\n"))
-
-
-def test_mmlu_prompts_follow_lm_eval(tmp_path):
-    path = write(tmp_path / "mmlu_college_biology.csv", b"question,choices,answer\nWhy? ,\"['a', 'b', 'c', 'd']\",3\n")
-    (q,) = bm.read_mmlu(str(tmp_path), "letters")
-    assert q.context == ("The following are multiple choice questions (with answers) about college biology.\n\n"
-                         "Why?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
-    assert q.choices == ["A", "B", "C", "D"] and q.gold == 3
-    (c,) = bm.read_mmlu(path, "continuation")
-    assert (c.context, c.choices) == ("The following are questions (with answers) about college biology.\n\n"
-                                      "Question: Why?\nAnswer:", ["a", "b", "c", "d"])  # lm-eval's description line
-
-
-def test_hellaswag_text_bz2_and_jsonl(tmp_path):
-    text = ("Act: A man sits [title] on a roof. he\n2\nfalls.\nwaves.\nclimbs [step] down.\nsleeps.\n"
-            "Cook: She stirs. she\n0\nsmiles.\ncries.\nleaves.\nsings.\n")
-    path = str(tmp_path / "hs.txt.bz2")
-    with bz2.open(path, "wt", encoding="utf-8") as f:
-        f.write(text)
-    qs = bm.read_hellaswag(path)
-    # lm-eval capitalizes ctx_b (the text after the last sentence end) with str.capitalize, before the cleanup
-    assert [(q.context, q.gold) for q in qs] == [("Act: A man sits. on a roof. He", 2), ("Cook: She stirs. She", 0)]
-    assert qs[0].choices == ["falls.", "waves.", "climbs down.", "sleeps."]
-    with pytest.raises(formats.DataError, match=r"bad\.txt:8: field 'label'"):
-        bm.read_hellaswag(write(tmp_path / "bad.txt", text.replace("\n0\n", "\n7\n").encode()))
-    with pytest.raises(formats.DataError, match="6 lines per task"):
-        bm.read_hellaswag(write(tmp_path / "short.txt", b"ctx\n1\na\nb\n"))
-    rec = {"activity_label": "Act", "ctx_a": "A man sits.", "ctx_b": "he", "endings": ["x", "y"], "label": "1"}
-    (j,) = bm.read_hellaswag(write(tmp_path / "hs.jsonl", json.dumps(rec).encode() + b"\n"))
-    assert (j.context, j.choices, j.gold) == ("Act: A man sits. He", ["x", "y"], 1)
-
-
-def test_real_mmlu_redux_and_hellaswag(shared_data):
-    mmlu = os.path.join(shared_data, "mmlu-redux")
-    questions = [q for f in sorted(os.listdir(mmlu)) for q in bm.read_mmlu_csv(os.path.join(mmlu, f))]
-    assert len(questions) == 5700 and all(len(q.choices) == 4 for q in questions)
-    assert [sum(q.gold == k for q in questions) for k in range(4)] == [1298, 1398, 1458, 1546]
-    assert any("\ufffd" in q.context + "".join(q.choices) for q in bm.read_mmlu_csv(
-        os.path.join(mmlu, "mmlu_moral_scenarios.csv")))
-    hs = bm.read_hellaswag(os.path.join(shared_data, "hellaswag", "hellaswag_val_full.txt.bz2"))
-    assert len(hs) == 10042 and [sum(q.gold == k for q in hs) for k in range(4)] == [2515, 2485, 2584, 2458]
-    assert hs[0].context == "Roof shingle removal: A man is sitting on a roof. He"
-    with bz2.open(os.path.join(shared_data, "hellaswag", "hellaswag_val_full.txt.bz2"), "rt") as f:
-        raw = f.read().splitlines()[0::6]
-    assert sum(bm.hellaswag_context(c) != bm.hellaswag_preprocess(c) for c in raw) == 3236  # 32% of 10042
 
 
 def test_gpt2_bpe_pairs_equal_lm_eval_split(shared_data, gpt2_bpe_dir):
@@ -421,7 +309,7 @@ def test_pretrained_weights_without_data(net, tmp_path):
     """No saved training config: multiple choice runs alone; generation asks for --data."""
     save_checkpoint(str(tmp_path / "w.pt"), {"model": net.state_dict(), "tokenizer": "byte",
                                              "model_config": dataclasses.asdict(net.config)})
-    mmlu = write(tmp_path / "q.csv", b"Q?,a,b,c,d,A\n")
+    mmlu = write_file(tmp_path / "q.csv", b"Q?,a,b,c,d,A\n")
     cfg = make_config(ev.EvalConfig, dict(ckpt=str(tmp_path / "w.pt"), mmlu=mmlu, out=str(tmp_path / "r.json")))
     r = ev.evaluate(cfg)
     assert list(r["metrics"]) == ["mmlu"] and r["metrics"]["mmlu"]["examples"] == 1
@@ -443,7 +331,7 @@ def ddp_worker(rank: int, world: int, init_file: str, cfg: dict) -> None:
 def test_two_processes_give_the_single_process_numbers(run_dir, tmp_path):
     """Each rank takes every 2nd example (5 questions, 4 + 11 conversations: uneven shares); sums are all-reduced
     and the generations come back in the original order."""
-    mmlu = write(tmp_path / "q.csv", b"".join(b"Q%d?,a,bb,ccc,dddd,%s\n" % (i, b"ABCD"[i % 4:i % 4 + 1])
+    mmlu = write_file(tmp_path / "q.csv", b"".join(b"Q%d?,a,bb,ccc,dddd,%s\n" % (i, b"ABCD"[i % 4:i % 4 + 1])
                                              for i in range(5)))
     base = dict(ckpt=run_dir, generate=True, memorization=True, mmlu=mmlu, max_new_tokens=3, batch_size=2)
     single = ev.evaluate(make_config(ev.EvalConfig, {**base, "out": str(tmp_path / "one.json")}))["metrics"]
