@@ -24,7 +24,8 @@ DOWNLOAD_TIMEOUT = datetime.timedelta(hours=2)
 def local_rank_zero_first(d: "Dist"):
     """Run the block on each node's local rank 0 first (it downloads), then on the other ranks (they find
     the files in the cache): one download per node instead of one per process. The ranks wait for each other in
-    a gloo group made for it, with DOWNLOAD_TIMEOUT (every rank must enter: new_group is a collective)."""
+    a gloo group made for it, with DOWNLOAD_TIMEOUT (every rank must enter: new_group is a collective), and
+    destroyed after the wait so that a program calling this twice (eval after train) holds no stale group."""
     group = dist.new_group(backend="gloo", timeout=DOWNLOAD_TIMEOUT) if d.enabled else None
     if d.enabled and d.local_rank != 0:
         dist.barrier(group=group)
@@ -33,6 +34,8 @@ def local_rank_zero_first(d: "Dist"):
     finally:
         if d.enabled and d.local_rank == 0:
             dist.barrier(group=group)
+        if group is not None:
+            dist.destroy_process_group(group)
 
 
 class StopAtStepBoundary:

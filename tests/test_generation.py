@@ -13,15 +13,19 @@ PROMPTS = [[5, 9, 2], [7, 1, 4, 1, 5, 9], [3, 3, 8, 2, 6]]  # row 0 is left-padd
 NEW = [[11, 12, 13, 14], [21, 22, 23, 24], [31, 32, 33, 34]]  # the tokens fed at the cached steps
 
 
-@pytest.fixture
-def varied():
+def varied_model(block_size: int, seed: int) -> GPT:
     """Strong random weights and position embeddings: greedy outputs vary instead of repeating one token."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=67)).eval()
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=67)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(0.0, (1.0 if "wpe" in name else 0.2) if p.dim() > 1 else 0.1)
     return model
+
+
+@pytest.fixture
+def varied():
+    return varied_model(block_size=48, seed=0)
 
 
 def run_steps(model: GPT, on_step=None) -> list[torch.Tensor]:
@@ -125,12 +129,7 @@ def test_greedy_with_cache_equals_without_on_outputs_that_vary(varied):
 @pytest.fixture
 def short_block():
     """The varied model's kind with block_size 8, so that generation soon runs past it."""
-    torch.manual_seed(1)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=8, vocab_size=67)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, (1.0 if "wpe" in name else 0.2) if p.dim() > 1 else 0.1)
-    return model
+    return varied_model(block_size=8, seed=1)
 
 
 @pytest.mark.ex3

@@ -239,10 +239,12 @@ def test_local_rank_zero_downloads_before_the_other_ranks(monkeypatch):
     monkeypatch.setattr(distributed.dist, "new_group", lambda backend, timeout: (backend, timeout))
     monkeypatch.setattr(distributed.dist, "barrier", lambda group: events.append("barrier") or (
         group == ("gloo", distributed.DOWNLOAD_TIMEOUT) or pytest.fail(f"barrier in {group}")))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda group: events.append(f"destroy {group[0]}"))
     for local_rank in (0, 1):
         with distributed.local_rank_zero_first(distributed.Dist(rank=local_rank, local_rank=local_rank, world_size=2)):
             events.append(f"download {local_rank}")
-    assert events == ["download 0", "barrier", "barrier", "download 1"]
+    # each rank frees its group once the wait is over: a second call (eval after train) must not leak one
+    assert events == ["download 0", "barrier", "destroy gloo", "barrier", "download 1", "destroy gloo"]
     assert distributed.DOWNLOAD_TIMEOUT.total_seconds() == 2 * 3600
     with distributed.local_rank_zero_first(distributed.Dist()):  # a single process: no barrier
         events.append("alone")
