@@ -1,8 +1,3 @@
-# HANDOUT DOCSTRING ex1: Instruction data -> token ids + one loss weight per token. IT and IM differ in ONE number.
-# HANDOUT DOCSTRING ex1: Every record becomes a list of messages; the one chat template cuts it into pieces, each
-# HANDOUT DOCSTRING ex1: with a segment (TEMPLATE, SYSTEM, USER, ASSISTANT, EOT); weights[t] (exercise 1) weighs the
-# HANDOUT DOCSTRING ex1: loss of predicting ids[t] from ids[:t]. Then: truncation, batching, a deterministic order.
-# HANDOUT DOCSTRING ex1: At the bottom, `python data.py stats|show`: look at a dataset before training on it.
 """Instruction data -> token ids + one loss weight per token. IT and IM differ in ONE number.
 
 Every record on disk (Alpaca, Dolly, prompt/completion, chat `messages`, ShareGPT) becomes a list of messages
@@ -37,6 +32,7 @@ from imgpt.synthetic import synthetic_split
 from imgpt.tokenizers import get_tokenizer
 from imgpt.tokenviz import ShowConfig, legend, render
 from imgpt.train_config import LOSS_PRESETS, TrainConfig
+from model import head_positions
 
 TEMPLATE, SYSTEM, USER, ASSISTANT, EOT = 0, 1, 2, 3, 4  # the segment of each token
 PROMPT_SEGMENTS, OUTPUT_SEGMENTS = (SYSTEM, USER), (ASSISTANT, EOT)  # the instruction's segments; the answer's
@@ -116,11 +112,9 @@ def encode_segments(messages: list[dict], tok: tiktoken.Encoding,
 
 def loss_weights(segs: list[int], prompt_loss_weight: float, template_loss_weight: float = 0.0) -> list[float]:
     """THE difference between IT (prompt_loss_weight=0) and IM (=1): weights[t] for predicting token t."""
-    # BEGIN SOLUTION ex1: one weight per segment kind (TEMPLATE ... PAD); token 0 is never a target
     weight = {ASSISTANT: 1.0, EOT: 1.0, SYSTEM: prompt_loss_weight, USER: prompt_loss_weight,
               TEMPLATE: template_loss_weight, PAD: 0.0}
     return [0.0] + [weight[s] for s in segs[1:]]  # token 0 has no context to be predicted from
-    # END SOLUTION
 
 
 def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_weight: float,
@@ -210,7 +204,7 @@ class Batch:
     segs: torch.Tensor
     pos: torch.Tensor
     doc: torch.Tensor
-    select: torch.Tensor | None = None  # (N,) flat indices of the nonzero weights: the positions the head scores
+    select: torch.Tensor | None = None  # (N,) model.head_positions(weights): the positions the output head scores
     cu_seqlens: torch.Tensor | None = None  # packed only: (D+1,) int32 start of each run of one doc id, flattened
 
     def to(self, device: str | torch.device) -> "Batch":
@@ -259,9 +253,10 @@ def collate(examples: list[Example], prompt_loss_weight: float, template_loss_we
             weights[r, at] = loss_weights(e.segs, prompt_loss_weight, template_loss_weight)[1:]
             pos[r, at], doc[r, at] = np.arange(n), d
             t += n
-    select = torch.from_numpy(np.flatnonzero(weights))  # here, on the CPU: boolean indexing on a GPU would sync
-    cu_seqlens = None if pack_len is None else torch.from_numpy(doc_starts(doc))
-    return Batch(*(torch.from_numpy(a) for a in (idx, targets, weights, segs, pos, doc)), select, cu_seqlens)
+    idx, targets, weights, segs, pos, doc = (torch.from_numpy(a) for a in (idx, targets, weights, segs, pos, doc))
+    select = head_positions(weights)  # here, on the CPU: on a GPU, counting the positions would wait for it
+    cu_seqlens = None if pack_len is None else torch.from_numpy(doc_starts(doc.numpy()))
+    return Batch(idx, targets, weights, segs, pos, doc, select, cu_seqlens)
 
 
 def doc_starts(doc: np.ndarray) -> np.ndarray:

@@ -1,4 +1,3 @@
-# HANDOUT DOCSTRING ex2: The loss of one optimizer step, which must not depend on how the step's batch is split.
 """The loss of one optimizer step, computed so that it does not depend on how the step's batch is split.
 
 The step's loss is  sum over every weighted token of w * CE  /  sum of w over the WHOLE step: every micro-batch on
@@ -61,11 +60,11 @@ class StepLoss(nn.Module):
     def forward(self, idx, targets, weights, pos, doc, select=None, cu_seqlens=None,
                 ref_logits=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of w * cross-entropy, sum of w * KL to the reference model) over one micro-batch."""
-        if ref_logits is None:
+        if ref_logits is None:  # --no-skip_zero: the output head on every position (bench_train's baseline)
             ce, _ = self.model.loss(idx, targets, weights, pos=pos, doc=doc, neftune_alpha=self.neftune_alpha,
-                                    skip_zero=self.skip_zero, select=select, cu_seqlens=cu_seqlens)
+                                    select=select if self.skip_zero else None, cu_seqlens=cu_seqlens)
             return ce, torch.zeros_like(ce)
-        logits = self.model(idx, pos, doc, select, self.neftune_alpha, cu_seqlens)  # (N, V)
+        logits = self.model(idx, pos, doc, select, self.neftune_alpha, cu_seqlens)  # (N, V), as the reference's
         w = weights.flatten()[select]
         ce, _ = weighted_cross_entropy(logits, targets.flatten()[select], w)
         return ce, weighted_kl(logits, ref_logits, w)
@@ -138,16 +137,24 @@ def mark_dynamic(b: Batch) -> None:
             torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
+def micro_batch_loss(ce: torch.Tensor, kl: torch.Tensor, kl_coef: float, divisor: float, world: int,
+                     dummy: bool) -> torch.Tensor:
+    """What one micro-batch backpropagates, from its summed weighted cross-entropy `ce` and KL `kl`.
+
+    `divisor` is the step's N (step_divisor) over every micro-batch of every rank. Gradients SUM over
+    micro-batches, so accumulation needs no factor of its own; DDP AVERAGES them over the `world` ranks, which
+    this loss must undo. A dummy micro-batch (a rank left with no examples in a short last step, joining the
+    final gradient all-reduce) must add nothing to the gradients."""
+    return (ce + kl_coef * kl) * (world / divisor) * (0.0 if dummy else 1.0)
+
+
 def run_micro_batches(step_loss: nn.Module, batches: list[Batch | None], dummy: Batch, divisor: float, world: int,
                       ref: GPT | None, kl_coef: float, amp, scaler) -> torch.Tensor:
-    # HANDOUT DOCSTRING ex2: Forward and backward of this rank's micro-batches; returns [CE, KL] of the step here.
     """Forward and backward of this rank's micro-batches (on the device); returns [cross-entropy, KL] of the
     step on this rank, as a device tensor: reading it would wait for the GPU, so the caller decides when.
 
-    Each micro-batch's loss is divided by `divisor`, the weight sum of the whole step over all ranks, and
-    multiplied by `world`, because DDP AVERAGES gradients over ranks: mean_r(world * g_r / divisor) =
-    sum_r g_r / divisor, exactly the gradient of sum(w * loss) / sum(w). Gradients SUM over micro-batches, so
-    accumulation needs no extra factor.
+    Each micro-batch backpropagates micro_batch_loss: its share of the step's loss, so that the gradients of all
+    the micro-batches of all ranks add up to the gradient of the whole step's loss.
     """
     parts = []
     last = len(batches) - 1
@@ -155,7 +162,7 @@ def run_micro_batches(step_loss: nn.Module, batches: list[Batch | None], dummy: 
         if b is None and (i < last or world == 1):
             continue  # nothing to compute, and no gradient sync is due on this micro-step
         sync = i == last
-        x = dummy if b is None else b  # a rank with nothing left still joins the final gradient all-reduce...
+        x = dummy if b is None else b  # a rank with nothing left still joins the final gradient all-reduce
         with contextlib.nullcontext() if sync or world == 1 else step_loss.no_sync():
             with amp:
                 ref_logits = None
@@ -163,9 +170,7 @@ def run_micro_batches(step_loss: nn.Module, batches: list[Batch | None], dummy: 
                     with torch.no_grad():
                         ref_logits = ref(x.idx, x.pos, x.doc, x.select, 0.0, x.cu_seqlens)
                 ce, kl = step_loss(x.idx, x.targets, x.weights, x.pos, x.doc, x.select, x.cu_seqlens, ref_logits)
-            # BEGIN SOLUTION ex2: scale ce + kl_coef * kl so gradients add up to those of the whole step
-            loss = (ce + kl_coef * kl) * (world / divisor) * (0.0 if b is None else 1.0)  # ...with zero gradients
-            # END SOLUTION
+            loss = micro_batch_loss(ce, kl, kl_coef, divisor, world, dummy=b is None)
             scaler.scale(loss).backward()
         if b is not None:
             parts.append(torch.stack([ce.detach(), kl.detach()]))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from data import EOT, OUTPUT_SEGMENTS, PROMPT_SEGMENTS, Batch, Example, answer_start, collate
 from imgpt.distributed import Dist, all_reduce_sum
+from model import head_positions
 
 
 
@@ -20,10 +21,10 @@ def segment_loss_sums(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """[output loss sum, output tokens, prompt loss sum, prompt tokens] of one batch, from one forward pass."""
     is_out = torch.isin(batch.segs, torch.tensor(OUTPUT_SEGMENTS, device=batch.segs.device))
     is_prompt = torch.isin(batch.segs, torch.tensor(PROMPT_SEGMENTS, device=batch.segs.device))
-    select = is_out | is_prompt
+    select = head_positions(is_out | is_prompt)  # (N,) the scored positions, flat
     logits = model(batch.idx, pos=batch.pos, doc=batch.doc, select=select)  # (N, V): only the scored positions
-    losses = F.cross_entropy(logits.float(), batch.targets[select], reduction="none")  # (N,)
-    out = is_out[select]  # which of the N scored positions are output tokens
+    losses = F.cross_entropy(logits.float(), batch.targets.flatten()[select], reduction="none")  # (N,)
+    out = is_out.flatten()[select]  # which of the N scored positions are output tokens
     return torch.stack([losses[out].sum(), out.sum().float(), losses[~out].sum(), (~out).sum().float()]).double()
 
 

@@ -33,12 +33,10 @@ from imgpt.sampling import left_pad, sample_next
 def attention_mask(doc_q: torch.Tensor, doc_k: torch.Tensor, start: int = 0) -> torch.Tensor:
     """(B, 1, Tq, Tk) bool: query i (at absolute position start + i) may see key j iff j <= start + i and both
     carry the same document id. Padding (id -1) only sees padding, so no row is empty (an empty row is NaN)."""
-    # BEGIN SOLUTION ex5: a causal part shifted by `start`, and a same-document part
     Tq, Tk = doc_q.size(1), doc_k.size(1)
     causal = torch.ones(Tq, Tk, dtype=torch.bool, device=doc_q.device).tril(diagonal=start)
     same_doc = doc_q.unsqueeze(2) == doc_k.unsqueeze(1)  # (B, Tq, Tk)
     return (same_doc & causal).unsqueeze(1)
-    # END SOLUTION
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -77,12 +75,10 @@ class KVCache:
             B, nh, _, hs = k.shape
             self.k = k.new_empty(self.n_layer, B, nh, self.max_len, hs)
             self.v = torch.empty_like(self.k)
-        # BEGIN SOLUTION ex3: write after the self.len tokens already stored; return everything stored so far
         end = self.len + k.size(2)
         self.k[layer, :, :, self.len:end] = k
         self.v[layer, :, :, self.len:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-        # END SOLUTION
 
 
 class CausalSelfAttention(nn.Module):
@@ -104,6 +100,8 @@ class CausalSelfAttention(nn.Module):
             return F.dropout(self.c_proj(y.reshape(B, T, C)), dropout, self.training)
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         # is_causal aligns the first query with the first key: right unless cached keys come before the queries.
+        # After cached keys with no mask, every query sees every key: right for one new token only (next_logits
+        # passes a mask for several).
         # A Python bool (not `T > 1`, a symbolic bool under dynamic shapes that breaks torch.compile's graph).
         causal = mask is None and (cache is None or cache.len == 0)
         if cache is not None:
@@ -158,6 +156,13 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
     return (weights * ce).sum(), weights.sum()
 
 
+def head_positions(weights: torch.Tensor) -> torch.Tensor:
+    """(B, T) weights -> (N,) int64: the positions whose weight is not 0, as indices into the flattened (B * T)
+    tokens in row-major order (row 0's first). Only these reach the output head: the rest add nothing to the loss.
+    Reading their count waits for the device, so training calls this on the CPU, in data.collate."""
+    return torch.nonzero(weights.reshape(-1)).squeeze(1)  # (N, 1) -> (N,)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -198,8 +203,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, pos: torch.Tensor | None = None, doc: torch.Tensor | None = None,
                 select: torch.Tensor | None = None, neftune_alpha: float = 0.0,
                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V), or (N, V) for the N positions `select` names, in row-major order: a (B, T) bool
-        mask, or the (N,) indices of those positions in the flattened (B * T) tokens (no host sync).
+        """Logits (B, T, V); or (N, V) for the N positions `select` names: indices into the flattened (B * T)
+        tokens, such as head_positions gives (the output head, the largest matmul, runs on those rows only).
 
         pos: position ids (default 0..T-1). doc: example id of each token (-1 = padding), for NEFTune's lengths.
         cu_seqlens: only for packed rows (several examples per row): (D+1,) int32 start offsets of each run of
@@ -219,12 +224,8 @@ class GPT(nn.Module):
         x = self.embed(idx, pos, doc, neftune_alpha)
         for block in self.transformer.h:
             x = block(x, mask, None, varlen)
-        if select is not None and select.dtype != torch.bool:  # (N,) flat indices from collate: no host sync
-            x, select = x.flatten(0, 1).index_select(0, select), None  # (N, C)
         if select is not None:
-            # BEGIN SOLUTION ex4: keep only the selected positions before the output head
-            x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
-            # END SOLUTION
+            x = x.flatten(0, 1).index_select(0, select)  # (N, C): the other positions never reach the head
         return self.lm_head(self.transformer.ln_f(x))
 
     def uses_varlen(self, device: torch.device) -> bool:
@@ -235,22 +236,14 @@ class GPT(nn.Module):
                                                                                           torch.bfloat16)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, pos: torch.Tensor | None = None,
-             doc: torch.Tensor | None = None, neftune_alpha: float = 0.0, skip_zero: bool = True,
-             select: torch.Tensor | None = None,
+             doc: torch.Tensor | None = None, neftune_alpha: float = 0.0, select: torch.Tensor | None = None,
              cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches.
-        select: the flat indices of the nonzero weights (data.collate's Batch.select); a mask is made if None."""
-        if select is None:  # training passes collate's indices (no host sync); other callers get a mask here
-            # BEGIN SOLUTION ex4: which positions must reach the output head?
-            select = weights != 0 if skip_zero else None
-            # END SOLUTION
-        elif not skip_zero:
-            select = None
+        select: head_positions(weights) (data.collate's Batch.select), so that only the positions that weigh
+        anything reach the output head; None runs the head on every position (--no-skip_zero). Same numbers."""
         logits = self(idx, pos, doc, select, neftune_alpha, cu_seqlens)
         if select is None:
             return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
-        if select.dtype == torch.bool:
-            return weighted_cross_entropy(logits, targets[select], weights[select])
         return weighted_cross_entropy(logits, targets.flatten()[select], weights.flatten()[select])
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
@@ -270,29 +263,28 @@ class GPT(nn.Module):
                     padded: bool | None = None) -> torch.Tensor:
         """(B, V) logits for the token after each row of left-padded `tokens` (B, T), `valid` marking real ones.
 
-        With a cache only the tokens it has not seen run through the model. Past the block size (or without a
-        cache) the last block_size tokens run from scratch, as the model has no position beyond that.
-        padded: whether any row is left-padded, if the caller knows (reading `valid` would wait for the GPU).
+        With a cache only the tokens it has not seen run through the model, one or several at a time. Past the
+        block size (or without a cache) the last block_size tokens run from scratch, as the model has no position
+        beyond that. padded: whether any row is left-padded, if the caller knows (reading `valid` would wait for
+        the GPU).
         """
         if padded is None:
             padded = not bool(valid.all())
         if cache is not None and tokens.size(1) > cache.max_len:
             cache = None  # past the block size: positions shift every step, nothing cached stays valid
-        # BEGIN SOLUTION ex3: run only the tokens the cache has not seen, at their positions in their row
         start = cache.len if cache is not None else 0
         if cache is None:
             tokens, valid = tokens[:, -self.config.block_size:], valid[:, -self.config.block_size:]
         pos = (valid.cumsum(1) - 1).clamp(min=0)  # each row counts from its first real token
         doc = torch.where(valid, 0, -1)
-        mask = attention_mask(doc[:, start:], doc, start) if padded else None
+        # No mask only where is_causal is exact: nothing cached yet, or one new token (which sees every key).
+        several_after_cache = start > 0 and tokens.size(1) - start > 1
+        mask = attention_mask(doc[:, start:], doc, start) if padded or several_after_cache else None
         x = self.embed(tokens[:, start:], pos[:, start:], None, 0.0)
-        # END SOLUTION
         for block in self.transformer.h:
             x = block(x, mask, cache)
-        # BEGIN SOLUTION ex3: tell the cache what it has now seen
         if cache is not None:
             cache.len = tokens.size(1)
-        # END SOLUTION
         return self.lm_head(self.transformer.ln_f(x[:, -1]))
 
     @torch.no_grad()

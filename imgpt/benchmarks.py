@@ -42,9 +42,7 @@ def pick_acc(logprobs: list[float]) -> int:
 
 def pick_acc_norm(logprobs: list[float], choices: list[str]) -> int:
     """lm-eval `acc_norm`: the highest log-probability per character of the choice (`len(choice)`, no delimiter)."""
-    # BEGIN SOLUTION ex6: like pick_acc, on log-probability per character
     return max(range(len(logprobs)), key=lambda i: logprobs[i] / max(len(choices[i]), 1))
-    # END SOLUTION
 
 
 def read_text(path: str) -> str:
@@ -229,16 +227,16 @@ def scoring_rows(pairs: list[tuple[list[int], list[int]]], block_size: int) -> t
 
 
 def pad_rows(rows: list[tuple[tuple[int, ...], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded idx (B, T), select (B, T) marking each row's last n positions, and is_last (B, T)."""
+    """Right-padded idx (B, T); the (N,) scored positions, each row's last n, as indices into the flattened
+    (B * T) tokens (GPT.forward's `select`); and which of those N is its row's final position."""
     T = max(len(tokens) for tokens, _ in rows)
     idx = torch.zeros(len(rows), T, dtype=torch.long)
-    select = torch.zeros(len(rows), T, dtype=torch.bool)
-    is_last = torch.zeros(len(rows), T, dtype=torch.bool)
+    scored, is_last = [], []
     for r, (tokens, n) in enumerate(rows):
         idx[r, :len(tokens)] = torch.tensor(tokens)
-        select[r, len(tokens) - n:len(tokens)] = True
-        is_last[r, len(tokens) - 1] = True
-    return idx, select, is_last
+        scored += range(r * T + len(tokens) - n, r * T + len(tokens))
+        is_last += [False] * (n - 1) + [True]
+    return idx, torch.tensor(scored, dtype=torch.long), torch.tensor(is_last)
 
 
 @torch.no_grad()
@@ -255,14 +253,13 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
     out = [0.0] * len(pairs)
     for start in tqdm(range(0, len(order), batch_size), desc="scoring choices", disable=not show, leave=False):
         chunk = order[start:start + batch_size]
-        idx, select, is_last = (t.to(device) for t in pad_rows([rows[r] for r in chunk]))
+        idx, select, last = (t.to(device) for t in pad_rows([rows[r] for r in chunk]))
         with amp if amp is not None else contextlib.nullcontext():
             logits = model(idx, select=select)  # (N, V): the scored positions, row-major
         logp = logits.float().log_softmax(-1)  # (N, V)
-        next_tokens = torch.cat([idx[:, 1:], idx[:, :1]], dim=1)[select]  # (N,) targets inside the input
-        last = is_last[select]  # (N,): each row's final position, whose target differs between its pairs
-        shared = logp.gather(1, next_tokens[:, None]).squeeze(1).masked_fill(last, 0.0)  # (N,)
-        row = torch.arange(len(chunk), device=device)[:, None].expand_as(select)[select]  # (N,)
+        next_tokens = torch.cat([idx[:, 1:], idx[:, :1]], dim=1).flatten()[select]  # (N,) targets inside the input
+        shared = logp.gather(1, next_tokens[:, None]).squeeze(1).masked_fill(last, 0.0)  # (N,) but the rows' last
+        row = select // idx.size(1)  # (N,) the row of each scored position
         shared_sums = torch.zeros(len(chunk), device=device).index_add_(0, row, shared)  # (B,)
         ids = [i for r in chunk for i in members[r]]  # the pairs this batch scores, and their rows in it
         in_row = torch.tensor([b for b, r in enumerate(chunk) for _ in members[r]], device=device)

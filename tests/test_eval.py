@@ -145,7 +145,7 @@ class Uniform(torch.nn.Module):
     config = GPTConfig(block_size=64, vocab_size=257, n_layer=1, n_head=1, n_embd=8)
 
     def forward(self, idx, select=None):
-        return torch.zeros(int(select.sum()), 257)
+        return torch.zeros(len(select), 257)
 
 
 @pytest.mark.ex6

@@ -49,6 +49,25 @@ def padding(row: int) -> int:
 
 
 @pytest.mark.ex3
+def test_a_cached_call_with_several_new_tokens_keeps_them_causal(varied):
+    """next_logits' contract allows several new tokens after cached ones (a prompt fed in two parts). Unpadded, so
+    no row needs a padding mask: each new token must still see only the tokens before it, as without a cache."""
+    tokens = torch.randint(0, 67, (2, 10), generator=torch.Generator().manual_seed(0))
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    cache = KVCache(varied.config.n_layer, 16)
+    with torch.no_grad():
+        varied.next_logits(tokens[:, :4], valid[:, :4], cache)
+        got = varied.next_logits(tokens[:, :9], valid[:, :9], cache)  # 5 new tokens after 4 cached
+        after = varied.next_logits(tokens, valid, cache)  # then one more, reading the keys the 5 left in the cache
+        want, want_after = (varied.next_logits(tokens[:, :t], valid[:, :t], None) for t in (9, 10))
+    for name, g, w in (("the 5-token call", got, want), ("the 1-token call after it", after, want_after)):
+        diff = (g - w).abs().max().item()
+        assert diff < 1e-5, (f"2 unpadded rows, 4 tokens cached, then 5 new ones in one call: {name}'s logits differ "
+                             f"from those without a cache by {diff:.2e}, expected below 1e-5 (does each new token see "
+                             f"only the keys up to its own position?)")
+
+
+@pytest.mark.ex3
 def test_each_cached_step_runs_only_the_new_token(varied):
     widths = []
     varied.transformer.h[0].register_forward_pre_hook(lambda m, args: widths.append(args[0].size(1)))

@@ -8,7 +8,7 @@ from imgpt.cli import UserError
 from imgpt.gpt_config import GPTConfig
 from imgpt.sampling import sample_next, top_k_filter, top_p_filter
 from imgpt.tokenizers import get_tokenizer
-from model import GPT, KVCache, weighted_cross_entropy
+from model import GPT, KVCache, head_positions, weighted_cross_entropy
 
 
 @pytest.fixture
@@ -124,21 +124,31 @@ def test_weighted_cross_entropy_ignores_targets_under_zero_weight():
 
 
 @pytest.mark.ex4
+def test_head_positions_are_the_flat_row_major_indices_of_nonzero_weights():
+    weights = torch.tensor([[0.0, 1.0, 0.0, 0.3], [0.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    got = head_positions(weights)
+    assert got.dtype == torch.int64 and got.tolist() == [1, 3, 4], (
+        f"head_positions of a (3, 4) weight matrix with nonzero weights at (0, 1), (0, 3), (1, 0): {got.tolist()} "
+        f"({got.dtype}), expected [1, 3, 4] (int64): row r, column t is index r * 4 + t, row-major order")
+    assert head_positions(torch.zeros(2, 5)).tolist() == [], "all weights 0: expected no positions"
+
+
+@pytest.mark.ex4
 def test_skipping_zero_weights_changes_nothing(tiny):
     idx, targets = torch.randint(0, 67, (3, 12)), torch.randint(0, 67, (3, 12))
     weights = (torch.rand(3, 12) > 0.5).float() * 0.7
     results = []
-    for skip in (True, False):
+    for select in (head_positions(weights), None):
         tiny.zero_grad()
-        s, w = tiny.loss(idx, targets, weights, skip_zero=skip)
+        s, w = tiny.loss(idx, targets, weights, select=select)
         s.backward()
         results.append((s.item(), w.item(), tiny.transformer.h[0].attn.c_attn.weight.grad.clone()))
     (s1, w1, g1), (s0, w0, g0) = results
     assert abs(s1 - s0) < 1e-5 and abs(w1 - w0) < 1e-5, (
-        f"loss() of a (3, 12) batch, about half its weights 0: ({s1:.5f}, {w1:.5f}) with skip_zero, ({s0:.5f}, "
-        f"{w0:.5f}) without: expected equal to 1e-5")
+        f"loss() of a (3, 12) batch, about half its weights 0: ({s1:.5f}, {w1:.5f}) with select=head_positions("
+        f"weights), ({s0:.5f}, {w0:.5f}) without: expected equal to 1e-5")
     diff = (g1 - g0).abs().max().item()
-    assert diff < 1e-6, f"the same batch: gradients with and without skip_zero differ by up to {diff:.1e}, expected 0"
+    assert diff < 1e-6, f"the same batch: gradients with and without select differ by up to {diff:.1e}, expected 0"
 
 
 @pytest.mark.ex4
@@ -162,9 +172,9 @@ def test_optimizer_decays_matrices_only(tiny):
 @pytest.mark.ex4
 def test_select_returns_only_selected_rows(tiny):
     idx = torch.randint(0, 67, (2, 6))
-    select = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    chosen = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
-        got, want = tiny(idx, select=select), tiny(idx)[select]
+        got, want = tiny(idx, select=head_positions(chosen)), tiny(idx)[chosen]
     assert got.shape == want.shape, f"forward(select=) with 4 of 12 positions selected: logits {tuple(got.shape)}, " \
                                     f"expected {tuple(want.shape)}, the selected positions in row-major order"
     diff = (got - want).abs().max().item()
@@ -181,15 +191,15 @@ def test_output_head_runs_only_on_positions_with_nonzero_weight(tiny):
     weights[0, 6:], weights[1, 3:5] = 1.0, 0.5  # IT: the prompt's targets are real tokens, their weights 0
     targets[1, 8:] = -1  # padding
     with torch.no_grad():
-        tiny.loss(idx, targets, weights)
-        tiny(idx, select=weights != 0)
+        tiny.loss(idx, targets, weights, select=head_positions(weights))
+        tiny(idx, select=head_positions(weights))
     want = int((weights != 0).sum())
     assert rows == [want, want], (f"the output head ran on {rows[0]} rows in loss() and {rows[1]} in forward(select=), "
                                   f"expected {want}, the positions with nonzero weight (weights {weights.tolist()})")
 
 
 @pytest.mark.ex4
-def test_without_skip_zero_the_output_head_runs_on_every_position(tiny):
+def test_without_select_the_output_head_runs_on_every_position(tiny):
     """--no-skip_zero is bench_train's baseline: the head on every position, whatever the weights."""
     rows = []
     tiny.lm_head.register_forward_pre_hook(lambda m, args: rows.append(args[0].numel() // args[0].size(-1)))
@@ -197,8 +207,8 @@ def test_without_skip_zero_the_output_head_runs_on_every_position(tiny):
     weights = torch.zeros(2, 10)
     weights[0, 6:] = 1.0  # 4 of 20 positions weigh anything
     with torch.no_grad():
-        tiny.loss(idx, targets, weights, skip_zero=False)
-    assert rows == [20], (f"loss(skip_zero=False) of a (2, 10) batch with 4 nonzero weights ran the output head on "
+        tiny.loss(idx, targets, weights)
+    assert rows == [20], (f"loss() without select of a (2, 10) batch with 4 nonzero weights ran the output head on "
                           f"{rows} rows, expected [20]: every position")
 
 

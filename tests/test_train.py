@@ -217,7 +217,7 @@ def hand_losses(model, examples, prompt_loss_weight: float) -> dict[str, float]:
     with torch.no_grad():
         for e in examples:
             b = collate([e], prompt_loss_weight=prompt_loss_weight)
-            ce, w = model.loss(b.idx, b.targets, b.weights, pos=b.pos, doc=b.doc, skip_zero=False)
+            ce, w = model.loss(b.idx, b.targets, b.weights, pos=b.pos, doc=b.doc)
             outputs = collate([e], prompt_loss_weight=0.0).weights.sum().item()
             sums.append((ce.item(), w.item(), outputs))
     return {"token": sum(c for c, _, _ in sums) / sum(w for _, w, _ in sums),
