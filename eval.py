@@ -153,7 +153,7 @@ def autocast(device: str, dtype: str):
 
 def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: int) -> dict:
     """Output-only loss (and the prompt loss, for reference) under the training template, all ranks together."""
-    examples, stats = data.encode_dataset(convs, tok, max_len)
+    examples, stats = data.encode_dataset(convs, tok, max_len, prompt_loss_weight=0.0)  # scored by segment
     dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     r = segment_losses(model, examples, cfg.batch_size, dist.device, dist, autocast_dtype=dtype)
     return {"examples": len(examples), "output_loss": r["output_loss"], "perplexity": math.exp(r["output_loss"]),
@@ -170,7 +170,7 @@ def probe_metrics(model, tok, saved: dict, cfg: EvalConfig, dist: Dist) -> dict:
     world = synthetic.synthetic_world({**splits.SPLIT_DEFAULTS, **saved}["synth_keys"])
     r = {"facts": len(world)}
     for depth in (0, *PROBE_DEPTHS):
-        examples, _ = data.encode_dataset(synthetic.probe_conversations(world, lines_before=depth), tok, None)
+        examples, _ = data.encode_dataset(synthetic.probe_conversations(world, lines_before=depth), tok, None, 0.0)
         rate = exact_match_rate(model, examples, cfg.batch_size, tok.eot_token, dist)
         r["exact_match" if depth == 0 else f"after_{depth}_lines"] = rate
     return r

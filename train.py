@@ -45,7 +45,7 @@ from imgpt.splits import SYNTHETIC
 from imgpt.tokenizers import get_tokenizer, tokenizer_record
 from imgpt.train_config import TrainConfig, resolve, scratch_config
 from imgpt.train_report import startup_lines, summary_lines
-from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, sum_totals
+from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, step_divisor, step_totals
 from metrics import evaluate
 from model import GPT, load_model, model_from_payload
 
@@ -81,7 +81,6 @@ class Session:
     clock: float = 0.0  # when the pending steps began
     speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
     totals: object = None  # loss.example_totals of the training set: each step adds up its rows
-    output_totals: object = None  # the same at prompt and template weight 0: --loss_reduction output's N
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -91,19 +90,14 @@ class Session:
             with open(self.path("log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def amp(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(self.d.device).type, dtype=self.amp_dtype)
-
 
 def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
     """This rank's micro-batches of the step `ids`, collated on the CPU (in pinned memory for CUDA). A pure
     function of the ids, so a background thread can build the next step's while the GPU runs this one."""
     cfg, d = s.cfg, s.d
     accum = math.ceil(len(ids) / (cfg.micro_batch_size * d.world_size))  # fewer for a short (or token-capped) step
-    return step_batches(s.train, micro_batches(ids, d.rank, d.world_size, accum), cfg.prompt_loss_weight,
-                        cfg.template_loss_weight, cfg.pack, cfg.loss_reduction, pin=d.device.startswith("cuda"))
+    return step_batches(s.train, micro_batches(ids, d.rank, d.world_size, accum), cfg.pack, cfg.loss_reduction,
+                        pin=d.device.startswith("cuda"))
 
 
 def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
@@ -115,30 +109,28 @@ def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
     lr = lr_at(s.prog.step, s.total, cfg.lr, cfg.min_lr, math.ceil(cfg.warmup_ratio * s.total), cfg.schedule)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
-    weight_sum, n_examples, tokens, weighted = sum_totals(s.totals, ids)
-    divisor = n_examples if cfg.loss_reduction == "sequence" else weight_sum  # loss.py: the three reductions
-    if cfg.loss_reduction == "output":
-        divisor = sum_totals(s.output_totals, ids)[0]
+    divisor = step_divisor(s.totals, ids, cfg.loss_reduction)  # N of the whole step, every rank
     batches = [None if b is None else b.to(d.device) for b in batches]
     dummy = None
     if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
-        dummy = collate([s.train[ids[0]]], cfg.prompt_loss_weight, cfg.template_loss_weight).to(d.device)
+        dummy = collate([s.train[ids[0]]]).to(d.device)
     for b in batches + [dummy]:
         if cfg.compile and b is not None:
             mark_dynamic(b)
-    sums = run_micro_batches(s.step_loss, batches, dummy, max(divisor, 1e-12), d.world_size, s.ref, cfg.kl_coef,
-                             s.amp(), s.scaler)
+    sums = run_micro_batches(s.step_loss, batches, dummy, divisor, d.world_size, s.ref, cfg.kl_coef, s.amp_dtype,
+                             s.scaler)
     s.scaler.unscale_(s.optimizer)  # clip the true gradient, not the fp16-scaled one
     grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or math.inf)
     s.scaler.step(s.optimizer)
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
     s.prog.step, s.prog.index = s.prog.step + 1, s.prog.index + 1
-    c = s.model.config
+    c, step = s.model.config, step_totals(s.totals, ids)
     flops = training_flops(c.n_layer, c.n_embd, c.vocab_size, [len(s.train[i].ids) - 1 for i in ids],
-                           weighted if cfg.skip_zero else tokens, reference=s.ref is not None)
+                           step["weighted_positions"] if cfg.skip_zero else step["positions"],
+                           reference=s.ref is not None)
     rec = {"step": s.prog.step, "sums": sums.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
-           "weighted_tokens": weight_sum, "tokens": tokens, "flops": flops}
+           "weight_sum": step["weight_sum"], "tokens": step["positions"], "flops": flops}
     s.pending.append(rec)
     return rec
 
@@ -275,8 +267,7 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
     s = Session(cfg, d, model, step_loss, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
                 train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak,
-                totals=example_totals(train_ex, cfg.prompt_loss_weight, cfg.template_loss_weight),
-                output_totals=example_totals(train_ex, 0.0) if cfg.loss_reduction == "output" else None)
+                totals=example_totals(train_ex))
     if d.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in

@@ -2,6 +2,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from imgpt.cli import UserError
@@ -28,6 +30,13 @@ def autodetect_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def autocast(device: str | torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision on `device`'s kind in `dtype` (amp_dtype_for's choice); None: plain float32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def amp_dtype_for(dtype: str, device_type: str) -> torch.dtype | None:

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 import loss as L  # noqa: E402
 import train as T  # noqa: E402
-from data import collate, useful_fraction  # noqa: E402
+from data import collate, make_example, useful_fraction  # noqa: E402
 from imgpt.batching import plan_epoch  # noqa: E402
 from imgpt.cli import UserError, opt, parse_config, run_cli  # noqa: E402
 from imgpt.device import autodetect_device  # noqa: E402
@@ -117,13 +117,14 @@ def session(cfg: BenchConfig, size: str) -> T.Session | None:
 def use(s: T.Session, loss: str, skip: bool) -> None:
     """Switch the session between the four settings: the weights of the batch, and the seam in the model."""
     s.cfg = dataclasses.replace(s.cfg, loss=loss, prompt_loss_weight=1.0 if loss == "im" else 0.0)
-    s.totals = L.example_totals(s.train, s.cfg.prompt_loss_weight, s.cfg.template_loss_weight)  # the step's sums
+    s.train = [make_example(e.ids, e.segs, s.cfg.prompt_loss_weight, s.cfg.template_loss_weight) for e in s.train]
+    s.totals = L.example_totals(s.train)  # the step's sums, from the weights the examples now carry
     s.step_loss.skip_zero = skip
 
 
 def data_stats(s: T.Session, plan: list[list[int]]) -> dict:
     """Instruction/output token ratio, useful (non-padding) fraction, weighted fraction under IT and IM."""
-    batches = [collate([s.train[i] for i in ids], 0.0) for ids in plan]
+    batches = [collate([s.train[i] for i in ids]) for ids in plan]
     segs = torch.cat([b.segs.flatten() for b in batches])
     prompt, output = ((segs == 1) | (segs == 2)).sum().item(), ((segs == 3) | (segs == 4)).sum().item()
     real = sum((b.doc >= 0).sum().item() for b in batches)

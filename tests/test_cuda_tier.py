@@ -18,6 +18,7 @@ import sample
 import train as T
 from conftest import tiny_run
 from cuda_sim import CudaSim, CudaTensor
+from data import ASSISTANT, EOT, loss_weights
 from imgpt import distributed
 from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
@@ -373,9 +374,12 @@ def test_loss_totals_are_counted_once_per_dataset(tmp_path, monkeypatch):
     assert calls == [20]  # once, over the 20 training examples
     s = T.setup(resolve(tiny_run(tmp_path / "again", prompt_loss_weight=0.3)), distributed.Dist())
     for ids in plan_epoch(s.cfg, s.train, 0):
-        w = [np.asarray(L.loss_weights(s.train[i].segs, 0.3)[1:], dtype=np.float64) for i in ids]
-        assert L.sum_totals(s.totals, ids) == pytest.approx(
-            (sum(float(x.sum()) for x in w), len(ids), sum(len(x) for x in w), sum(int((x != 0).sum()) for x in w)),
+        w = [np.asarray(loss_weights(s.train[i].segs, 0.3)[1:], dtype=np.float64) for i in ids]
+        out = sum(seg in (ASSISTANT, EOT) for i in ids for seg in s.train[i].segs[1:])
+        got = L.step_totals(s.totals, ids)
+        assert got == pytest.approx(
+            {"weight_sum": sum(float(x.sum()) for x in w), "output_tokens": out, "examples": len(ids),
+             "positions": sum(len(x) for x in w), "weighted_positions": sum(int((x != 0).sum()) for x in w)},
             rel=1e-12)
 
 
@@ -410,7 +414,10 @@ def test_bench_train_switches_the_step_totals_with_the_loss():
     import loss as L
     cfg = make_config(bench_train.BenchConfig, dict(sizes=["tiny"], device="cpu"))
     s = bench_train.session(cfg, "tiny")
+    sums = {}
     for loss, weight in (("im", 1.0), ("it", 0.0), ("im", 1.0)):
         bench_train.use(s, loss, True)
-        assert (s.totals == L.example_totals(s.train, weight)).all()
-    assert s.totals[:, 0].sum() > L.example_totals(s.train, 0.0)[:, 0].sum()  # IM weighs the instructions too
+        assert all(e.weights == loss_weights(e.segs, weight) for e in s.train)
+        assert (s.totals == L.example_totals(s.train)).all()
+        sums[loss] = s.totals[:, 0].sum()
+    assert sums["im"] > sums["it"]  # IM weighs the instructions too

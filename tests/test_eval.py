@@ -368,7 +368,7 @@ def test_train_exact_match_is_token_exact_from_the_training_prefix(tok):
     import metrics
     convs = [[{"role": "user", "content": f"K{i}="}, {"role": "assistant", "content": a}]
              for i, a in enumerate(["abcd", "efgh", "ijkl"])]
-    examples, _ = data.encode_dataset(convs, tok, 64)
+    examples, _ = data.encode_dataset(convs, tok, 64, 0.0)
     answers = {tuple(data.prompt_ids(c, tok)): tok.encode_ordinary(c[1]["content"]) for c in convs}
 
     class Replies(torch.nn.Module):  # answers prompt i with replies[i], or the right answer
