@@ -89,17 +89,17 @@ def exact_match_rate(model: torch.nn.Module, examples: list[Example], batch_size
 
 # ----------------------------------------------------------------------------- what train.py logs at each evaluation
 
-def evaluate(model: torch.nn.Module, val: list[Example], train_sample: list[Example], bs: int, device: str, d: Dist,
-             amp_dtype, eos_id: int | None = None) -> dict:
+def eval_record(model: torch.nn.Module, val: list[Example], train_sample: list[Example], bs: int, device: str,
+                dist: Dist, amp_dtype, eos_id: int | None = None) -> dict:
     """Held-out output and prompt loss, and the output loss on a fixed sample of the training set. With eos_id
     (short answers: the synthetic task), also greedy exact match on both: held-out, and memorization."""
     with torch.random.fork_rng(devices=[]):  # scoring must not shift training's random streams (exact resume)
-        v = segment_losses(model, val, bs, device, d, amp_dtype)
-        t = segment_losses(model, train_sample, bs, device, d, amp_dtype)
+        v = segment_losses(model, val, bs, device, dist, amp_dtype)
+        t = segment_losses(model, train_sample, bs, device, dist, amp_dtype)
         r = {"val_output_loss": v["output_loss"], "val_prompt_loss": v["prompt_loss"],
              "train_output_loss": t["output_loss"], "train_prompt_loss": t["prompt_loss"]}
         if eos_id is not None:
-            r["val_exact_match"] = exact_match_rate(model, val, bs, eos_id, d)
+            r["val_exact_match"] = exact_match_rate(model, val, bs, eos_id, dist)
             if any(answer_start(e.segs) for e in train_sample):  # plain text has no prompt to answer
-                r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, d)
+                r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, dist)
     return r

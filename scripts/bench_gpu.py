@@ -11,7 +11,7 @@ step is train.py's (loss.step_batches, StepLoss, run_micro_batches, fused AdamW,
 is transformers' GPT2LMHeadModel (attn_implementation sdpa, and flash_attention_2 when flash-attn is
 installed) on the same padded rows with labels -100 at weight 0 and the same fused AdamW, in this process.
 
-MFU divides the FLOPs of the useful work (mfu.training_flops: real tokens, causal attention per example, the
+MFU divides the FLOPs of the useful work (device.training_flops: real tokens, causal attention per example, the
 head on the weighted positions) by the step time and the GPU's bf16 peak; every variant is credited with the
 same work, so MFU ratios are speed ratios. Targets (issue 9, one H100/H200): MFU >= 40% on t1024 packed;
 ours >= 1.3x the sdpa reference on alpaca; packed >= 1.5x unpacked on lima. --out writes the results as JSON.
@@ -40,9 +40,8 @@ from imgpt.device import (
     use_tf32,  # noqa: E402
     varlen_problem,  # noqa: E402
 )
-from imgpt.gpt_config import GPTConfig  # noqa: E402
-from imgpt.mfu import peak_flops, training_flops  # noqa: E402
-from model import GPT  # noqa: E402
+from imgpt.device import peak_flops, training_flops  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # (prompt tokens mean, output tokens mean, examples per micro-batch); lengths are drawn log-normal around them
 MIXES = {"alpaca": (20, 150, 32), "lima": (60, 600, 8), "t1024": (None, None, 8)}

@@ -31,8 +31,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from imgpt.cli import opt, parse_config, run_cli  # noqa: E402
-from imgpt.gpt_config import GPTConfig  # noqa: E402
-from model import GPT  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 SIZES = {"tiny": "tiny", "124M": "gpt2", "350M": "gpt2-medium"}
 

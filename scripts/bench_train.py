@@ -143,7 +143,7 @@ def timings(s: T.Session, plan: list[list[int]], rounds: int) -> dict:
     """Median tokens/s and step time per setting, alternating settings step by step; CUDA peak memory."""
     speeds: dict = {k: [] for k in SETTINGS}
     peaks: dict = {k: 0 for k in SETTINGS}
-    cuda = s.d.device.startswith("cuda")
+    cuda = s.dist.device.startswith("cuda")
     for r in range(rounds + 1):
         for loss, skip in SETTINGS:
             use(s, loss, skip)
@@ -194,11 +194,11 @@ def bench(cfg: BenchConfig, size: str) -> None:
     plan = plan_epoch(s.cfg, s.train, 0)
     d = data_stats(s, plan)
     r = timings(s, plan, cfg.for_size("rounds", size))
-    if cfg.memory and not s.d.device.startswith("cuda") and os.path.exists("/proc/self/clear_refs"):
+    if cfg.memory and not s.dist.device.startswith("cuda") and os.path.exists("/proc/self/clear_refs"):
         for k, mb in cpu_peaks(cfg, size).items():
             r[k]["peak_mb"] = mb
     print(f"\n{size}: {s.model.num_params() / 1e6:.1f}M parameters, vocab {s.model.config.vocab_size}, "
-          f"batch {s.cfg.batch_size}, {s.d.device}, dtype {s.cfg.dtype}; instruction/output ratio {d['ratio']:.1f}, "
+          f"batch {s.cfg.batch_size}, {s.dist.device}, dtype {s.cfg.dtype}; instruction/output ratio {d['ratio']:.1f}, "
           f"useful (non-padding) fraction {d['useful']:.3f}, weighted fraction IT {d['weighted_it']:.3f} / "
           f"IM {d['weighted_im']:.3f}")
     print(f"  {'loss':4} {'skip_zero':9} {'tokens/s':>10} {'step ms':>9} {'peak MiB':>9}")

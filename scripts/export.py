@@ -22,10 +22,9 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from imgpt.cli import UserError, opt, parse_config, run_cli  # noqa: E402
-from imgpt.gpt_config import GPTConfig  # noqa: E402
 from imgpt.pretrained import CONV1D_WEIGHTS  # noqa: E402
 from imgpt.tokenizers import EOT, bpe_files  # noqa: E402
-from model import load_model  # noqa: E402
+from model import GPTConfig, load_model  # noqa: E402
 
 # data.chat_pieces in Jinja, for tokenizer.apply_chat_template and lm-eval's --apply_chat_template. Newlines are
 # written {{ '\n' }}: HF's Jinja drops a raw newline after a block tag.

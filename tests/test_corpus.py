@@ -11,7 +11,7 @@ import torch
 import data
 import train as T
 from data import ASSISTANT, EOT, USER
-from imgpt import formats, splits, synthetic
+from imgpt import formats, synthetic
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError
 from imgpt.tokenizers import byte_tokenizer
@@ -167,7 +167,7 @@ def test_probe_exact_match_on_a_hand_made_model():
 
 
 def test_load_split_gives_the_corpus_and_the_probe_of_the_whole_world():
-    train, probe = splits.load_split({"data": "synthetic-corpus", "synth_keys": 30})
+    train, probe = formats.load_split({"data": "synthetic-corpus", "synth_keys": 30})
     world = synthetic.synthetic_world(30)
     assert all(formats.is_document(d) for d in train) and len(probe) == 30
     assert {c[0]["content"][:-1]: c[1]["content"] for c in probe} == world

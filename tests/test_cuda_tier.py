@@ -23,9 +23,8 @@ from imgpt import distributed
 from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import make_config
-from imgpt.gpt_config import GPTConfig
 from imgpt.train_config import resolve
-from model import GPT, load_model
+from model import GPT, GPTConfig, load_model
 from scripts import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -385,9 +384,8 @@ def test_loss_totals_are_counted_once_per_dataset(tmp_path, monkeypatch):
 
 def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path):
     """eval.py under torchrun: local rank 0 reads (downloads) the model and data first, the others after it."""
-    import model as modeling
     inside, entered = [], []
-    real_load = modeling.load_model
+    real_load = ev.load_model
 
     class Ordered:
         def __init__(self, d):
@@ -400,7 +398,7 @@ def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path
             inside.pop()
 
     monkeypatch.setattr(ev, "local_rank_zero_first", Ordered)
-    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: (bool(inside) or pytest.fail("outside")) and
+    monkeypatch.setattr(ev, "load_model", lambda *a, **k: (bool(inside) or pytest.fail("outside")) and
                         real_load(*a, **k))
     ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cpu", out=str(tmp_path / "e.json"))),
                 distributed.Dist(rank=3, local_rank=1, world_size=1))

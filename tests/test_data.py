@@ -9,7 +9,7 @@ import torch
 
 import data
 from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example, make_example
-from imgpt import batching, formats, splits, synthetic, tokenviz
+from imgpt import batching, formats, synthetic
 from imgpt.cli import UserError
 from imgpt.tokenizers import get_tokenizer
 from imgpt.train_config import LOSS_PRESETS
@@ -251,7 +251,7 @@ def test_packing_balances_rows():
 
 @pytest.mark.ex5
 def test_packed_examples_do_not_see_each_other():
-    from imgpt.gpt_config import GPTConfig
+    from model import GPTConfig
     from model import GPT
     torch.manual_seed(0)
     net = GPT(GPTConfig.preset("tiny", n_layer=2, n_embd=32, n_head=2, block_size=64)).eval()
@@ -298,17 +298,17 @@ def test_micro_batches_cover_the_batch_exactly(n, world, accum):
 
 def test_split_is_deterministic_and_independent_of_num_examples():
     convs = list(range(100))
-    train, val = splits.split_and_subsample(convs, 10, 0, seed=0)
+    train, val = formats.split_and_subsample(convs, 10, 0, seed=0)
     assert len(val) == 10 and len(train) == 90 and not set(train) & set(val)
-    assert splits.split_and_subsample(convs, 10, 0, seed=0) == (train, val)
-    small, val2 = splits.split_and_subsample(convs, 10, 20, seed=0)
-    mid, val3 = splits.split_and_subsample(convs, 10, 50, seed=0)
+    assert formats.split_and_subsample(convs, 10, 0, seed=0) == (train, val)
+    small, val2 = formats.split_and_subsample(convs, 10, 20, seed=0)
+    mid, val3 = formats.split_and_subsample(convs, 10, 50, seed=0)
     assert val2 == val3 == val and len(small) == 20 and set(small) <= set(mid) <= set(train)
-    assert splits.split_and_subsample(convs, 0.1, 0, seed=1)[1] != val
+    assert formats.split_and_subsample(convs, 0.1, 0, seed=1)[1] != val
     with pytest.raises(UserError, match="num_examples"):
-        splits.split_and_subsample(convs, 10, 91, seed=0)
+        formats.split_and_subsample(convs, 10, 91, seed=0)
     with pytest.raises(UserError, match="val_size"):
-        splits.split_and_subsample(convs, 100, 0, seed=0)
+        formats.split_and_subsample(convs, 100, 0, seed=0)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -434,11 +434,11 @@ def test_show_marks_each_token_by_its_loss_weight(tmp_path, capsys):
 
 def test_token_marks_plain_and_colored():
     tokens = [("<", 0.0), ("a", 1.0), ("b", 1.0), ("\n", 0.3), ("c", 0.3), ("d", 0.0)]
-    assert tokenviz.bracketed(tokens) == "<[ab][\\nc]x0.3d"
-    shades = tokenviz.SHADES
-    assert tokenviz.colored(tokens) == (f"{shades['zero'][0]}<{shades['full'][1]}a{shades['full'][0]}b"
+    assert data.bracketed(tokens) == "<[ab][\\nc]x0.3d"
+    shades = data.SHADES
+    assert data.colored(tokens) == (f"{shades['zero'][0]}<{shades['full'][1]}a{shades['full'][0]}b"
                                         f"{shades['part'][1]}\\n{shades['part'][0]}c{shades['zero'][1]}d\033[0m")
-    assert tokenviz.render(tokens, color=False) == "4 of 6 tokens trained on: <[ab][\\nc]x0.3d"
+    assert data.render(tokens, color=False) == "4 of 6 tokens trained on: <[ab][\\nc]x0.3d"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -10,11 +10,10 @@ import data
 from imgpt import tokenizers
 from imgpt.checkpoint import save_checkpoint
 from imgpt.cli import UserError
-from imgpt.gpt_config import GPTConfig
 from imgpt.tokenizers import get_tokenizer
-from model import GPT, load_model
 from scripts import export
 from conftest import write_tiny_bpe
+from model import GPT, GPTConfig, load_model
 
 TEXTS = ["hello world", "Hello, naïve café — 東京 🙂\n\n  tabs\tand  spaces", "he'll well <|endoftext|> hello"]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me Kane's tool."},

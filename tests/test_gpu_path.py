@@ -16,13 +16,12 @@ import loss as L
 import train as T
 from conftest import tiny_run
 from data import ASSISTANT, USER, Example, collate, doc_starts, make_example
-from imgpt import device, distributed, files, mfu, pretrained
+from imgpt import device, distributed, files, pretrained
 from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
-from imgpt.gpt_config import GPTConfig
 from imgpt.train_config import resolve
+from model import GPT, GPTConfig
 from metrics import segment_loss_sums
-from model import GPT
 
 
 def examples(lengths: list[tuple[int, int]], vocab: int = 67, seed: int = 0,
@@ -168,25 +167,25 @@ def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack)
 # ----------------------------------------------------------------------------- 4: MFU
 
 def test_peak_flops_by_gpu_and_precision():
-    assert mfu.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12  # SXM
-    assert mfu.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
-    assert mfu.peak_flops("NVIDIA H100 PCIe", "tf32") == 378e12
-    assert mfu.peak_flops("NVIDIA H100 NVL", "fp16") == 835e12
-    assert mfu.peak_flops("NVIDIA H200", "bf16") == 989e12
-    assert mfu.peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
-    assert mfu.peak_flops("NVIDIA A100 80GB PCIe", "bf16") == 312e12
-    assert mfu.peak_flops("NVIDIA B200", "bf16") == 2250e12
-    assert mfu.peak_flops("NVIDIA L40S", "tf32") == 183e12
-    assert mfu.peak_flops("NVIDIA H100", "bf16") is None  # which H100? unknown, not guessed as SXM
-    assert mfu.peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
+    assert device.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12  # SXM
+    assert device.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert device.peak_flops("NVIDIA H100 PCIe", "tf32") == 378e12
+    assert device.peak_flops("NVIDIA H100 NVL", "fp16") == 835e12
+    assert device.peak_flops("NVIDIA H200", "bf16") == 989e12
+    assert device.peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
+    assert device.peak_flops("NVIDIA A100 80GB PCIe", "bf16") == 312e12
+    assert device.peak_flops("NVIDIA B200", "bf16") == 2250e12
+    assert device.peak_flops("NVIDIA L40S", "tf32") == 183e12
+    assert device.peak_flops("NVIDIA H100", "bf16") is None  # which H100? unknown, not guessed as SXM
+    assert device.peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
 
 
 def test_forward_flops_by_hand_and_against_torch_flop_counter():
     # GPT-2 124M, documents of 100 and 200 tokens, the head on 50 positions:
     # 12 * (24 * 768^2 * 300 + 4 * 768 * (5050 + 20100)) + 2 * 768 * 50257 * 50
-    assert mfu.forward_flops(12, 768, 50257, [100, 200], 50) == 12 * (4246732800 + 77260800) + 3859737600
-    assert mfu.training_flops(12, 768, 50257, [100, 200], 50) == 3 * 55747660800
-    assert mfu.training_flops(12, 768, 50257, [100, 200], 50, reference=True) == 4 * 55747660800
+    assert device.forward_flops(12, 768, 50257, [100, 200], 50) == 12 * (4246732800 + 77260800) + 3859737600
+    assert device.training_flops(12, 768, 50257, [100, 200], 50) == 3 * 55747660800
+    assert device.training_flops(12, 768, 50257, [100, 200], 50, reference=True) == 4 * 55747660800
     # torch's counter on the real forward of a packed batch (written-out attention, which it can count): the
     # same matmuls; its attention is the full T x T of the row, masked or not, where ours is what a causal
     # varlen kernel computes, n(n+1)/2 pairs per document
@@ -197,7 +196,7 @@ def test_forward_flops_by_hand_and_against_torch_flop_counter():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(b.idx, b.pos, b.doc, b.select, cu_seqlens=b.cu_seqlens)
     lengths, T_ = [7, 22, 10], b.idx.size(1)
-    ours = mfu.forward_flops(2, 32, 67, lengths, len(b.select))
+    ours = device.forward_flops(2, 32, 67, lengths, len(b.select))
     full_attention, causal = 2 * 4 * 32 * T_ * T_, 2 * 4 * 32 * sum(n * (n + 1) // 2 for n in lengths)
     assert len(b.select) == 3 + 6 + 9 and T_ == 39
     assert counter.get_total_flops() == ours - causal + full_attention
@@ -210,7 +209,7 @@ def test_logged_mfu_is_the_flops_of_the_step_over_time_and_peak(tmp_path, monkey
     s = T.setup(resolve(tiny_run(tmp_path / "again")), distributed.Dist())
     ids = plan_epoch(s.cfg, s.train, 0)[0]
     weighted = L.step_totals(L.example_totals(s.train), ids)["weighted_positions"]
-    flops = mfu.training_flops(2, 32, s.model.config.vocab_size, [len(s.train[i].ids) - 1 for i in ids], weighted)
+    flops = device.training_flops(2, 32, s.model.config.vocab_size, [len(s.train[i].ids) - 1 for i in ids], weighted)
     assert recs[0]["flops"] == flops
     assert recs[0]["mfu"] == pytest.approx(flops / recs[0]["step_time"] / 1e12, rel=1e-9)
 

@@ -23,8 +23,7 @@ from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
 from imgpt.distributed import StopAtStepBoundary, destroy_distributed, init_distributed
-from imgpt.gpt_config import GPTConfig
-from model import GPT, load_model
+from model import GPT, GPTConfig, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -418,7 +417,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_file, tmp_path, 
 
 @pytest.mark.parametrize("values, message", [
     (dict(lr=-1.0), "--lr"),
-    (dict(n_embd=100, n_head=3), "n_embd=100 is not divisible by n_head=3"),
     (dict(batch_size=10, micro_batch_size=4), "--batch_size 10 is not divisible by --micro_batch_size 4"),
     (dict(loss="both"), "--loss must be it or im"),
     (dict(init_from="gpt2", n_layer=2), "only apply to --init_from scratch"),
@@ -429,6 +427,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_file, tmp_path, 
 def test_invalid_configs_fail_before_any_work(values, message):
     with pytest.raises(UserError, match=message):
         make_config(T.TrainConfig, values)
+
+
+def test_model_sizes_that_do_not_fit_fail_before_any_work(tmp_path):
+    """GPTConfig lives in model.py, which the config package cannot import: train() checks the sizes right after
+    the flags, before it touches the out_dir."""
+    cfg = make_config(T.TrainConfig, dict(n_embd=100, n_head=3, out_dir=str(tmp_path / "out")))
+    with pytest.raises(UserError, match="n_embd=100 is not divisible by n_head=3"):
+        T.train(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_batch_must_split_over_the_processes():
