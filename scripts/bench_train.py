@@ -46,6 +46,7 @@ from imgpt.cli import UserError, opt, parse_config, run_cli  # noqa: E402
 from imgpt.device import autodetect_device  # noqa: E402
 from imgpt.distributed import Dist  # noqa: E402
 from imgpt.tokenizers import get_tokenizer  # noqa: E402
+from imgpt.train_config import resolve  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT2_BPE = os.path.join(os.path.dirname(ROOT), "shared", "data", "gpt2")
@@ -111,7 +112,7 @@ def session(cfg: BenchConfig, size: str) -> T.Session | None:
                          block_size=256, device=autodetect_device() if cfg.device == "auto" else cfg.device,
                          dtype=cfg.dtype, threads=cfg.threads)
     with contextlib.redirect_stdout(io.StringIO()):
-        return T.setup(T.resolve(tcfg), Dist(device=tcfg.device))
+        return T.setup(resolve(tcfg), Dist(device=tcfg.device))
 
 
 def use(s: T.Session, loss: str, skip: bool) -> None:
