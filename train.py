@@ -36,6 +36,7 @@ from imgpt.device import amp_dtype_for, set_up_device, varlen_problem
 from imgpt.distributed import (Dist, StopAtStepBoundary, destroy_distributed, join_distributed, local_rank_zero_first,
                                stop_requested, sum_over_ranks)
 from imgpt.files import write_text_atomic
+from imgpt.memory import StepShape, auto_micro_batch, step_failures
 from imgpt.mfu import training_flops
 from imgpt.prefetch import Prefetcher
 from imgpt.rundir import (RUN_FILES, Progress, check_length, hold_out_dir, keep_log_until, prepare_out_dir, restore,
@@ -231,6 +232,7 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     if ckpt is not None:
         cfg = resume_config(ckpt["config"], cfg, ckpt_path, typed)
     device_type = torch.device(d.device).type
+    auto_micro = cfg.micro_batch_size is None and device_type == "cuda"  # sized below by the memory it needs
     cfg = resolve(cfg, device_type, d.world_size)
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
@@ -252,6 +254,17 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
             raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
         cfg = dataclasses.replace(cfg, block_size=cfg.block_size or model.config.block_size)
         train_ex, val_ex, stats = build_data(cfg, tok)
+    if auto_micro:
+        shape = StepShape(amp_dtype is not None, cfg.dropout > 0, cfg.grad_checkpoint, cfg.head_chunk, d.enabled,
+                          cfg.kl_coef > 0)
+        mc = model.config
+        micro, why = auto_micro_batch(mc.n_layer, mc.n_embd, mc.n_head, mc.vocab_size, model.num_params(),
+                                      micro * accum, max(len(e.ids) - 1 for e in train_ex), d.device, shape)
+        micro, accum = split_sizes(cfg.batch_size, micro, d.world_size)
+        cfg = dataclasses.replace(cfg, micro_batch_size=micro)
+        if d.is_main:
+            print(why)
+    model.grad_checkpoint, model.head_chunk = cfg.grad_checkpoint, cfg.head_chunk
     steps_per_epoch = len(plan_epoch(cfg, train_ex, 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
@@ -320,7 +333,9 @@ def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] |
             if prog.index >= len(plan):
                 prog.epoch, prog.index = prog.epoch + 1, 0
                 continue
-            train_step(s, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
+            tokens = cfg.micro_batch_size * max(len(s.train[i].ids) - 1 for i in plan[prog.index])  # its longest
+            with step_failures(prog.step, cfg.micro_batch_size, tokens, s.d.device):  # out of memory: one line
+                train_step(s, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
             bar.update(1)
             if prog.step % cfg.log_interval == 0 or prog.step == stop:  # the only wait for the GPU
                 rec = flush(s)[-1]

@@ -308,6 +308,7 @@ class CudaSim:
                  name: str = DEVICE_NAME):
         self.mp, self.devices, self.capability, self.name = monkeypatch, devices, capability, name
         self.gpu_machine = gpu_machine
+        self.memory = (79 * 2 ** 30, 80 * 2 ** 30)  # (free, total) bytes torch.cuda.mem_get_info answers
         self.mode = _FactoryMode()
         self.peak = 0
 
@@ -348,6 +349,7 @@ class CudaSim:
         mp.setattr(c, "max_memory_allocated", lambda device=None: 0)
         mp.setattr(c, "memory_allocated", lambda device=None: 0)
         mp.setattr(c, "empty_cache", lambda: None)
+        mp.setattr(c, "mem_get_info", lambda device=None: self.memory)
         mp.setattr(c, "manual_seed", lambda seed: None)
         mp.setattr(c, "manual_seed_all", lambda seed: None)
         mp.setattr(c, "get_rng_state", lambda device=None: fake_rng().clone())
