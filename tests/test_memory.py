@@ -37,23 +37,25 @@ def measured_saved_bytes(model: GPT, idx: torch.Tensor, weights: torch.Tensor) -
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("chunk", [0, 64])
+@pytest.mark.parametrize("chunk, recompute", [(0, False), (64, False), (0, True)])
 @pytest.mark.parametrize("size", range(len(SIZES)))
-def test_the_memory_model_predicts_the_saved_bytes_at_three_sizes(size, chunk):
-    """Activations per token and layer, the head per scored position, the half weight copies (2 B per parameter;
-    chunked, the head's own is made again for each chunk, not kept): within memory.SAVED_TOLERANCE of the bytes the
-    step saves, IM (every position scored) and IT (a third)."""
+def test_the_memory_model_predicts_the_saved_bytes_at_three_sizes(size, chunk, recompute):
+    """Activations per token and layer, the head per scored position, the half copies of the weight matrices
+    (chunked, the head's is made again for each chunk, not kept; checkpointed, the blocks' are): within
+    memory.SAVED_TOLERANCE of the bytes the step saves, IM (every position scored) and IT (a third); plain, with a
+    chunked head, and with activation checkpointing."""
     s = dict(SIZES[size])
     rows, T_ = s.pop("rows"), s.pop("T")
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, **s)).train()
-    model.head_chunk = chunk
+    model.head_chunk, model.grad_checkpoint = chunk, recompute
     idx = torch.randint(0, s["vocab_size"], (rows, T_))
     for weights in (torch.ones(rows, T_), (torch.arange(T_) >= 2 * T_ // 3).float().expand(rows, T_)):
         scored = int(weights.count_nonzero())
         predicted = memory.saved_bytes(s["n_layer"], s["n_embd"], s["n_head"], s["vocab_size"], rows * T_, scored,
-                                       memory.StepShape(half=True, head_chunk=chunk))
-        predicted += 2 * (model.num_params() - (s["vocab_size"] * s["n_embd"] if chunk else 0))
+                                       memory.StepShape(half=True, head_chunk=chunk, grad_checkpoint=recompute))
+        kept = [model.lm_head] if recompute else [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        predicted += 2 * sum(m.weight.numel() for m in kept if not (chunk and m is model.lm_head))  # half copies
         measured = measured_saved_bytes(model, idx, weights)
         assert abs(predicted - measured) / measured < memory.SAVED_TOLERANCE, (predicted, measured)
 
