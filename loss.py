@@ -129,9 +129,12 @@ def step_batches(examples: list[Example], micro: list[list[int]], prompt_loss_we
 
 def mark_dynamic(b: Batch) -> None:
     """Tell torch.compile up front that batch shapes vary, so it does not first build a graph for the first
-    step's exact shapes and then throw it away at step 2."""
+    step's exact shapes and then throw it away at step 2. Padded rows' count is marked unbacked: a backed size
+    is specialized at 1, so a one-row micro-batch (the dummy one, a one-example last chunk) compiled a second
+    graph. Packed micro-batches are always one row: nothing to mark."""
     for t in (b.idx, b.targets, b.weights, b.pos, b.doc):
-        torch._dynamo.maybe_mark_dynamic(t, 0)
+        if b.cu_seqlens is None:
+            torch._dynamo.decorators.mark_unbacked(t, 0)
         torch._dynamo.maybe_mark_dynamic(t, 1)
     for t in (b.select, b.cu_seqlens):
         if t is not None:

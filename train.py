@@ -272,10 +272,10 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     if ref is not None:  # frozen, in float32 as the model is: at step 0 both run the same computation, KL exactly 0
         ref.to(d.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
     step_loss = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
-    if cfg.compile:
-        step_loss = torch.compile(step_loss)
     if d.enabled:
         step_loss = DDP(step_loss, device_ids=[d.local_rank] if device_type == "cuda" else None)
+    if cfg.compile:  # after DDP: dynamo then cuts the graph at DDP's buckets, so each all-reduce overlaps backward
+        step_loss = torch.compile(step_loss)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2))  # fused on CPU/CUDA
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
     prog = Progress()

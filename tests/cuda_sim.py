@@ -379,6 +379,9 @@ class CudaSim:
             mp.setattr(varlen, "varlen_attn", varlen_attn)
         except ImportError:
             pass
+        real_unbacked = torch._dynamo.decorators.mark_unbacked  # refuses wrapper subclasses; dynamo never traces
+        mp.setattr(torch._dynamo.decorators, "mark_unbacked",  # these tensors anyway (see above): a no-op on them
+                   lambda t, *a, **kw: None if isinstance(t, CudaTensor) else real_unbacked(t, *a, **kw))
         real_pin = torch.Tensor.pin_memory  # modes are per thread; collate pins in a background thread
         mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: t if not isinstance(t, CudaTensor) else real_pin(t))
         self._patch_collectives()

@@ -1,5 +1,6 @@
 """The GPU path, checked on the CPU: which attention each batch kind reaches, packing equal to padding, no host
 syncs and no graph breaks in a training step, the FLOPs behind MFU, dtype choice, downloads, loading, defaults."""
+import contextlib
 import json
 import os
 import sys
@@ -153,7 +154,7 @@ def compile_counts(engine, batches: list) -> tuple[int, int]:
     return counter.frame_count, breaks
 
 
-@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("pack", [True])  # padded rows: test_a_compiled_step_is_one_graph_for_any_row_count_and_length
 def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack):
     """Zero graph breaks (boolean indexing and a symbolic is_causal each broke it), and one graph for two
     batches of different lengths: the dynamic length is marked up front, not discovered at step 2."""
@@ -162,6 +163,46 @@ def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack)
     batches = L.step_batches(ex, [[0, 1, 2], [3, 4, 5]], prompt_loss_weight=0.0, pack=pack)
     assert batches[0].idx.shape[1] != batches[1].idx.shape[1]
     assert compile_counts(engine, batches) == (1, 0)
+
+
+def test_a_compiled_step_is_one_graph_for_any_row_count_and_length():
+    """A real compiler backend (aot_eager: the forward and backward graphs are traced as inductor's would be),
+    forward and backward over micro-batches of 3, 1 and 2 rows of three lengths: one graph, no graph break, no
+    recompile (a backed row count was specialized at 1: the dummy micro-batch compiled a second graph)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch.manual_seed(0)
+    engine = L.StepLoss(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=48, vocab_size=67)).train(),
+                        skip_zero=True, neftune_alpha=0.0)
+    ex = examples([(5, 3), (9, 4), (2, 2), (12, 5), (3, 8), (20, 6)])
+    batches = L.step_batches(ex, [[0, 1, 2], [3], [4, 5]], prompt_loss_weight=1.0)
+    assert [tuple(b.idx.shape) for b in batches] == [(3, 12), (1, 16), (2, 25)]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(engine, backend=counter)
+    for b in batches:
+        L.mark_dynamic(b)
+        compiled(b.idx, b.targets, b.weights, b.pos, b.doc, b.select, b.cu_seqlens)[0].backward()
+    assert counter.frame_count == 1 and not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_compile_wraps_ddp_so_its_all_reduce_can_overlap_backward(tmp_path, monkeypatch):
+    """torch.compile(DDP(step)) and not DDP(torch.compile(step)): dynamo sees DDP's buckets and cuts the graph at
+    them, so each bucket's all-reduce starts while backward still runs (a compiled module inside DDP hands DDP all
+    its gradients at the end of one backward)."""
+    wrapped = []
+
+    class FakeDDP(torch.nn.Module):
+        def __init__(self, module, device_ids=None):
+            super().__init__()
+            self.module = module
+            wrapped.append(("ddp", type(module).__name__))
+
+    monkeypatch.setattr(T, "DDP", FakeDDP)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: wrapped.append(("compile", type(m).__name__)) or m)
+    monkeypatch.setattr(T, "local_rank_zero_first", lambda d: contextlib.nullcontext())
+    T.setup(resolve(tiny_run(tmp_path, compile=True)), distributed.Dist(world_size=2))
+    assert wrapped == [("ddp", "StepLoss"), ("compile", "FakeDDP")]
 
 
 # ----------------------------------------------------------------------------- 4: MFU
