@@ -34,7 +34,7 @@ from imgpt.checkpoint import all_rng_states, check_training_checkpoint, load_che
 from imgpt.cli import UserError, given_settings, parse_config, run_cli, validate
 from imgpt.device import amp_dtype_for, set_up_device, varlen_problem
 from imgpt.distributed import (Dist, StopAtStepBoundary, destroy_distributed, join_distributed, local_rank_zero_first,
-                               stop_requested, sum_over_ranks)
+                               others_wait_for_rank_zero, stop_requested, sum_over_ranks)
 from imgpt.files import write_text_atomic
 from imgpt.memory import StepShape, auto_micro_batch, step_failures
 from imgpt.mfu import training_flops
@@ -186,15 +186,16 @@ def save(s: Session, name: str, weights_only: bool = False) -> None:
                                f"{name} not written; the last good checkpoint (if any) is in {s.cfg.out_dir}. Try a "
                                "lower --lr or float32")
     rngs = [] if weights_only else all_rng_states(s.d)  # a collective: every rank calls it
-    if not (s.d.is_main and s.cfg.save):
-        return
-    payload = {"model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_record,
-               "config": asdict(s.cfg), "step": s.prog.step, "best_val_loss": s.prog.best_val_loss,
-               "history": s.prog.history}
-    if not weights_only:
-        payload.update({"optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
-                        "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs})
-    save_checkpoint(s.path(name), payload)
+    with others_wait_for_rank_zero(s.d):  # the others wait for the write at a stated timeout (CHECKPOINT_TIMEOUT)
+        if not (s.d.is_main and s.cfg.save):
+            return
+        payload = {"model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_record,
+                   "config": asdict(s.cfg), "step": s.prog.step, "best_val_loss": s.prog.best_val_loss,
+                   "history": s.prog.history}
+        if not weights_only:
+            payload.update({"optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+                            "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs})
+        save_checkpoint(s.path(name), payload)
 
 
 def eval_and_save(s: Session) -> dict:

@@ -292,6 +292,46 @@ def test_local_rank_zero_downloads_before_the_other_ranks(monkeypatch):
     assert events[-1] == "alone" and events.count("barrier") == 2
 
 
+def test_the_other_ranks_wait_for_a_checkpoint_write_at_a_stated_timeout(tmp_path, monkeypatch):
+    """Each save writes inside others_wait_for_rank_zero, whose barrier is a gloo group's with CHECKPOINT_TIMEOUT
+    (30 min) and not the next NCCL collective's 10-minute watchdog; the process group's timeout is stated too."""
+    events = []
+    monkeypatch.setattr(distributed.dist, "new_group", lambda backend, timeout: (backend, timeout))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda group: events.append(("barrier", group)))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda group: events.append("destroy"))
+    for rank in (0, 1):
+        with distributed.others_wait_for_rank_zero(distributed.Dist(rank=rank, world_size=2)):
+            events.append(f"write {rank}")
+    wait = ("barrier", ("gloo", distributed.CHECKPOINT_TIMEOUT))
+    assert events == ["write 0", wait, "destroy", "write 1", wait, "destroy"]
+    assert distributed.CHECKPOINT_TIMEOUT.total_seconds() == 1800 == 3 * distributed.COLLECTIVE_TIMEOUT.total_seconds()
+    waits = []
+
+    @contextlib.contextmanager
+    def spy(d):
+        waits.append("enter")
+        yield
+        waits.append("exit")
+
+    monkeypatch.setattr(T, "others_wait_for_rank_zero", spy)
+    monkeypatch.setattr(T, "save_checkpoint", lambda path, payload: waits.append(os.path.basename(path)))
+    T.train(tiny_run(tmp_path, max_steps=2, eval_interval=2))
+    assert waits[:3] == ["enter", "best.pt", "exit"] and waits.count("ckpt.pt") == 2
+    assert all(waits[i - 1] == "enter" and waits[i + 1] == "exit" for i, w in enumerate(waits) if w.endswith(".pt"))
+
+
+def test_checkpoints_are_loaded_memory_mapped(tmp_path, monkeypatch):
+    """Resuming reads ckpt.pt with mmap=True (8 ranks on one machine share the page cache instead of holding 8
+    copies of a 19 GB file) and weights_only=True."""
+    T.train(tiny_run(tmp_path, max_steps=2, stop_step=1))
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, **kw: loads.append((os.path.basename(str(f)), kw)) or real(f, **kw))
+    T.train(tiny_run(tmp_path, max_steps=2, init_from="resume"))
+    ckpt = [kw for name, kw in loads if name == "ckpt.pt"]
+    assert ckpt and all(kw.get("mmap") is True and kw.get("weights_only") is True for kw in ckpt)
+
+
 def test_pretrained_weights_load_without_a_random_init(tmp_path, monkeypatch):
     """Meta device + assign=True: no init kernel touches real memory, and the head is tied again."""
     torch.manual_seed(0)
