@@ -38,7 +38,7 @@ import model as modeling
 from imgpt import formats, splits, synthetic
 from imgpt.benchmarks import Question, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag, read_mmlu
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.device import check_device
+from imgpt.device import amp_dtype_for, check_device, use_tf32
 from imgpt.distributed import Dist, all_reduce_sum, destroy_distributed, join_distributed, local_rank_zero_first
 from imgpt.files import write_text_atomic
 from imgpt.formats import DataError
@@ -80,15 +80,16 @@ class EvalConfig:
     out: str = opt("", "results JSON ('' = next to the checkpoint: out/eval.json for out or out/ckpt.pt, "
                        "out/eval_best.json for out/best.pt); generations go to <out stem>.<split>.jsonl")
     device: str = opt("auto", "cpu, cuda, mps or auto")
-    dtype: str = opt("float32", "float32, bfloat16 or float16 (autocast for the forward passes)")
+    dtype: str = opt("auto", "auto (as train.py: bf16 autocast on CUDA where the GPU has bf16 tensor cores, else "
+                     "float32, with TF32 matmuls on CUDA), float32, bfloat16 or float16 (autocast for the forward passes)")
 
     def validate(self) -> None:
         if not self.ckpt:
             raise UserError("--ckpt is required (a training out_dir, a ckpt.pt, an HF dir or a name like gpt2)")
         if self.mmlu_style not in ("letters", "continuation"):
             raise UserError(f"--mmlu_style: expected letters or continuation, got {self.mmlu_style!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"--dtype: expected float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"--dtype: expected auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.batch_size < 1 or self.max_new_tokens < 0:
             raise UserError("--batch_size must be at least 1 and --max_new_tokens at least 0")
         if self.temperature < 0 or (self.top_k is not None and self.top_k < 1) or \
@@ -144,6 +145,17 @@ def gather_in_order(items: list, dist: Dist) -> list:
 
 
 # ----------------------------------------------------------------------------- the evaluations
+
+def eval_dtype(dtype: str, device: str) -> str:
+    """--dtype auto as train.py resolves it (bf16 on CUDA where it is not emulated); on CUDA float32 matmuls use
+    TF32, as in training: full float32 at 774M-1.5B is several times slower."""
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        use_tf32()
+    if dtype != "auto":
+        return dtype
+    return {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[amp_dtype_for(dtype, device_type)]
+
 
 def autocast(device: str, dtype: str):
     if dtype == "float32":
@@ -275,7 +287,7 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     """Run the selected evaluations; rank 0 writes the results (cfg.out, by default beside the checkpoint).
     Returns {"ckpt", "config", "metrics": {task: {...}}, "file"}."""
     dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
-    cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt))
+    cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt), dtype=eval_dtype(cfg.dtype, dist.device))
     saved = saved_config(cfg.ckpt)
     has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
     if not has_data and (cfg.generate or cfg.memorization):

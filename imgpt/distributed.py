@@ -107,6 +107,8 @@ def init_distributed(device: str = "auto") -> Dist:
     """Join the process group when started by torchrun (NCCL on CUDA, gloo on CPU); otherwise a single process."""
     device = autodetect_device() if device == "auto" else device
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if device.startswith("cuda:"):  # else the capability check and the saved CUDA random state are GPU 0's
+            torch.cuda.set_device(device)
         return Dist(device=device)
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if device.startswith("cuda"):

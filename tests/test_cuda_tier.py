@@ -133,6 +133,14 @@ def test_resume_on_a_machine_with_fewer_gpus(tmp_path, monkeypatch):
     assert load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))["step"] == 4
 
 
+def test_a_single_process_on_cuda_n_sets_its_device(tmp_path, monkeypatch):
+    """--device cuda:1 without torchrun: torch.cuda.set_device(1), so the capability check and the CUDA random
+    state a checkpoint saves are GPU 1's, not GPU 0's."""
+    with CudaSim(monkeypatch, devices=2):
+        d = distributed.init_distributed("cuda:1")
+        assert d.device == "cuda:1" and torch.cuda.current_device() == 1
+
+
 def test_checkpoint_sizes_are_what_readme_states(tmp_path, sim):
     """ckpt.pt: 12 bytes a parameter (weights and Adam's two moments, float32), best.pt: 4 (README's bytes per
     run for the paper recipe's evaluations, every 200 steps, come from these)."""
@@ -144,20 +152,27 @@ def test_checkpoint_sizes_are_what_readme_states(tmp_path, sim):
     assert resolve(T.TrainConfig(init_from="gpt2")).eval_interval == 200
 
 
-@pytest.mark.parametrize("problem", ["turing", "old torch", "float32"])
+def varlen_attn_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None):
+    """torch 2.10's signature: causal by a flag, no window_size."""
+    raise AssertionError("varlen_problem should have refused this signature")
+
+
+@pytest.mark.parametrize("problem", ["turing", "old torch", "float32", "torch 2.10"])
 def test_pack_without_the_varlen_kernel_trains_padded_with_one_line(tmp_path, monkeypatch, capsys, problem):
     """A T4 (compute capability 7.5), a torch without torch.nn.attention.varlen, or float32: --pack says why in
     one line and trains on padded rows (the same updates), never an ImportError or a kernel failure."""
     with CudaSim(monkeypatch, capability=(7, 5) if problem == "turing" else (9, 0), name="Tesla T4"):
         if problem == "old torch":
             monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", None)  # import fails, as before 2.10
+        if problem == "torch 2.10":  # a varlen_attn of another signature: read, not guessed from the version
+            monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", varlen_attn_2_10)
         dtype = "float32" if problem == "float32" else "float16"
         T.train(tiny_run(tmp_path, device="cuda", pack=True, max_steps=2, dtype=dtype))
     out = capsys.readouterr().out
     line = [x for x in out.splitlines() if x.startswith("--pack:")]
     assert len(line) == 1 and line[0].endswith("training on padded rows instead (the same updates, slower)")
     assert {"turing": "compute capability 7.5", "old torch": "torch.nn.attention.varlen",
-            "float32": "bf16 or fp16"}[problem] in line[0]
+            "float32": "bf16 or fp16", "torch 2.10": "varlen_attn takes no window_size"}[problem] in line[0]
     assert len(steps_of(tmp_path / "out")) == 2
 
 
@@ -213,6 +228,18 @@ def test_eval_generate_and_benchmarks_on_cuda(cuda_run, tmp_path, sim):
         m = r["metrics"]
         assert {"heldout", "train", "generate", "memorization", "hellaswag", "mmlu"} <= m.keys()
         assert m["mmlu"]["acc"] in (0.0, 0.5, 1.0) and m["heldout"]["output_loss"] > 0
+
+
+def test_eval_on_cuda_takes_bf16_and_tf32_by_default(cuda_run, tmp_path, sim, monkeypatch):
+    """--dtype auto: bf16 autocast on an H100 (fp16 on a T4, which only emulates bf16), TF32 for
+    float32 matmuls on CUDA, as train.py; float32 on the CPU."""
+    tf32 = []
+    monkeypatch.setattr(ev, "use_tf32", lambda: tf32.append(1))
+    r = ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cuda", out=str(tmp_path / "e.json"))))
+    assert r["config"]["dtype"] == "bfloat16" and tf32
+    assert ev.eval_dtype("auto", "cpu") == "float32" and len(tf32) == 1
+    sim.capability = (7, 5)
+    assert ev.eval_dtype("auto", "cuda:0") == "float16" and len(tf32) == 2
 
 
 def test_sample_on_cuda_greedy_and_sampled(cuda_run, sim, capsys, monkeypatch):
