@@ -49,7 +49,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     cu_seqlens (D+1,) int32 are the documents' start offsets in the N flattened tokens: no mask is built and no
     block across two documents is computed. max_len bounds the longest document (block_size: a constant, so a
     compiled graph does not depend on the batch)."""
-    from torch.nn.attention.varlen import varlen_attn  # CUDA only (flash kernel); device.varlen_problem checks its signature
+    from torch.nn.attention.varlen import varlen_attn  # CUDA only (flash); device.varlen_problem reads its signature
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, window_size=(-1, 0))  # (-1, 0): causal
 
 
