@@ -81,7 +81,8 @@ class EvalConfig:
                        "out/eval_best.json for out/best.pt); generations go to <out stem>.<split>.jsonl")
     device: str = opt("auto", "cpu, cuda, mps or auto")
     dtype: str = opt("auto", "auto (as train.py: bf16 autocast on CUDA where the GPU has bf16 tensor cores, else "
-                     "float32, with TF32 matmuls on CUDA), float32, bfloat16 or float16 (autocast for the forward passes)")
+                     "float32, with TF32 matmuls on CUDA), float32, bfloat16 or float16 (autocast for the forward "
+                     "passes)")
 
     def validate(self) -> None:
         if not self.ckpt:

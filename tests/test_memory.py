@@ -123,7 +123,8 @@ def test_on_cuda_the_micro_batch_is_what_fits_the_free_memory(tmp_path, monkeypa
         sim.memory = (int(two / memory.USABLE) + 1, 80 * memory.GiB)
         s = T.setup(tiny_run(tmp_path, device="cuda", micro_batch_size=None, overwrite=True), T.Dist(device="cuda:0"))
         assert (s.cfg.micro_batch_size, s.accum) == (2, 4)
-        assert f"micro-batch 2 per GPU (auto, imgpt/memory.py): its longest, 2 x {longest} tokens" in capsys.readouterr().out
+        line = f"micro-batch 2 per GPU (auto, imgpt/memory.py): its longest, 2 x {longest} tokens"
+        assert line in capsys.readouterr().out
         s = T.setup(tiny_run(tmp_path, device="cuda", overwrite=True), T.Dist(device="cuda:0"))
         assert s.cfg.micro_batch_size == 4  # tiny_run's --micro_batch_size 4
 
