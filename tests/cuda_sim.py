@@ -107,10 +107,19 @@ class _Sim:
         self.backend = "gloo"  # "nccl" once init_process_group asked for it: then CPU tensors are refused
         self.in_api = 0
         self.to_host = 0  # inside move() to the host: the one _to_copy(device=cpu) that leaves the device
+        self.copies: list[str] = []  # host-to-device copies that make the host wait: "blocking" or "unpinned"
+        self.in_flight: list[tuple[torch.Tensor, torch.Tensor]] = []  # non-blocking device-to-host copies
 
     def count(self, name: str) -> None:
         if self.in_api == 0:
             self.syncs.append(name)
+        self.land()  # the host waited for the device: copies in flight have landed
+
+    def land(self) -> None:
+        """Fill the host buffers of non-blocking device-to-host copies: the device has finished them."""
+        for dst, src in self.in_flight:
+            dst.copy_(src)
+        self.in_flight.clear()
 
     # -------------------------------------------------------------------- the Python API of a "cuda" tensor
 
@@ -167,6 +176,7 @@ class _Sim:
         on_cuda = isinstance(self_, CudaTensor)
         to_cuda = is_cuda_device(device) or (device is None and on_cuda)
         dtype = dtype or self_.dtype
+        non_blocking = kwargs.get("non_blocking", False) or any(a is True for a in rest)
         if to_cuda:
             if on_cuda:
                 if dtype == self_.dtype and not copy:
@@ -174,7 +184,13 @@ class _Sim:
                 return torch.ops.aten._to_copy.default(self_, dtype=dtype)
             if self_.requires_grad and torch.is_grad_enabled():
                 raise NotImplementedError("cuda_sim: moving a tensor that requires grad onto cuda")
+            if not (non_blocking and getattr(self_, "sim_pinned", False)):  # the host waits for this copy
+                self.copies.append("unpinned" if non_blocking else "blocking")
             return CudaTensor(self_.detach().to(dtype=dtype, copy=True))
+        if on_cuda and non_blocking and func is T.to:  # to the host without waiting: the buffer is not filled
+            out = torch.full(self_.shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype)
+            self.in_flight.append((out, self_._data))  # until something waits for the device (land)
+            return out
         if on_cuda:  # to the host: the host waits for the device
             self.count("cpu")
             self.to_host += 1
@@ -188,7 +204,9 @@ class _Sim:
     # -------------------------------------------------------------------- operators
 
     SYNC_OPS = {"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::masked_select",
-                "aten::unique_dim", "aten::_unique2", "aten::repeat_interleave"}
+                "aten::unique_dim", "aten::_unique2", "aten::repeat_interleave", "aten::equal", "aten::allclose",
+                "aten::bincount"}  # a Python bool, or an output sized by the data: the host waits
+    INDEX_OPS = {"aten::index", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"}
 
     def dispatch(self, func, args, kwargs):
         name = func._schema.name
@@ -204,12 +222,12 @@ class _Sim:
         check = tensors
         if name == "aten::copy_":  # copies may cross devices
             check = []
-        elif name in ("aten::index", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"):
+        elif name in self.INDEX_OPS:
             check = [args[0]] + ([args[2]] if len(args) > 2 else [])  # indices may be on the CPU, as on CUDA
         cpu = [t for t in check if not isinstance(t, CudaTensor) and t.dim() > 0]
         if cpu and any(isinstance(t, CudaTensor) for t in check):
             raise RuntimeError(SAME_DEVICE.format("cuda:0", "cpu") + f" (in {name})")
-        if name in self.SYNC_OPS or (name == "aten::index" and any(
+        if name in self.SYNC_OPS or (name in self.INDEX_OPS and any(  # a boolean mask: nonzero underneath
                 i is not None and i.dtype == torch.bool for i in args[1])):
             self.count(name)
         unwrap = lambda t: t._data if isinstance(t, CudaTensor) else t
@@ -272,6 +290,14 @@ def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_s
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)  # (N, nh, hs)
 
 
+def pinned(t: torch.Tensor) -> torch.Tensor:
+    """A copy in "pinned" host memory (the CPU build has none): marked, so that copies from it can be told apart."""
+    with torch._C.DisableTorchFunctionSubclass():
+        out = t.clone()
+    out.sim_pinned = True
+    return out
+
+
 class _FactoryMode(TorchFunctionMode):
     """Factory functions given device="cuda" (torch.zeros, arange, tensor, full, ...) and a plain CPU tensor's
     .to("cuda") / .cuda() make CudaTensors; pinning is a no-op (the CPU build has no pinned memory)."""
@@ -285,7 +311,7 @@ class _FactoryMode(TorchFunctionMode):
         if func in (T.to, T.cuda) and plain:
             return SIM.move(func, args, kwargs)
         if func is T.pin_memory and plain:
-            return args[0]
+            return pinned(args[0])
         if is_cuda_device(kwargs.get("device")) and not (args and isinstance(args[0], torch.Tensor)
                                                         and func.__name__ not in ("tensor", "as_tensor")):
             out = func(*args, **{**kwargs, "device": "cpu"})
@@ -316,8 +342,13 @@ class CudaSim:
     def syncs(self) -> list[str]:
         return SIM.syncs
 
+    @property
+    def copies(self) -> list[str]:
+        return SIM.copies
+
     def reset(self) -> None:
         SIM.syncs.clear()
+        SIM.copies.clear()
 
     def __enter__(self) -> "CudaSim":
         mp, c = self.mp, torch.cuda
@@ -336,7 +367,7 @@ class CudaSim:
         mp.setattr(c, "get_device_capability", lambda device=None: self.capability)
         mp.setattr(c, "is_bf16_supported", lambda including_emulation=True: self.capability >= (8, 0)
                    or including_emulation)
-        mp.setattr(c, "synchronize", lambda device=None: SIM.count("synchronize"))
+        mp.setattr(c, "synchronize", lambda device=None: SIM.count("synchronize"))  # copies in flight land
         # torch.accelerator, which the optimizers ask about CUDA graph capture on a CUDA build (torch >= 2.14): the
         # machine's one accelerator is this GPU, its current stream never capturing
         mp.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda"))
@@ -383,10 +414,11 @@ class CudaSim:
         mp.setattr(torch._dynamo.decorators, "mark_unbacked",  # these tensors anyway (see above): a no-op on them
                    lambda t, *a, **kw: None if isinstance(t, CudaTensor) else real_unbacked(t, *a, **kw))
         real_pin = torch.Tensor.pin_memory  # modes are per thread; collate pins in a background thread
-        mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: t if not isinstance(t, CudaTensor) else real_pin(t))
+        mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: pinned(t) if not isinstance(t, CudaTensor) else
+                   real_pin(t))
         self._patch_collectives()
         self._patch_serialization()
-        SIM.active, SIM.syncs[:] = True, []
+        SIM.active, SIM.syncs[:], SIM.copies[:], SIM.in_flight[:] = True, [], [], []
         self.mode.__enter__()
         return self
 

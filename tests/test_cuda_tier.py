@@ -3,6 +3,7 @@
 syncs are counted. Each test here would fail on a device bug that the CPU-only tests cannot see (issue 18's flush
 crashed every CUDA run at step 10 while the whole suite passed). What the tier cannot see: tests/cuda_sim.py."""
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -71,6 +72,44 @@ def test_the_simulator_refuses_what_cuda_refuses(sim):
     assert torch.cuda.is_available() and torch.cuda.get_device_name() == "NVIDIA H100 80GB HBM3"
 
 
+def test_the_simulator_counts_copies_that_wait_and_hands_out_unfinished_ones(sim):
+    """A host-to-device copy makes the host wait unless it is non_blocking from pinned memory: counted (a step
+    must make none). A non-blocking device-to-host copy is unfinished until something waits for the device:
+    read before that, its values are wrong (NaN here), as on CUDA."""
+    x = torch.ones(3)
+    x.to("cuda"), x.to("cuda", non_blocking=True), x.pin_memory().to("cuda", non_blocking=True)
+    assert sim.copies == ["blocking", "unpinned"]
+    y = torch.arange(4.0, device="cuda")
+    early = y.to("cpu", non_blocking=True)
+    assert torch.isnan(early).all()  # the copy has not landed: reading it now is the bug
+    torch.cuda.synchronize()
+    assert early.tolist() == [0.0, 1.0, 2.0, 3.0]
+    late = y.to("cpu", non_blocking=True)
+    y.sum().item()  # any wait for the device lands it too
+    assert late.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_the_simulator_counts_equal_allclose_bincount_and_boolean_writes_as_syncs(sim):
+    """Each returns a Python bool or an output sized by the data (a boolean index_put_ runs nonzero underneath):
+    the host waits for the device."""
+    a = torch.arange(6.0, device="cuda")
+    sim.reset()
+    torch.equal(a, a)
+    assert sim.syncs == ["aten::equal"]
+    sim.reset()
+    torch.allclose(a, a)
+    assert sim.syncs == ["aten::allclose"]
+    sim.reset()
+    torch.bincount(a.long())
+    assert sim.syncs == ["aten::bincount"]
+    sim.reset()
+    a[a > 2] = 0.0
+    assert sim.syncs == ["aten::index_put_"]
+    sim.reset()
+    a[torch.tensor([0, 1])] = 1.0  # integer indices: no wait
+    assert sim.syncs == []
+
+
 # ----------------------------------------------------------------------------- training
 
 MODES = {"it bf16": dict(loss="it"), "im bf16": dict(loss="im"), "pack": dict(loss="im", pack=True),
@@ -83,7 +122,8 @@ def test_training_on_cuda_logs_evaluates_and_saves(tmp_path, sim, mode, monkeypa
     from the device in one go), evaluations, best.pt and ckpt.pt, for each loss and precision."""
     calls = []
     real_varlen = cuda_sim.varlen_attn
-    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", lambda *a, **k: calls.append(1) or real_varlen(*a, **k))
+    spy = functools.wraps(real_varlen)(lambda *a, **k: calls.append(1) or real_varlen(*a, **k))  # its signature
+    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", spy)
     summary = T.train(tiny_run(tmp_path, device="cuda", max_steps=4, log_interval=2, eval_interval=2, **MODES[mode]))
     out = tmp_path / "out"
     steps = steps_of(out)
@@ -107,7 +147,7 @@ def test_a_cuda_training_step_never_waits_and_flush_reads_once(tmp_path, sim, kw
     sim.reset()
     for ids in plan[:3]:
         T.train_step(s, ids, T.prepare(s, ids))
-    assert sim.syncs == []
+    assert sim.syncs == [] and sim.copies == []  # nor a host-to-device copy that waits (blocking, or unpinned)
     recs = T.flush(s)
     assert sim.syncs == ["tolist"] and [r["step"] for r in recs] == [1, 2, 3]
 
