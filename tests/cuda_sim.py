@@ -28,6 +28,7 @@ torch.autocast("cuda"), torch.Generator(device="cuda"), checkpoints' location ta
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 import torch.distributed as dist
@@ -272,22 +273,47 @@ def check_generator(tensors, leaves) -> None:
                                f"'{'cpu' if on_cuda else 'cuda'}'")
 
 
-def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), **kw):
-    """torch.nn.attention.varlen.varlen_attn as CUDA runs it: CUDA tensors, int32 offsets on the GPU, bf16/fp16,
-    an Ampere or newer GPU; computed here as dense attention inside each document (its result, not its speed)."""
-    if not all(isinstance(t, CudaTensor) for t in (query, key, value, cu_seq_q)):
-        raise RuntimeError("varlen_attn: FlashAttention only runs on CUDA tensors")
-    if torch.cuda.get_device_capability() < (8, 0):
-        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
-    if query.dtype not in (torch.float16, torch.bfloat16) or cu_seq_q.dtype != torch.int32:
-        raise RuntimeError(f"FlashAttention only support fp16 and bf16 data type (got {query.dtype}, offsets "
-                           f"{cu_seq_q.dtype})")
-    assert window_size == (-1, 0), window_size  # causal: all that imgpt asks for
-    N = query.size(0)
-    doc = torch.searchsorted(cu_seq_q[1:].long(), torch.arange(N, device=query.device), right=True)  # (N,)
-    mask = (doc[:, None] == doc[None, :]) & torch.ones(N, N, dtype=torch.bool, device=query.device).tril()
-    q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (nh, N, hs)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)  # (N, nh, hs)
+def simulated_varlen(installed):
+    """torch.nn.attention.varlen.varlen_attn as CUDA runs it, called as the INSTALLED function's signature allows
+    (a call that does not bind raises its TypeError; the wrapper shows that signature, so code reading it sees
+    the installed one) and refusing what the flash kernel refuses: non-CUDA tensors, offsets that are not int32,
+    not bf16/fp16, a GPU older than Ampere, a head size that is not a multiple of 8 up to 256, a last dimension
+    that is not contiguous, offsets that do not start at 0, end at the token count and grow, and a max length
+    below the longest document (flash would silently compute garbage). Computed as dense attention inside each
+    document: its result, not its speed."""
+    signature = inspect.signature(installed)
+
+    @functools.wraps(installed)
+    def varlen_attn(*args, **kwargs):
+        a = signature.bind(*args, **kwargs)
+        a.apply_defaults()
+        query, key, value, cu_q = (a.arguments[n] for n in ("query", "key", "value", "cu_seq_q"))
+        max_q, window = a.arguments["max_q"], a.arguments.get("window_size")
+        if not all(isinstance(t, CudaTensor) for t in (query, key, value, cu_q)):
+            raise RuntimeError("varlen_attn: FlashAttention only runs on CUDA tensors")
+        if torch.cuda.get_device_capability() < (8, 0):
+            raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
+        if query.dtype not in (torch.float16, torch.bfloat16) or cu_q.dtype != torch.int32:
+            raise RuntimeError(f"FlashAttention only support fp16 and bf16 data type (got {query.dtype}, offsets "
+                               f"{cu_q.dtype})")
+        N, nh, hs = query.shape
+        if hs % 8 or hs > 256 or key.shape != query.shape or value.shape != query.shape:
+            raise RuntimeError(f"varlen_attn: head size {hs} must be a multiple of 8 up to 256, q/k/v one shape")
+        if any(t.stride(-1) != 1 for t in (query, key, value)):
+            raise RuntimeError("varlen_attn: Input tensor must have contiguous last dimension")
+        offsets = cu_q._data.tolist()  # the simulator's own look: not a sync of the program
+        lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+        if offsets[0] != 0 or offsets[-1] != N or min(lengths, default=0) < 0:
+            raise RuntimeError(f"varlen_attn: cu_seq_q must run from 0 up to the {N} tokens, got {offsets}")
+        if max(lengths, default=0) > max_q:
+            raise RuntimeError(f"varlen_attn: max_q {max_q} is below the longest document ({max(lengths)} tokens)")
+        assert window == (-1, 0), window  # causal: all that imgpt asks for
+        doc = torch.searchsorted(cu_q[1:].long(), torch.arange(N, device=query.device), right=True)  # (N,)
+        mask = (doc[:, None] == doc[None, :]) & torch.ones(N, N, dtype=torch.bool, device=query.device).tril()
+        q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (nh, N, hs)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)
+
+    return varlen_attn
 
 
 def pinned(t: torch.Tensor) -> torch.Tensor:
@@ -407,7 +433,7 @@ class CudaSim:
         mp.setattr(torch, "Generator", SimGenerator)
         try:  # torch >= 2.10; an older torch has no varlen kernel to simulate (imgpt then trains padded)
             import torch.nn.attention.varlen as varlen
-            mp.setattr(varlen, "varlen_attn", varlen_attn)
+            mp.setattr(varlen, "varlen_attn", simulated_varlen(varlen.varlen_attn))
         except ImportError:
             pass
         real_unbacked = torch._dynamo.decorators.mark_unbacked  # refuses wrapper subclasses; dynamo never traces

@@ -89,6 +89,28 @@ def test_the_simulator_counts_copies_that_wait_and_hands_out_unfinished_ones(sim
     assert late.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_the_simulated_varlen_kernel_takes_the_installed_signature_and_refuses_what_flash_refuses(sim):
+    """A call the installed varlen_attn cannot bind raises its TypeError; offsets that miss the token count, a max
+    length below the longest document, a head size flash has no kernel for and a strided last dimension raise.
+    model.varlen_attention's own call passes (all four documents, max length block_size)."""
+    from model import varlen_attention
+    attn = torch.nn.attention.varlen.varlen_attn
+    q = torch.randn(10, 2, 16, device="cuda", dtype=torch.bfloat16)
+    cu = torch.tensor([0, 3, 7, 9, 10], dtype=torch.int32, device="cuda")
+    assert varlen_attention(q, q, q, cu, 64).shape == (10, 2, 16)
+    with pytest.raises(TypeError):
+        attn(q, q, q, cu, cu, 64, 64, is_causal=True)  # torch 2.10's keyword: not this torch's
+    with pytest.raises(RuntimeError, match="up to the 10 tokens"):
+        attn(q, q, q, cu[:-1], cu[:-1], 64, 64, window_size=(-1, 0))
+    with pytest.raises(RuntimeError, match="below the longest document"):
+        varlen_attention(q, q, q, cu, 3)
+    with pytest.raises(RuntimeError, match="head size 12"):
+        varlen_attention(*(torch.randn(10, 2, 12, device="cuda", dtype=torch.bfloat16),) * 3, cu, 64)
+    wide = torch.randn(10, 2, 32, device="cuda", dtype=torch.bfloat16)[..., ::2]  # head size 16, stride 2
+    with pytest.raises(RuntimeError, match="contiguous last dimension"):
+        varlen_attention(wide, wide, wide, cu, 64)
+
+
 def test_the_simulator_counts_equal_allclose_bincount_and_boolean_writes_as_syncs(sim):
     """Each returns a Python bool or an output sized by the data (a boolean index_put_ runs nonzero underneath):
     the host waits for the device."""
@@ -121,7 +143,7 @@ def test_training_on_cuda_logs_evaluates_and_saves(tmp_path, sim, mode, monkeypa
     """torchrun train.py's path on one GPU: steps, the flush at every log interval (losses and gradient norms read
     from the device in one go), evaluations, best.pt and ckpt.pt, for each loss and precision."""
     calls = []
-    real_varlen = cuda_sim.varlen_attn
+    real_varlen = torch.nn.attention.varlen.varlen_attn  # the simulator's, bound to the installed signature
     spy = functools.wraps(real_varlen)(lambda *a, **k: calls.append(1) or real_varlen(*a, **k))  # its signature
     monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", spy)
     summary = T.train(tiny_run(tmp_path, device="cuda", max_steps=4, log_interval=2, eval_interval=2, **MODES[mode]))
