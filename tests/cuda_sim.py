@@ -27,6 +27,7 @@ torch.autocast("cuda"), torch.Generator(device="cuda"), checkpoints' location ta
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -36,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 CUDA0 = torch.device("cuda", 0)
+CUDA_DEFAULT_SEED = 67280421310721  # each CUDA generator's seed until torch.manual_seed
 DEVICE_NAME = "NVIDIA H100 80GB HBM3"
 SAME_DEVICE = "Expected all tensors to be on the same device, but found at least two devices, {} and {}!"
 
@@ -109,12 +111,25 @@ class _Sim:
         self.in_api = 0
         self.to_host = 0  # inside move() to the host: the one _to_copy(device=cpu) that leaves the device
         self.copies: list[str] = []  # host-to-device copies that make the host wait: "blocking" or "unpinned"
+        self.current = 0  # torch.cuda.current_device()
+        self.cuda_rng: list[torch.Tensor] = []  # each GPU's random state (the CPU generator's state format)
         self.in_flight: list[tuple[torch.Tensor, torch.Tensor]] = []  # non-blocking device-to-host copies
 
     def count(self, name: str) -> None:
         if self.in_api == 0:
             self.syncs.append(name)
         self.land()  # the host waited for the device: copies in flight have landed
+
+    @contextlib.contextmanager
+    def cuda_random(self):
+        """Draw from the current GPU's simulated generator instead of the CPU's (whose state is set aside)."""
+        host = torch.get_rng_state()
+        torch.set_rng_state(self.cuda_rng[self.current])
+        try:
+            yield
+        finally:
+            self.cuda_rng[self.current] = torch.get_rng_state()
+            torch.set_rng_state(host)
 
     def land(self) -> None:
         """Fill the host buffers of non-blocking device-to-host copies: the device has finished them."""
@@ -208,6 +223,9 @@ class _Sim:
                 "aten::unique_dim", "aten::_unique2", "aten::repeat_interleave", "aten::equal", "aten::allclose",
                 "aten::bincount"}  # a Python bool, or an output sized by the data: the host waits
     INDEX_OPS = {"aten::index", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"}
+    RANDOM_OPS = {"aten::native_dropout", "aten::bernoulli", "aten::bernoulli_", "aten::uniform_", "aten::normal_",
+                  "aten::exponential_", "aten::random_", "aten::multinomial", "aten::randperm", "aten::rand_like",
+                  "aten::randn_like", "aten::randint_like", "aten::geometric_", "aten::cauchy_", "aten::log_normal_"}
 
     def dispatch(self, func, args, kwargs):
         name = func._schema.name
@@ -232,7 +250,9 @@ class _Sim:
                 i is not None and i.dtype == torch.bool for i in args[1])):
             self.count(name)
         unwrap = lambda t: t._data if isinstance(t, CudaTensor) else t
-        out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
+        random = name in self.RANDOM_OPS and not any(isinstance(g, torch._C.Generator) for g in leaves)
+        with self.cuda_random() if random else contextlib.nullcontext():  # the GPU's generator, not the CPU's
+            out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
         return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out) if name not in (
             "aten::_local_scalar_dense", "aten::is_nonzero") else out
 
@@ -340,7 +360,9 @@ class _FactoryMode(TorchFunctionMode):
             return pinned(args[0])
         if is_cuda_device(kwargs.get("device")) and not (args and isinstance(args[0], torch.Tensor)
                                                         and func.__name__ not in ("tensor", "as_tensor")):
-            out = func(*args, **{**kwargs, "device": "cpu"})
+            random = func.__name__ in ("rand", "randn", "randint", "randperm", "normal") and "generator" not in kwargs
+            with SIM.cuda_random() if random else contextlib.nullcontext():
+                out = func(*args, **{**kwargs, "device": "cpu"})
             return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out)
         return func(*args, **kwargs)
 
@@ -378,15 +400,20 @@ class CudaSim:
 
     def __enter__(self) -> "CudaSim":
         mp, c = self.mp, torch.cuda
-        rng = {}
-        fake_rng = lambda: rng.setdefault("state", torch.get_rng_state().clone())
         mp.setattr(c, "is_available", lambda: True)
         mp.setattr(c, "device_count", lambda: self.devices)
-        current = [0]
-        mp.setattr(c, "current_device", lambda: current[0])
-        mp.setattr(c, "set_device", lambda device: current.__setitem__(0, torch.device("cuda", device).index
-                                                                      if isinstance(device, int) else
-                                                                      torch.device(device).index or 0))
+        SIM.current = 0
+
+        def index_of(device) -> int:  # "cuda" (and None) is the current device, as in torch.cuda
+            index = device if isinstance(device, int) else (SIM.current if device is None else
+                                                            torch.device(device).index)
+            index = SIM.current if index is None else index
+            if not 0 <= index < self.devices:
+                raise RuntimeError("CUDA error: invalid device ordinal")
+            return index
+
+        mp.setattr(c, "current_device", lambda: SIM.current)
+        mp.setattr(c, "set_device", lambda device: setattr(SIM, "current", index_of(device)))
         mp.setattr(c, "_lazy_init", lambda: None)
         mp.setattr(c, "is_initialized", lambda: True)
         mp.setattr(c, "get_device_name", lambda device=None: self.name)
@@ -399,7 +426,7 @@ class CudaSim:
         mp.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda"))
         mp.setattr(torch.accelerator, "is_available", lambda: True)
         mp.setattr(torch.accelerator, "device_count", lambda: self.devices)
-        mp.setattr(torch.accelerator, "current_device_index", lambda: current[0])
+        mp.setattr(torch.accelerator, "current_device_index", lambda: SIM.current)
         mp.setattr(torch.accelerator, "current_stream", lambda device=None: _SimStream())
         mp.setattr(torch.accelerator, "synchronize", lambda device=None: SIM.count("synchronize"))
         mp.setattr(c, "reset_peak_memory_stats", lambda device=None: None)
@@ -407,18 +434,18 @@ class CudaSim:
         mp.setattr(c, "memory_allocated", lambda device=None: 0)
         mp.setattr(c, "empty_cache", lambda: None)
         mp.setattr(c, "mem_get_info", lambda device=None: self.memory)
-        mp.setattr(c, "manual_seed", lambda seed: None)
-        mp.setattr(c, "manual_seed_all", lambda seed: None)
-        mp.setattr(c, "get_rng_state", lambda device=None: fake_rng().clone())
-        mp.setattr(c, "get_rng_state_all", lambda: [fake_rng().clone() for _ in range(self.devices)])
-        def set_rng(state, device="cuda"):
-            index = device if isinstance(device, int) else (torch.device(device).index or 0)
-            if index >= self.devices:
-                raise RuntimeError("CUDA error: invalid device ordinal")
-            rng["state"] = state.clone()
-
-        mp.setattr(c, "set_rng_state", set_rng)
-        mp.setattr(c, "set_rng_state_all", lambda states: [set_rng(st, i) for i, st in enumerate(states)])
+        # each GPU's generator, simulated (not stubbed): dropout and noise on "cuda" tensors draw from the current
+        # GPU's, torch.manual_seed seeds them all, and a checkpoint must save and restore the right one
+        seeded = lambda seed: torch._C.Generator().manual_seed(seed).get_state()  # noqa: E731
+        SIM.cuda_rng = [seeded(CUDA_DEFAULT_SEED) for _ in range(self.devices)]
+        mp.setattr(c, "manual_seed", lambda seed: SIM.cuda_rng.__setitem__(SIM.current, seeded(seed)))
+        mp.setattr(c, "manual_seed_all", lambda seed: SIM.cuda_rng.__setitem__(slice(None), [seeded(seed)] *
+                                                                                 self.devices))
+        mp.setattr(c, "get_rng_state", lambda device="cuda": SIM.cuda_rng[index_of(device)].clone())
+        mp.setattr(c, "get_rng_state_all", lambda: [state.clone() for state in SIM.cuda_rng])
+        mp.setattr(c, "set_rng_state", lambda state, device="cuda": SIM.cuda_rng.__setitem__(index_of(device),
+                                                                                              state.clone()))
+        mp.setattr(c, "set_rng_state_all", lambda states: [c.set_rng_state(st, i) for i, st in enumerate(states)])
         real_autocast, real_enabled = torch.autocast, torch.is_autocast_enabled
         # autocast("cuda") would only switch the CUDA dispatch key, which our CPU-backed tensors lack: the
         # CPU's autocast casts them instead (same dtypes; the CPU's op lists)

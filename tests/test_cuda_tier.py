@@ -185,6 +185,36 @@ def test_resume_from_a_cuda_checkpoint_is_exact(tmp_path, sim):
     assert b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_the_simulated_gpus_each_have_their_own_random_state(sim):
+    """Dropout on "cuda" draws from the current GPU's generator, not the CPU's; torch.manual_seed seeds it; its
+    state saved and set back replays the same masks; each GPU has its own."""
+    x = torch.ones(1000, device="cuda")
+    torch.manual_seed(0)
+    host = torch.get_rng_state()
+    state = torch.cuda.get_rng_state()
+    first = torch.nn.functional.dropout(x, 0.5)
+    assert torch.equal(torch.get_rng_state(), host)  # the CPU's generator did not move
+    assert not torch.equal(torch.cuda.get_rng_state(), state)
+    torch.cuda.set_rng_state(state)
+    assert torch.equal(torch.nn.functional.dropout(x, 0.5), first)
+    torch.manual_seed(0)
+    assert torch.equal(torch.nn.functional.dropout(x, 0.5), first)
+
+
+def test_resume_with_noise_on_gpu_1_draws_the_same_noise(tmp_path, monkeypatch):
+    """One process on --device cuda:1 (of 2) with NEFTune noise (drawn on the GPU; the simulator cannot run
+    attention dropout, whose CPU decomposition makes host tensors): stopped at step 2 and resumed, the weights at
+    step 4 are those of 4 steps straight, only because the checkpoint saved this GPU's random state and set it back
+    (a checkpoint without it, or with GPU 0's, replays other noise)."""
+    with CudaSim(monkeypatch, devices=2):
+        kw = dict(device="cuda:1", neftune_alpha=5.0, max_steps=4)
+        T.train(tiny_run(tmp_path / "whole", **kw))
+        T.train(tiny_run(tmp_path / "cut", stop_step=2, **kw))
+        T.train(tiny_run(tmp_path / "cut", init_from="resume", **kw))
+    a, b = (load_checkpoint(str(tmp_path / run / "out" / "ckpt.pt")) for run in ("whole", "cut"))
+    assert b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_resume_on_a_machine_with_fewer_gpus(tmp_path, monkeypatch):
     """A checkpoint of a process that saw 2 GPUs resumes where 1 is visible: each process keeps only its own GPU's
     random state (all visible GPUs' states made set_rng_state_all fail: "key 'rng' is not a saved random state")."""
