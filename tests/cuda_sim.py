@@ -5,23 +5,30 @@ placement, so the real programs' GPU paths run in CI and fail on the bugs a GPU 
         train.train(cfg_with_device_cuda)  # every tensor the program puts on "cuda" is a CudaTensor
         assert sim.syncs == [...]           # the host syncs it made, by name
 
-What it checks, as CUDA does: a tensor on "cuda" reports cuda:0 (device, is_cuda, get_device); an operator that
-mixes it with a CPU tensor raises "Expected all tensors to be on the same device" (0-dim CPU tensors are allowed,
-as CUDA allows them: they are scalars); `.numpy()` raises; `.item()`, `.tolist()`, `.cpu()`, `.to("cpu")`, `bool()`,
-`int()`, `float()` and data-dependent shapes (nonzero, boolean-mask indexing) are counted as host syncs;
-`torch.autocast("cuda", ...)` casts as autocast does (the CPU's cast lists underneath); checkpoints written from
-"cuda" tensors carry the "cuda:0" location tag, so loading them without map_location fails on a CPU-only machine
-as it does for real; collectives refuse CPU tensors when the simulated backend is NCCL.
+What it checks, as CUDA does: a tensor on "cuda" reports cuda:N, N the current device when it was made (set_device)
+or the one named (device, is_cuda, get_device); an operator that mixes it with a CPU tensor, or with another GPU's,
+raises "Expected all tensors to be on the same device" (0-dim CPU tensors are allowed, as CUDA allows them: they are
+scalars); `.numpy()` raises; `.item()`, `.tolist()`, `.cpu()`, `.to("cpu")`, `bool()`, `int()`, `float()`,
+`equal`, `allclose`, `bincount` and data-dependent shapes (nonzero, boolean-mask indexing and index_put_) are
+counted as host syncs; host-to-device copies that make the host wait (blocking, or non_blocking from unpinned
+memory) are counted apart (`sim.copies`); a non_blocking device-to-host copy holds NaN until something waits for the
+device; each GPU has its own simulated random state (random ops on its tensors draw from it, torch.manual_seed
+seeds it, get/set_rng_state read and write it); the varlen kernel is bound to the installed varlen_attn's signature
+and refuses what flash refuses (offsets, max length, head size, strides); `torch.autocast("cuda", ...)` casts as
+autocast does (the CPU's cast lists underneath); checkpoints written from "cuda" tensors carry their "cuda:N"
+location tag, so loading them without map_location fails on a CPU-only machine as it does for real; collectives
+refuse CPU tensors when the simulated backend is NCCL; torch.cuda.mem_get_info answers `sim.memory`.
 
 What it cannot see: kernels (no CUDA kernel runs: FlashAttention and its varlen kernel, fused optimizers and cuBLAS
 numerics are the CPU's; autocast uses the CPU's cast lists), streams and asynchronous errors, NCCL itself
 (collectives run on gloo underneath; torch's C++ DDP cannot read these tensors, so tests use a stand-in), memory (no
-allocator, no out-of-memory; memory statistics are zeros; pinning is a no-op), and torch.compile (dynamo does not
-trace these tensors; inductor/triton never run). Modes are per thread: a background thread's factory calls with
+allocator, no out-of-memory; memory statistics are zeros; pinning only marks the copy), attention dropout (the
+CPU's decomposition makes host tensors), and torch.compile (dynamo does not trace these tensors; inductor/triton
+never run). Modes are per thread: a background thread's factory calls with
 device="cuda" are not simulated (imgpt's prefetch thread only collates and pins, on the CPU).
 
 How: CudaTensor is a wrapper subclass whose real device is the CPU (so autograd and C++ code run) while Python sees
-cuda:0 (__torch_function__ answers .device, .is_cuda, ...); __torch_dispatch__ checks placement and unwraps;
+cuda:N (__torch_function__ answers .device, .is_cuda, ...); __torch_dispatch__ checks placement and unwraps;
 a TorchFunctionMode turns device="cuda" factories and .to("cuda") into CudaTensors; monkeypatches make torch.cuda,
 torch.autocast("cuda"), torch.Generator(device="cuda"), checkpoints' location tags and collectives answer as on a GPU.
 """
@@ -36,7 +43,6 @@ import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-CUDA0 = torch.device("cuda", 0)
 CUDA_DEFAULT_SEED = 67280421310721  # each CUDA generator's seed until torch.manual_seed
 DEVICE_NAME = "NVIDIA H100 80GB HBM3"
 SAME_DEVICE = "Expected all tensors to be on the same device, but found at least two devices, {} and {}!"
@@ -47,35 +53,38 @@ def is_cuda_device(device) -> bool:
 
 
 class CudaTensor(torch.Tensor):
-    """A tensor "on cuda:0" whose data (`_data`) lives on the CPU. Autograd and the dispatcher see a CPU tensor
-    (so backward runs without a CUDA build); Python sees cuda:0, and every operator checks placement."""
+    """A tensor "on cuda:N" whose data (`_data`) lives on the CPU. Autograd and the dispatcher see a CPU tensor
+    (so backward runs without a CUDA build); Python sees cuda:N (N = `index`, the current device when it was made
+    unless named), and every operator checks placement."""
 
     _data: torch.Tensor
+    index: int
 
     @staticmethod
-    def __new__(cls, data: torch.Tensor, requires_grad: bool = False):
+    def __new__(cls, data: torch.Tensor, requires_grad: bool = False, index: int | None = None):
         assert type(data) is torch.Tensor and data.device.type == "cpu", type(data)
         r = torch.Tensor._make_wrapper_subclass(cls, data.shape, strides=data.stride(),
                                                 storage_offset=data.storage_offset(), dtype=data.dtype,
                                                 layout=data.layout, device=data.device, requires_grad=requires_grad)
         r._data = data.detach()
+        r.index = SIM.current if index is None else index
         return r
 
-    def __init__(self, data, requires_grad=False):  # __new__ did everything
+    def __init__(self, data, requires_grad=False, index=None):  # __new__ did everything
         pass
 
     def __repr__(self) -> str:
-        return f"CudaTensor({self._data!r}, device='cuda:0')"
+        return f"CudaTensor({self._data!r}, device='cuda:{self.index}')"
 
     def __tensor_flatten__(self):  # a traceable wrapper: Module.to() swaps parameters in place (weight tying holds)
-        return ["_data"], None
+        return ["_data"], self.index
 
     @staticmethod
     def __tensor_unflatten__(inner, meta, outer_size, outer_stride):
-        return CudaTensor(inner["_data"])
+        return CudaTensor(inner["_data"], index=meta)
 
-    def __reduce_ex__(self, protocol):  # torch.save: the data, tagged with the location "cuda:0" (see CudaSim)
-        SIM.saving.add(self._data.untyped_storage().data_ptr())
+    def __reduce_ex__(self, protocol):  # torch.save: the data, tagged with the location "cuda:N" (see CudaSim)
+        SIM.saving[self._data.untyped_storage().data_ptr()] = self.index
         return self._data.__reduce_ex__(protocol)
 
     @classmethod
@@ -96,17 +105,13 @@ def wrap(t: torch.Tensor) -> CudaTensor:
     return t if isinstance(t, CudaTensor) else CudaTensor(t)
 
 
-def _device_of(t) -> str:
-    return "cuda:0" if isinstance(t, CudaTensor) else str(t.device)
-
-
 class _Sim:
     """The simulator's state (one per process): syncs seen, whether the machine has a GPU, the backend."""
 
     def __init__(self):
         self.active = False
         self.syncs: list[str] = []
-        self.saving: set[int] = set()
+        self.saving: dict[int, int] = {}  # storages being saved: their GPU
         self.backend = "gloo"  # "nccl" once init_process_group asked for it: then CPU tensors are refused
         self.in_api = 0
         self.to_host = 0  # inside move() to the host: the one _to_copy(device=cpu) that leaves the device
@@ -121,14 +126,14 @@ class _Sim:
         self.land()  # the host waited for the device: copies in flight have landed
 
     @contextlib.contextmanager
-    def cuda_random(self):
-        """Draw from the current GPU's simulated generator instead of the CPU's (whose state is set aside)."""
+    def cuda_random(self, index: int):
+        """Draw from GPU `index`'s simulated generator instead of the CPU's (whose state is set aside)."""
         host = torch.get_rng_state()
-        torch.set_rng_state(self.cuda_rng[self.current])
+        torch.set_rng_state(self.cuda_rng[index])
         try:
             yield
         finally:
-            self.cuda_rng[self.current] = torch.get_rng_state()
+            self.cuda_rng[index] = torch.get_rng_state()
             torch.set_rng_state(host)
 
     def land(self) -> None:
@@ -144,15 +149,15 @@ class _Sim:
         leaves = tree_flatten((args, kwargs))[0]
         check_generator([t for t in leaves if isinstance(t, torch.Tensor)], leaves)  # the Python objects: here
         if func == T.device.__get__:  # property getters are new method-wrappers on each access: ==, not is
-            return CUDA0
+            return torch.device("cuda", args[0].index)
         if func == T.is_cuda.__get__:
             return True
         if func == T.is_cpu.__get__:
             return False
         if func is T.get_device:
-            return 0
+            return args[0].index
         if func in (T.numpy, T.__array__):
-            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+            raise TypeError(f"can't convert cuda:{args[0].index} device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
                             "to host memory first.")
         if func in (T.is_pinned,):
             return False
@@ -183,7 +188,7 @@ class _Sim:
         if func is T.cpu:
             device, dtype, copy = torch.device("cpu"), None, False
         elif func is T.cuda:
-            device, dtype, copy = CUDA0, None, False
+            device, dtype, copy = torch.device("cuda", SIM.current), None, False
         elif func is T.type:
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
@@ -193,16 +198,19 @@ class _Sim:
         to_cuda = is_cuda_device(device) or (device is None and on_cuda)
         dtype = dtype or self_.dtype
         non_blocking = kwargs.get("non_blocking", False) or any(a is True for a in rest)
-        if to_cuda:
+        if to_cuda:  # to the named GPU, or for a bare "cuda" the current one (a dtype-only .to stays put)
+            index = self_.index if device is None else SIM.current if device.index is None else device.index
             if on_cuda:
-                if dtype == self_.dtype and not copy:
+                if dtype == self_.dtype and not copy and index == self_.index:
                     return self_
-                return torch.ops.aten._to_copy.default(self_, dtype=dtype)
+                out = torch.ops.aten._to_copy.default(self_, dtype=dtype)
+                out.index = index  # a copy to another GPU lands there
+                return out
             if self_.requires_grad and torch.is_grad_enabled():
                 raise NotImplementedError("cuda_sim: moving a tensor that requires grad onto cuda")
             if not (non_blocking and getattr(self_, "sim_pinned", False)):  # the host waits for this copy
                 self.copies.append("unpinned" if non_blocking else "blocking")
-            return CudaTensor(self_.detach().to(dtype=dtype, copy=True))
+            return CudaTensor(self_.detach().to(dtype=dtype, copy=True), index=index)
         if on_cuda and non_blocking and func is T.to:  # to the host without waiting: the buffer is not filled
             out = torch.full(self_.shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype)
             self.in_flight.append((out, self_._data))  # until something waits for the device (land)
@@ -244,16 +252,20 @@ class _Sim:
         elif name in self.INDEX_OPS:
             check = [args[0]] + ([args[2]] if len(args) > 2 else [])  # indices may be on the CPU, as on CUDA
         cpu = [t for t in check if not isinstance(t, CudaTensor) and t.dim() > 0]
-        if cpu and any(isinstance(t, CudaTensor) for t in check):
-            raise RuntimeError(SAME_DEVICE.format("cuda:0", "cpu") + f" (in {name})")
+        gpus = sorted({t.index for t in check if isinstance(t, CudaTensor)})
+        if cpu and gpus:
+            raise RuntimeError(SAME_DEVICE.format(f"cuda:{gpus[0]}", "cpu") + f" (in {name})")
+        if len(gpus) > 1:  # a rank's tensors on two GPUs (one made before set_device, say)
+            raise RuntimeError(SAME_DEVICE.format(f"cuda:{gpus[0]}", f"cuda:{gpus[1]}") + f" (in {name})")
+        here = next((t.index for t in tensors if isinstance(t, CudaTensor)), SIM.current)
         if name in self.SYNC_OPS or (name in self.INDEX_OPS and any(  # a boolean mask: nonzero underneath
                 i is not None and i.dtype == torch.bool for i in args[1])):
             self.count(name)
         unwrap = lambda t: t._data if isinstance(t, CudaTensor) else t
         random = name in self.RANDOM_OPS and not any(isinstance(g, torch._C.Generator) for g in leaves)
-        with self.cuda_random() if random else contextlib.nullcontext():  # the GPU's generator, not the CPU's
+        with self.cuda_random(here) if random else contextlib.nullcontext():  # the GPU's generator, not the CPU's
             out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
-        return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out) if name not in (
+        return tree_map(lambda t: CudaTensor(t, index=here) if type(t) is torch.Tensor else t, out) if name not in (
             "aten::_local_scalar_dense", "aten::is_nonzero") else out
 
 
@@ -360,10 +372,13 @@ class _FactoryMode(TorchFunctionMode):
             return pinned(args[0])
         if is_cuda_device(kwargs.get("device")) and not (args and isinstance(args[0], torch.Tensor)
                                                         and func.__name__ not in ("tensor", "as_tensor")):
+            named = torch.device(kwargs["device"]) if not isinstance(kwargs["device"], int) else torch.device(
+                "cuda", kwargs["device"])
+            index = SIM.current if named.index is None else named.index
             random = func.__name__ in ("rand", "randn", "randint", "randperm", "normal") and "generator" not in kwargs
-            with SIM.cuda_random() if random else contextlib.nullcontext():
+            with SIM.cuda_random(index) if random else contextlib.nullcontext():
                 out = func(*args, **{**kwargs, "device": "cpu"})
-            return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out)
+            return tree_map(lambda t: CudaTensor(t, index=index) if type(t) is torch.Tensor else t, out)
         return func(*args, **kwargs)
 
 
@@ -481,7 +496,7 @@ class CudaSim:
 
     def _patch_grouping(self) -> None:
         """torch groups tensors by device in C++, which sees the CPU underneath: the groups of CudaTensors are
-        keyed cuda:0 again (clip_grad_norm_ and the optimizers move their results to that device)."""
+        keyed cuda:N again (clip_grad_norm_ and the optimizers move their results to that device)."""
         import torch.nn.utils.clip_grad as clip_grad
         import torch.optim.optimizer as optimizer
         import torch.utils._foreach_utils as foreach_utils
@@ -490,7 +505,8 @@ class CudaSim:
         def grouped(tensorlistlist, with_indices=False):
             out = real(tensorlistlist, with_indices)
             first = lambda lists: next((t for t in lists[0] if t is not None), None)  # noqa: E731
-            return {((CUDA0 if isinstance(first(v[0]), CudaTensor) else device), dtype): v
+            return {((torch.device("cuda", first(v[0]).index) if isinstance(first(v[0]), CudaTensor) else device),
+                     dtype): v
                     for (device, dtype), v in out.items()}
 
         for module in (foreach_utils, clip_grad, optimizer):
@@ -501,7 +517,7 @@ class CudaSim:
 
     def _patch_serialization(self) -> None:
         import torch.serialization as S
-        tag = lambda storage: "cuda:0" if storage.data_ptr() in SIM.saving else None
+        tag = lambda storage: f"cuda:{SIM.saving[storage.data_ptr()]}" if storage.data_ptr() in SIM.saving else None
 
         def deserialize(obj, location):
             if not location.startswith("cuda"):

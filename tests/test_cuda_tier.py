@@ -72,6 +72,23 @@ def test_the_simulator_refuses_what_cuda_refuses(sim):
     assert torch.cuda.is_available() and torch.cuda.get_device_name() == "NVIDIA H100 80GB HBM3"
 
 
+def test_each_simulated_gpu_is_its_own_device(monkeypatch):
+    """A tensor made on "cuda" lands on the current device (set_device's), "cuda:1" on GPU 1; an operator mixing
+    two GPUs raises, as CUDA does (a rank that made tensors before its set_device)."""
+    with CudaSim(monkeypatch, devices=2):
+        one = torch.ones(2, device="cuda:1")
+        zero = torch.ones(2, device="cuda")
+        assert one.device == torch.device("cuda", 1) and zero.get_device() == 0 and (one * 2).device.index == 1
+        with pytest.raises(RuntimeError, match="cuda:0 and cuda:1"):
+            one + zero
+        torch.cuda.set_device(1)
+        assert (one + torch.ones(2, device="cuda")).device.index == 1 and zero.to("cuda").device.index == 1
+        net = torch.nn.Linear(2, 2).to("cuda:1")
+        assert net(one).device.index == 1
+        with pytest.raises(RuntimeError, match="cuda:0 and cuda:1"):
+            net(zero)
+
+
 def test_the_simulator_counts_copies_that_wait_and_hands_out_unfinished_ones(sim):
     """A host-to-device copy makes the host wait unless it is non_blocking from pinned memory: counted (a step
     must make none). A non-blocking device-to-host copy is unfinished until something waits for the device:
