@@ -157,7 +157,8 @@ class _Sim:
         if func is T.get_device:
             return args[0].index
         if func in (T.numpy, T.__array__):
-            raise TypeError(f"can't convert cuda:{args[0].index} device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+            raise TypeError(f"can't convert cuda:{args[0].index} device type tensor to numpy. Use Tensor.cpu() to "
+                            "copy the tensor "
                             "to host memory first.")
         if func in (T.is_pinned,):
             return False

@@ -344,7 +344,8 @@ def test_eval_on_cuda_takes_bf16_and_tf32_by_default(cuda_run, tmp_path, sim, mo
     float32 matmuls on CUDA, as train.py; float32 on the CPU."""
     tf32 = []
     monkeypatch.setattr(ev, "use_tf32", lambda: tf32.append(1))
-    r = ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cuda", out=str(tmp_path / "e.json"))))
+    cfg = make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cuda", out=str(tmp_path / "e.json")))
+    r = ev.evaluate(cfg)
     assert r["config"]["dtype"] == "bfloat16" and tf32
     assert ev.eval_dtype("auto", "cpu") == "float32" and len(tf32) == 1
     sim.capability = (7, 5)
