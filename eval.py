@@ -148,17 +148,16 @@ def gather_in_order(items: list, dist: Dist) -> list:
 # ----------------------------------------------------------------------------- the evaluations
 
 def eval_dtype(dtype: str, device: str) -> str:
-    """--dtype auto as train.py resolves it (bf16 on CUDA where it is not emulated); on CUDA float32 matmuls use
-    TF32, as in training: full float32 at 774M-1.5B is several times slower."""
-    device_type = torch.device(device).type
-    if device_type == "cuda":
-        use_tf32()
+    """--dtype auto as train.py resolves it: bf16 on CUDA where it is not emulated (fp16 where it is), else
+    float32 (full float32 at 774M-1.5B on a GPU is several times slower; float32 there uses TF32, see evaluate)."""
     if dtype != "auto":
         return dtype
-    return {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[amp_dtype_for(dtype, device_type)]
+    amp = amp_dtype_for(dtype, torch.device(device).type)
+    return {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[amp]
 
 
 def autocast(device: str, dtype: str):
+    dtype = eval_dtype(dtype, device)
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
@@ -167,7 +166,8 @@ def autocast(device: str, dtype: str):
 def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: int) -> dict:
     """Output-only loss (and the prompt loss, for reference) under the training template, all ranks together."""
     examples, stats = data.encode_dataset(convs, tok, max_len)
-    dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
+    name = eval_dtype(cfg.dtype, dist.device)
+    dtype = None if name == "float32" else getattr(torch, name)
     r = segment_losses(model, examples, cfg.batch_size, dist.device, dist, autocast_dtype=dtype)
     return {"examples": len(examples), "output_loss": r["output_loss"], "perplexity": math.exp(r["output_loss"]),
             "prompt_loss": r["prompt_loss"], "output_tokens": r["output_tokens"], "truncated": stats["truncated"]}
@@ -289,6 +289,8 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     Returns {"ckpt", "config", "metrics": {task: {...}}, "file"}."""
     dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
     cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt), dtype=eval_dtype(cfg.dtype, dist.device))
+    if torch.device(dist.device).type == "cuda":
+        use_tf32()  # float32 matmuls on TF32 tensor cores, as in training
     saved = saved_config(cfg.ckpt)
     has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
     if not has_data and (cfg.generate or cfg.memorization):
