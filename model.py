@@ -159,29 +159,6 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
     return (weights * ce).sum(), weights.sum()
 
 
-def chunked_head_cross_entropy(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
-                               weights: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """weighted_cross_entropy(h @ head_weight.T, targets, weights), `chunk` positions at a time: (N, C) in.
-
-    Each chunk's logits and float32 log-softmax are freed after its loss and recomputed one chunk at a time in
-    backward (torch.utils.checkpoint), so at most (chunk, V) of them are ever held instead of (N, V): about
-    0.2 MB per scored position at GPT-2's vocabulary. Costs one more head matmul per chunk in backward."""
-    weights = weights.float()
-    targets = torch.where(weights != 0, targets, 0)
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for i in range(0, h.size(0), chunk):
-        part = slice(i, i + chunk)
-        total = total + checkpoint(_head_loss, h[part], head_weight, targets[part], weights[part],
-                                   use_reentrant=False)
-    return total, weights.sum()
-
-
-def _head_loss(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
-               weights: torch.Tensor) -> torch.Tensor:
-    ce = F.cross_entropy(F.linear(h, head_weight).float(), targets, reduction="none")  # (n,), as the whole head
-    return (weights * ce).sum()
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -194,9 +171,7 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads tokens in and writes them out
-        # how training computes, not what (train.py's flags; the same update either way, less memory, more time):
-        self.grad_checkpoint = False  # keep only each block's input; recompute the block in backward
-        self.head_chunk = 0  # positions per chunk of the output head + loss in GPT.loss (0: all at once)
+        self.grad_checkpoint = False  # --grad_checkpoint: keep each block's input only, recompute it in backward
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # each block adds two residual branches: keep the sum's scale
             if name.endswith("c_proj.weight"):
@@ -232,7 +207,6 @@ class GPT(nn.Module):
         cu_seqlens: only for packed rows (several examples per row): (D+1,) int32 start offsets of each run of
         one document id in the flattened tokens (data.collate computes them); attention then stays inside each
         document. Unpacked, right-padded rows need no mask: causal attention is exact for every real token.
-        head=False: the final LayerNorm's output (N, C) instead of logits (for the chunked head + loss).
         """
         B, T = idx.shape
         if cu_seqlens is None and T > self.config.block_size:
@@ -245,19 +219,17 @@ class GPT(nn.Module):
         elif cu_seqlens is not None:
             mask = attention_mask(doc, doc)  # the readable fallback: a dense (B, 1, T, T) block-diagonal mask
         x = self.embed(idx, pos, doc, neftune_alpha)
+        recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()  # same dropout masks again
         for block in self.transformer.h:
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():  # same dropout masks again
-                x = checkpoint(block, x, mask, None, varlen, use_reentrant=False)
-            else:
-                x = block(x, mask, None, varlen)
+            inputs = (x, mask, None, varlen)
+            x = checkpoint(block, *inputs, use_reentrant=False) if recompute else block(*inputs)
         if select is not None and select.dtype != torch.bool:  # (N,) flat indices from collate: no host sync
             x, select = x.flatten(0, 1).index_select(0, select), None  # (N, C)
         if select is not None:
             # BEGIN SOLUTION ex4: keep only the selected positions before the output head
             x = x[select]  # (N, C): unselected positions never reach the large vocabulary matmul
             # END SOLUTION
-        x = self.transformer.ln_f(x)
-        return self.lm_head(x) if head else x
+        return self.lm_head(self.transformer.ln_f(x)) if head else self.transformer.ln_f(x)  # head=False: (N, C)
 
     def uses_varlen(self, device: torch.device) -> bool:
         """Packed rows take CUDA's varlen flash kernel when it can run: half precision, no attention dropout."""
@@ -278,16 +250,12 @@ class GPT(nn.Module):
             # END SOLUTION
         elif not skip_zero:
             select = None
-        out = self(idx, pos, doc, select, neftune_alpha, cu_seqlens, head=not self.head_chunk)
+        logits = self(idx, pos, doc, select, neftune_alpha, cu_seqlens)
         if select is None:
-            out, targets, weights = out.flatten(0, 1), targets.flatten(), weights.flatten()
-        elif select.dtype == torch.bool:
-            targets, weights = targets[select], weights[select]
-        else:
-            targets, weights = targets.flatten()[select], weights.flatten()[select]
-        if self.head_chunk:
-            return chunked_head_cross_entropy(out, self.lm_head.weight, targets, weights, self.head_chunk)
-        return weighted_cross_entropy(out, targets, weights)
+            return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
+        if select.dtype == torch.bool:
+            return weighted_cross_entropy(logits, targets[select], weights[select])
+        return weighted_cross_entropy(logits, targets.flatten()[select], weights.flatten()[select])
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
                              fused: bool | None = None) -> torch.optim.AdamW:

@@ -258,21 +258,20 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     if auto_micro:
         shape = StepShape(amp_dtype is not None, cfg.dropout > 0, cfg.grad_checkpoint, cfg.head_chunk, d.enabled,
                           cfg.kl_coef > 0)
-        mc = model.config
-        micro, why = auto_micro_batch(mc.n_layer, mc.n_embd, mc.n_head, mc.vocab_size, model.num_params(),
-                                      micro * accum, max(len(e.ids) - 1 for e in train_ex), d.device, shape)
+        micro, why = auto_micro_batch(model.config, model.num_params(), micro * accum,
+                                      max(len(e.ids) - 1 for e in train_ex), d.device, shape)
         micro, accum = split_sizes(cfg.batch_size, micro, d.world_size)
         cfg = dataclasses.replace(cfg, micro_batch_size=micro)
         if d.is_main:
             print(why)
-    model.grad_checkpoint, model.head_chunk = cfg.grad_checkpoint, cfg.head_chunk
+    model.grad_checkpoint = cfg.grad_checkpoint
     steps_per_epoch = len(plan_epoch(cfg, train_ex, 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     model.to(d.device).train()
     if ref is not None:  # frozen, in float32 as the model is: at step 0 both run the same computation, KL exactly 0
         ref.to(d.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
-    step_loss = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
+    step_loss = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha, cfg.head_chunk)
     if d.enabled:
         step_loss = DDP(step_loss, device_ids=[d.local_rank] if device_type == "cuda" else None)
     if cfg.compile:  # after DDP: dynamo then cuts the graph at DDP's buckets, so each all-reduce overlaps backward

@@ -66,13 +66,12 @@ def head_saved_bytes(n_embd: int, vocab_size: int, shape: StepShape) -> int:
     return 4 * n_embd + 8 + head + 8 + 4
 
 
-def saved_bytes(n_layer: int, n_embd: int, n_head: int, vocab_size: int, tokens: int, scored: int,
-                shape: StepShape = StepShape()) -> int:
+def saved_bytes(config, tokens: int, scored: int, shape: StepShape = StepShape()) -> int:
     """The bytes the forward saves for backward, beyond the parameters: activations, head, input ids and
-    positions (the half weight copies are counted in fixed_bytes_per_param)."""
-    per_layer = layer_bytes_per_token(n_embd, n_head, shape)
-    layers = n_layer * (4 * n_embd if shape.grad_checkpoint else per_layer)  # checkpointing: each block's input
-    return tokens * (layers + 16) + scored * head_saved_bytes(n_embd, vocab_size, shape)
+    positions (the half weight copies are counted in fixed_bytes_per_param). config: a model.GPTConfig."""
+    per_layer = layer_bytes_per_token(config.n_embd, config.n_head, shape)
+    layers = config.n_layer * (4 * config.n_embd if shape.grad_checkpoint else per_layer)  # checkpointed: inputs
+    return tokens * (layers + 16) + scored * head_saved_bytes(config.n_embd, config.vocab_size, shape)
 
 
 def fixed_bytes_per_param(shape: StepShape) -> int:
@@ -80,27 +79,24 @@ def fixed_bytes_per_param(shape: StepShape) -> int:
     return 16 + (2 if shape.half else 0) + (4 if shape.ddp else 0) + (4 if shape.kl else 0)
 
 
-def step_peak_bytes(n_layer: int, n_embd: int, n_head: int, vocab_size: int, n_params: int, tokens: int,
-                    scored: int, shape: StepShape = StepShape()) -> int:
+def step_peak_bytes(config, n_params: int, tokens: int, scored: int, shape: StepShape = StepShape()) -> int:
     """The peak of one micro-batch's forward and backward: fixed + saved + the head's backward (14V per scored
     position, or per position of one chunk) + one block's transients (its activations once more)."""
     head_rows = min(scored, shape.head_chunk) if shape.head_chunk else scored
-    head_peak = head_rows * 14 * vocab_size
+    head_peak = head_rows * 14 * config.vocab_size
     if shape.kl:  # the reference's logits and both log-softmaxes in fp32
-        head_peak += scored * 12 * vocab_size
-    transient = tokens * layer_bytes_per_token(n_embd, n_head, shape)
-    return (n_params * fixed_bytes_per_param(shape) + saved_bytes(n_layer, n_embd, n_head, vocab_size, tokens,
-                                                                   scored, shape) + head_peak + transient)
+        head_peak += scored * 12 * config.vocab_size
+    transient = tokens * layer_bytes_per_token(config.n_embd, config.n_head, shape)
+    return n_params * fixed_bytes_per_param(shape) + saved_bytes(config, tokens, scored, shape) + head_peak + transient
 
 
-def choose_micro_batch(n_layer: int, n_embd: int, n_head: int, vocab_size: int, n_params: int,
-                       per_rank_batch: int, longest: int, free_bytes: int, shape: StepShape) -> tuple[int, int]:
+def choose_micro_batch(config, n_params: int, per_rank_batch: int, longest: int, free_bytes: int,
+                       shape: StepShape) -> tuple[int, int]:
     """(micro-batch, its peak bytes): the most rows (a divisor of the rank's share of the batch, at most
     MAX_MICRO_BATCH) whose worst micro-batch, rows x the longest example, every position scored (IM), fits
     USABLE of the free memory by step_peak_bytes. 1 if none fits (the caller says so)."""
     budget = int(free_bytes * USABLE)
-    peak = lambda rows: step_peak_bytes(n_layer, n_embd, n_head, vocab_size, n_params, rows * longest,  # noqa: E731
-                                        rows * longest, shape)
+    peak = lambda rows: step_peak_bytes(config, n_params, rows * longest, rows * longest, shape)  # noqa: E731
     fits = [m for m in range(1, min(per_rank_batch, MAX_MICRO_BATCH) + 1)
             if per_rank_batch % m == 0 and peak(m) <= budget]
     micro = max(fits, default=1)
@@ -152,13 +148,12 @@ def step_failures(step: int, micro: int, tokens: int, device: str) -> Iterator[N
         raise StepFailed(failure_line(e, step, micro, tokens, device)) from None
 
 
-def auto_micro_batch(n_layer: int, n_embd: int, n_head: int, vocab_size: int, n_params: int, per_rank_batch: int,
-                     longest: int, device: str, shape: StepShape) -> tuple[int, str]:
+def auto_micro_batch(config, n_params: int, per_rank_batch: int, longest: int, device: str,
+                     shape: StepShape) -> tuple[int, str]:
     """(micro-batch, the startup line saying why) for a CUDA run without --micro_batch_size, from the device's
     free memory now (before the model is on it) and the longest example of the training set."""
     free, total = torch.cuda.mem_get_info(device)
-    micro, peak = choose_micro_batch(n_layer, n_embd, n_head, vocab_size, n_params, per_rank_batch, longest, free,
-                                     shape)
+    micro, peak = choose_micro_batch(config, n_params, per_rank_batch, longest, free, shape)
     line = (f"micro-batch {micro} per GPU (auto, imgpt/memory.py): its longest, {micro} x {longest} tokens, needs "
             f"~{peak / GiB:.1f} GiB of {free / GiB:.1f} GiB free on {device}; --micro_batch_size sets it")
     if peak > free * USABLE:

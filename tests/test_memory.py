@@ -13,17 +13,21 @@ from imgpt import memory
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import run_cli
 from imgpt.gpt_config import PRESETS, GPTConfig
-from model import GPT, chunked_head_cross_entropy, weighted_cross_entropy
+from loss import StepLoss, chunked_head_cross_entropy
+from model import GPT, weighted_cross_entropy
 
 SIZES = [dict(n_layer=2, n_head=4, n_embd=64, vocab_size=1000, rows=2, T=96),
          dict(n_layer=3, n_head=6, n_embd=96, vocab_size=3000, rows=3, T=64),
          dict(n_layer=4, n_head=8, n_embd=128, vocab_size=5000, rows=2, T=128)]
 
 
-def measured_saved_bytes(model: GPT, idx: torch.Tensor, weights: torch.Tensor) -> int:
-    """Bytes of the distinct storages the loss's forward saves for backward under bf16 autocast, the parameters
-    themselves left out (they are there anyway)."""
+def measured_saved_bytes(model: GPT, idx: torch.Tensor, weights: torch.Tensor, head_chunk: int = 0) -> int:
+    """Bytes of the distinct storages the training step's forward (loss.StepLoss, scored positions by flat index
+    as collate gives them) saves for backward under bf16 autocast, the parameters themselves left out."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    select = weights.flatten().nonzero().squeeze(1)
+    B, T = idx.shape
+    pos, doc = torch.arange(T).expand(B, T), torch.zeros(B, T, dtype=torch.long)
     seen = {}
 
     def pack(t):
@@ -33,7 +37,7 @@ def measured_saved_bytes(model: GPT, idx: torch.Tensor, weights: torch.Tensor) -
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-        model.loss(idx, idx, weights)
+        StepLoss(model, skip_zero=True, neftune_alpha=0.0, head_chunk=head_chunk)(idx, idx, weights, pos, doc, select)
     return sum(seen.values())
 
 
@@ -47,16 +51,17 @@ def test_the_memory_model_predicts_the_saved_bytes_at_three_sizes(size, chunk, r
     s = dict(SIZES[size])
     rows, T_ = s.pop("rows"), s.pop("T")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=256, **s)).train()
-    model.head_chunk, model.grad_checkpoint = chunk, recompute
+    config = GPTConfig(block_size=256, **s)
+    model = GPT(config).train()
+    model.grad_checkpoint = recompute
     idx = torch.randint(0, s["vocab_size"], (rows, T_))
     for weights in (torch.ones(rows, T_), (torch.arange(T_) >= 2 * T_ // 3).float().expand(rows, T_)):
         scored = int(weights.count_nonzero())
-        predicted = memory.saved_bytes(s["n_layer"], s["n_embd"], s["n_head"], s["vocab_size"], rows * T_, scored,
+        predicted = memory.saved_bytes(config, rows * T_, scored,
                                        memory.StepShape(half=True, head_chunk=chunk, grad_checkpoint=recompute))
         kept = [model.lm_head] if recompute else [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         predicted += 2 * sum(m.weight.numel() for m in kept if not (chunk and m is model.lm_head))  # half copies
-        measured = measured_saved_bytes(model, idx, weights)
+        measured = measured_saved_bytes(model, idx, weights, chunk)
         assert abs(predicted - measured) / measured < memory.SAVED_TOLERANCE, (predicted, measured)
 
 
@@ -72,14 +77,11 @@ def test_with_the_defaults_every_preset_fits_80_gb_at_1024_tokens(name, micro):
     fits by the model; the old fixed 32 rows did not fit gpt2-large or gpt2-xl (~93 and ~140 GiB by it)."""
     c, n = preset_params(name)
     free = 79 * memory.GiB
-    chosen, peak = memory.choose_micro_batch(c.n_layer, c.n_embd, c.n_head, c.vocab_size, n, 128, 1024, free,
-                                             memory.StepShape())
+    chosen, peak = memory.choose_micro_batch(c, n, 128, 1024, free, memory.StepShape())
     assert chosen == micro and peak <= free * memory.USABLE < 80e9
-    old = memory.step_peak_bytes(c.n_layer, c.n_embd, c.n_head, c.vocab_size, n, 32 * 1024, 32 * 1024,
-                                 memory.StepShape())
+    old = memory.step_peak_bytes(c, n, 32 * 1024, 32 * 1024, memory.StepShape())
     assert (old > free) == (name in ("gpt2-large", "gpt2-xl"))
-    ddp = memory.choose_micro_batch(c.n_layer, c.n_embd, c.n_head, c.vocab_size, n, 16, 1024, free,
-                                    memory.StepShape(ddp=True))  # 8 GPUs: 16 each, buckets on top
+    ddp = memory.choose_micro_batch(c, n, 16, 1024, free, memory.StepShape(ddp=True))  # 8 GPUs: 16 each
     assert ddp[1] <= free * memory.USABLE and ddp[0] <= 16
 
 
@@ -118,8 +120,7 @@ def test_on_cuda_the_micro_batch_is_what_fits_the_free_memory(tmp_path, monkeypa
         assert (s.cfg.micro_batch_size, s.accum) == (8, 1)
         c = s.model.config
         longest = max(len(e.ids) - 1 for e in s.train)
-        two = memory.step_peak_bytes(c.n_layer, c.n_embd, c.n_head, c.vocab_size, s.model.num_params(), 2 * longest,
-                                     2 * longest, memory.StepShape())
+        two = memory.step_peak_bytes(c, s.model.num_params(), 2 * longest, 2 * longest, memory.StepShape())
         sim.memory = (int(two / memory.USABLE) + 1, 80 * memory.GiB)
         s = T.setup(tiny_run(tmp_path, device="cuda", micro_batch_size=None, overwrite=True), T.Dist(device="cuda:0"))
         assert (s.cfg.micro_batch_size, s.accum) == (2, 4)

@@ -191,8 +191,7 @@ def check_memory_model(device: str, smoke: bool, work: str) -> str:
         c = GPTConfig.preset(name)
         n = sum(s.numel() for s in expected_shapes(c).values())
         free = torch.cuda.mem_get_info()[0]
-        micro, predicted = memory.choose_micro_batch(c.n_layer, c.n_embd, c.n_head, c.vocab_size, n, 128, 1024,
-                                                     free, memory.StepShape())
+        micro, predicted = memory.choose_micro_batch(c, n, 128, 1024, free, memory.StepShape())
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         model = GPT(c).to(device).train()
