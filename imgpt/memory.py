@@ -68,7 +68,7 @@ def head_saved_bytes(n_embd: int, vocab_size: int, shape: StepShape) -> int:
 
 def saved_bytes(config, tokens: int, scored: int, shape: StepShape = StepShape()) -> int:
     """The bytes the forward saves for backward, beyond the parameters: activations, head, input ids and
-    positions (the half weight copies are counted in fixed_bytes_per_param). config: a model.GPTConfig."""
+    positions (the half weight copies are counted in fixed_bytes_per_param). config: a GPTConfig."""
     per_layer = layer_bytes_per_token(config.n_embd, config.n_head, shape)
     layers = config.n_layer * (4 * config.n_embd if shape.grad_checkpoint else per_layer)  # checkpointed: inputs
     return tokens * (layers + 16) + scored * head_saved_bytes(config.n_embd, config.vocab_size, shape)

@@ -399,13 +399,32 @@ def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     B = bench_gpu()
     result = B.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(tmp_path / "bench.json")])
     rows = {(r["mix"], r["variant"]): r for r in result["rows"]}
-    ours = ("unpacked", "packed", "unpacked compiled", "packed compiled")
+    ours = ("unpacked", "packed", "unpacked same-work", "unpacked compiled", "packed compiled")
     assert {(m, v) for m in B.MIXES for v in ours} <= rows.keys()
+    compiled = [r for r in rows.values() if "compiled" in r["variant"]]
+    assert all(r["compiled"] and r["graph_breaks"] == 0 for r in compiled)  # the compiler's counters, read
+    assert rows[("alpaca", "unpacked compiled")]["graphs"] == 1  # later mixes reuse the dynamic graphs
     assert all(r["tokens_per_s"] > 0 and r["mfu"] is None and r["peak_gib"] is None for r in rows.values())
     assert rows[("t1024", "packed")]["useful_fraction"] == 1.0 and rows[("lima", "packed")]["useful_fraction"] < 1.0
     assert rows[("t1024", "packed")]["tokens"] == 4 * 128  # 2 micro-batches of 2 examples of block_size tokens
     assert json.load(open(tmp_path / "bench.json"))["rows"] == result["rows"]
     assert any(line.startswith("lima, packed vs unpacked") for line in result["targets"])
+    if ("alpaca", "hf-sdpa same-work") in rows:  # transformers installed: both ratios
+        assert sum(line.startswith("alpaca, like for like") or line.startswith("alpaca, ours")
+                   for line in result["targets"]) == 2
+
+
+def test_gpu_benchmark_fails_a_compiled_variant_that_ran_eager(tmp_path, monkeypatch):
+    """A torch.compile that silently hands back the eager module (as a compile error under suppress_errors does):
+    the counters show no graph, the verdict says FAILED and the run ends in one error line, results written."""
+    B = bench_gpu()
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: module)
+    with pytest.raises(B.UserError, match="a compiled variant ran eager"):
+        B.main(["--device", "cpu", "--smoke", "--threads", "1", "--no-reference", "--mixes", "alpaca",
+                "--out", str(tmp_path / "b.json")])
+    verdicts = json.load(open(tmp_path / "b.json"))["targets"]
+    assert verdicts[-1] == ("compiled variants that fell back to eager (no graph compiled): alpaca packed compiled, "
+                            "alpaca unpacked compiled: FAILED")
 
 
 def test_gpu_benchmark_targets_read_the_best_variant():
@@ -413,9 +432,11 @@ def test_gpu_benchmark_targets_read_the_best_variant():
     row = lambda mix, variant, tps, mfu=None: dict(mix=mix, variant=variant, tokens_per_s=tps, mfu=mfu)
     rows = [row("t1024", "packed", 100, 0.38), row("t1024", "packed compiled", 120, 0.456),
             row("alpaca", "unpacked", 130, None), row("alpaca", "packed compiled", 140), row("alpaca", "hf-sdpa", 100),
+            row("alpaca", "unpacked same-work", 500), row("alpaca", "hf-sdpa same-work", 400),
             row("lima", "unpacked", 100), row("lima", "unpacked compiled", 110), row("lima", "packed", 150)]
-    assert B.targets(rows) == ["MFU on t1024 packed: 45.6% (target 40%): met",
+    assert B.targets(rows) == ["MFU on t1024 packed: 45.6% (target 40%): met",  # same-work rows never "ours" best
                                "alpaca, ours (packed compiled) vs hf-sdpa: 1.40x (target 1.3x): met",
+                               "alpaca, like for like (every position's logits, no attention mask, both): 1.25x",
                                "lima, packed vs unpacked: 1.36x (target 1.5x): missed"]
 
 
