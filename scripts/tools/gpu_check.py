@@ -152,8 +152,9 @@ def check_syncs(device: str, smoke: bool, work: str) -> str:
 
 
 def check_eval_generate(device: str, smoke: bool, work: str) -> str:
-    r = ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=os.path.join(work, "it"), generate=True, limit=4, max_new_tokens=8,
-                                                    device=device, out=os.path.join(work, "eval.json"))))
+    cfg = dict(ckpt=os.path.join(work, "it"), generate=True, limit=4, max_new_tokens=8, device=device,
+               out=os.path.join(work, "eval.json"))
+    r = ev.evaluate(make_config(ev.EvalConfig, cfg))
     g = r["metrics"]["generate"]
     return f"{g['examples']} held-out answers generated: exact match {g['exact_match']:.2f}, BLEU {g['bleu']:.1f}"
 
