@@ -164,8 +164,9 @@ def check_torchrun(device: str, smoke: bool, work: str) -> str:
         raise Skip("needs two visible GPUs")
     cfg = run_config(os.path.join(work, "ddp"), "cuda", smoke)
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
-    args += [f"--{k}={v}" for k, v in vars(cfg).items() if v is not None and k not in ("overwrite",)]
-    done = subprocess.run(args + ["--overwrite"], capture_output=True, text=True, timeout=300)
+    args += [f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k}={v}"
+             for k, v in vars(cfg).items() if v is not None]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     if done.returncode:
         raise AssertionError(f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
     return "2 ranks trained and saved"
