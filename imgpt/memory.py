@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 
 from imgpt.cli import UserError
+from imgpt.train_config import GPU_MICRO_BATCH  # the most rows per GPU forward: more no longer speed a step up
 
 GiB = 2 ** 30
 SAVED_TOLERANCE = 0.01  # |model - measured| / measured of the saved bytes (measured: < 0.06%), tests/test_memory.py
 USABLE = 0.9  # of the free memory: the rest for the CUDA context, fragmentation and cuBLAS workspaces
-MAX_MICRO_BATCH = 32  # more rows per forward no longer speed up a GPU step (train_config.GPU_MICRO_BATCH)
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,11 @@ def step_peak_bytes(config, n_params: int, tokens: int, scored: int, shape: Step
 def choose_micro_batch(config, n_params: int, per_rank_batch: int, longest: int, free_bytes: int,
                        shape: StepShape) -> tuple[int, int]:
     """(micro-batch, its peak bytes): the most rows (a divisor of the rank's share of the batch, at most
-    MAX_MICRO_BATCH) whose worst micro-batch, rows x the longest example, every position scored (IM), fits
+    GPU_MICRO_BATCH) whose worst micro-batch, rows x the longest example, every position scored (IM), fits
     USABLE of the free memory by step_peak_bytes. 1 if none fits (the caller says so)."""
     budget = int(free_bytes * USABLE)
     peak = lambda rows: step_peak_bytes(config, n_params, rows * longest, rows * longest, shape)  # noqa: E731
-    fits = [m for m in range(1, min(per_rank_batch, MAX_MICRO_BATCH) + 1)
+    fits = [m for m in range(1, min(per_rank_batch, GPU_MICRO_BATCH) + 1)
             if per_rank_batch % m == 0 and peak(m) <= budget]
     micro = max(fits, default=1)
     return micro, peak(micro)
