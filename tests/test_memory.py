@@ -154,3 +154,15 @@ def test_out_of_memory_in_a_step_is_one_line_and_the_checkpoint_stays(tmp_path, 
     assert "asked 20.00 GiB with 3.19 GiB free on cuda; lower --micro_batch_size" in lines[0]
     assert load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))["step"] == 2
     assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
+
+
+def test_a_resumed_run_may_change_its_memory_knobs_and_keeps_its_update(tmp_path):
+    """After an out-of-memory stop, the line's advice works on resume: --micro_batch_size, --grad_checkpoint and
+    --head_chunk are run control (the same update), so a resumed run takes them and ends where a straight run does."""
+    T.train(tiny_run(tmp_path / "whole", max_steps=4))
+    T.train(tiny_run(tmp_path / "cut", max_steps=4, stop_step=2))
+    T.train(tiny_run(tmp_path / "cut", max_steps=4, init_from="resume", micro_batch_size=2, grad_checkpoint=True,
+                     head_chunk=3))
+    a, b = (load_checkpoint(str(tmp_path / run / "out" / "ckpt.pt")) for run in ("whole", "cut"))
+    assert b["step"] == 4 and b["config"]["micro_batch_size"] == 2
+    assert all(torch.allclose(a["model"][k], b["model"][k], rtol=0, atol=1e-6) for k in a["model"])
