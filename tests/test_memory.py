@@ -12,7 +12,7 @@ from cuda_sim import CudaSim
 from imgpt import memory
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import run_cli
-from imgpt.gpt_config import PRESETS, GPTConfig
+from imgpt.gpt_config import GPTConfig
 from loss import StepLoss, chunked_head_cross_entropy
 from model import GPT, weighted_cross_entropy
 
