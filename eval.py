@@ -38,7 +38,7 @@ import data
 from imgpt import formats, synthetic
 from imgpt.benchmarks import Question, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag, read_mmlu
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.device import autocast, check_device
+from imgpt.device import amp_dtype_for, autocast, check_device, use_tf32
 from imgpt.distributed import Dist, all_reduce_sum, destroy_distributed, join_distributed, local_rank_zero_first
 from imgpt.files import write_text_atomic
 from imgpt.formats import DataError
@@ -80,15 +80,17 @@ class EvalConfig:
     out: str = opt("", "results JSON ('' = next to the checkpoint: out/eval.json for out or out/ckpt.pt, "
                        "out/eval_best.json for out/best.pt); generations go to <out stem>.<split>.jsonl")
     device: str = opt("auto", "cpu, cuda, mps or auto")
-    dtype: str = opt("float32", "float32, bfloat16 or float16 (autocast for the forward passes)")
+    dtype: str = opt("auto", "auto (as train.py: bf16 autocast on CUDA where the GPU has bf16 tensor cores, else "
+                     "float32, with TF32 matmuls on CUDA), float32, bfloat16 or float16 (autocast for the forward "
+                     "passes)")
 
     def validate(self) -> None:
         if not self.ckpt:
             raise UserError("--ckpt is required (a training out_dir, a ckpt.pt, an HF dir or a name like gpt2)")
         if self.mmlu_style not in ("letters", "continuation"):
             raise UserError(f"--mmlu_style: expected letters or continuation, got {self.mmlu_style!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"--dtype: expected float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"--dtype: expected auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.batch_size < 1 or self.max_new_tokens < 0:
             raise UserError("--batch_size must be at least 1 and --max_new_tokens at least 0")
         if self.temperature < 0 or (self.top_k is not None and self.top_k < 1) or \
@@ -214,15 +216,21 @@ def gather_in_order(items: list, dist: Dist) -> list:
 
 # ----------------------------------------------------------------------------- the evaluations
 
-def amp_dtype(cfg: EvalConfig) -> torch.dtype | None:
-    """--dtype as autocast takes it: None for plain float32."""
-    return None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
+DTYPE_NAMES = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}  # amp_dtype -> --dtype
+
+
+def amp_dtype(cfg: EvalConfig, device: str) -> torch.dtype | None:
+    """--dtype as autocast takes it, None for plain float32; auto as train.py resolves it: bf16 on CUDA where it is
+    not emulated (fp16 where it is), else float32 (full float32 at 774M-1.5B on a GPU is several times slower;
+    float32 on CUDA uses TF32, see main)."""
+    return amp_dtype_for(cfg.dtype, torch.device(device).type)
 
 
 def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: int) -> dict:
     """Output-only loss (and the prompt loss, for reference) under the training template, all ranks together."""
     examples, stats = data.encode_dataset(convs, tok, max_len, prompt_loss_weight=0.0)  # scored by segment
-    r = segment_losses(model, examples, cfg.batch_size, dist.device, dist, autocast_dtype=amp_dtype(cfg))
+    r = segment_losses(model, examples, cfg.batch_size, dist.device, dist,
+                       autocast_dtype=amp_dtype(cfg, dist.device))
     return {"examples": len(examples), "output_loss": r["output_loss"], "perplexity": math.exp(r["output_loss"]),
             "prompt_loss": r["prompt_loss"], "output_tokens": r["output_tokens"], "truncated": stats["truncated"]}
 
@@ -260,7 +268,7 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
     mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
     prompts = [data.prompt_ids(c, tok, max_len or model.config.block_size + 1) for c in mine]
     run_cfg = replace(cfg, temperature=0.0) if greedy else cfg
-    with autocast(dist.device, amp_dtype(cfg)):
+    with autocast(dist.device, amp_dtype(cfg, dist.device)):
         new = generate_batched(model, prompts, run_cfg, max_new, tok.eot_token, dist.device, dist.rank, dist.is_main)
     records = [{"prompt": tok.decode(p), "reference": c[-1]["content"], "output": tok.decode(n)}
                for p, c, n in zip(prompts, mine, new)]
@@ -288,7 +296,8 @@ def choice_metrics(model, tok, questions: list[Question], cfg: EvalConfig, dist:
     """lm-eval acc and acc_norm; each rank scores every world-th question, the counts are all-reduced."""
     mine = questions[dist.rank::dist.world_size]
     pairs = [p for q in mine for p in choice_pairs(q, tok, cfg.chat)]
-    lps = continuation_logprobs(model, pairs, cfg.batch_size, dist.device, autocast(dist.device, amp_dtype(cfg)),
+    lps = continuation_logprobs(model, pairs, cfg.batch_size, dist.device,
+                                autocast(dist.device, amp_dtype(cfg, dist.device)),
                                 show=dist.is_main)
     counts = torch.zeros(3, dtype=torch.float64, device=dist.device)  # [acc hits, acc_norm hits, questions]
     start = 0
@@ -355,7 +364,9 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     """Run the selected evaluations; rank 0 writes the results (cfg.out, by default beside the checkpoint).
     Returns {"ckpt", "config", "metrics": {task: {...}}, "file"}."""
     dist = dist or join_distributed(cfg.device)[0]  # in-process: the caller's process group, if any
-    cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt))
+    cfg = replace(cfg, out=cfg.out or results_path(cfg.ckpt), dtype=DTYPE_NAMES[amp_dtype(cfg, dist.device)])
+    if torch.device(dist.device).type == "cuda":
+        use_tf32()  # float32 matmuls on TF32 tensor cores, as in training
     saved = saved_config(cfg.ckpt)
     has_data = bool(cfg.data) or saved is not None  # pretrained weights with no --data: only multiple choice
     if not has_data and (cfg.generate or cfg.memorization):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from data import Batch, Example, collate
 from imgpt.device import autocast
@@ -87,17 +88,48 @@ def weighted_kl(logits: torch.Tensor, ref_logits: torch.Tensor, weights: torch.T
     return (weights * (logp.exp() * (logp - logq)).sum(-1)).sum()
 
 
-class StepLoss(nn.Module):
-    """The model and its loss in one forward, so that DDP sees the whole computation and syncs its gradients."""
+def chunked_head_cross_entropy(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
+                               weights: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """model.weighted_cross_entropy(h @ head_weight.T, targets, weights), `chunk` positions at a time: (N, C) in.
 
-    def __init__(self, model: GPT, skip_zero: bool, neftune_alpha: float):
+    Each chunk's logits and float32 log-softmax are freed after its loss and recomputed one chunk at a time in
+    backward (torch.utils.checkpoint), so at most (chunk, V) of them are ever held instead of (N, V): about
+    0.2 MB per scored position at GPT-2's vocabulary. Costs one more head matmul per chunk in backward."""
+    weights = weights.float()
+    targets = torch.where(weights != 0, targets, 0)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for i in range(0, h.size(0), chunk):
+        part = slice(i, i + chunk)
+        total = total + checkpoint(_head_loss, h[part], head_weight, targets[part], weights[part],
+                                   use_reentrant=False)
+    return total, weights.sum()
+
+
+def _head_loss(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
+               weights: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(F.linear(h, head_weight).float(), targets, reduction="none")  # (n,), as the whole head
+    return (weights * ce).sum()
+
+
+class StepLoss(nn.Module):
+    """The model and its loss in one forward, so that DDP sees the whole computation and syncs its gradients.
+    head_chunk > 0 (--head_chunk): the output head and loss run that many scored positions at a time."""
+
+    def __init__(self, model: GPT, skip_zero: bool, neftune_alpha: float, head_chunk: int = 0):
         super().__init__()
-        self.model, self.skip_zero, self.neftune_alpha = model, skip_zero, neftune_alpha
+        self.model, self.skip_zero, self.neftune_alpha, self.head_chunk = model, skip_zero, neftune_alpha, head_chunk
 
     def forward(self, idx, targets, weights, pos, doc, select=None, cu_seqlens=None,
                 ref_logits=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of w * cross-entropy, sum of w * KL to the reference model) over one micro-batch."""
-        if ref_logits is None:  # --no-skip_zero: the output head on every position (bench_train's baseline)
+        if ref_logits is None and self.head_chunk:  # --head_chunk: never the whole (N, V) float32 log-softmax
+            select = select if self.skip_zero else None  # (N,) flat indices of the scored positions, or all
+            h = self.model(idx, pos, doc, select, self.neftune_alpha, cu_seqlens, head=False).flatten(0, -2)  # (N, C)
+            t, w = targets.flatten(), weights.flatten()
+            t, w = (t, w) if select is None else (t[select], w[select])
+            ce, _ = chunked_head_cross_entropy(h, self.model.lm_head.weight, t, w, self.head_chunk)
+            return ce, torch.zeros_like(ce)
+        if ref_logits is None:  # no KL term; --no-skip_zero runs the head on every position (bench_train's baseline)
             ce, _ = self.model.loss(idx, targets, weights, pos=pos, doc=doc, neftune_alpha=self.neftune_alpha,
                                     select=select if self.skip_zero else None, cu_seqlens=cu_seqlens)
             return ce, torch.zeros_like(ce)
@@ -131,9 +163,12 @@ def step_batches(examples: list[Example], micro: list[list[int]], pack: bool = F
 
 def mark_dynamic(b: Batch) -> None:
     """Tell torch.compile up front that batch shapes vary, so it does not first build a graph for the first
-    step's exact shapes and then throw it away at step 2."""
+    step's exact shapes and then throw it away at step 2. Padded rows' count is marked unbacked: a backed size
+    is specialized at 1, so a one-row micro-batch (the dummy one, a one-example last chunk) compiled a second
+    graph. Packed micro-batches are always one row: nothing to mark."""
     for t in (b.idx, b.targets, b.weights, b.pos, b.doc):
-        torch._dynamo.maybe_mark_dynamic(t, 0)
+        if b.cu_seqlens is None:
+            torch._dynamo.decorators.mark_unbacked(t, 0)
         torch._dynamo.maybe_mark_dynamic(t, 1)
     for t in (b.select, b.cu_seqlens):
         if t is not None:

@@ -15,6 +15,7 @@ import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from imgpt import pretrained, tokenizers
 from imgpt.checkpoint import CheckpointError, load_checkpoint, unwrap
@@ -93,7 +94,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     cu_seqlens (D+1,) int32 are the documents' start offsets in the N flattened tokens: no mask is built and no
     block across two documents is computed. max_len bounds the longest document (block_size: a constant, so a
     compiled graph does not depend on the batch)."""
-    from torch.nn.attention.varlen import varlen_attn  # CUDA only (flash kernel), torch >= 2.10
+    from torch.nn.attention.varlen import varlen_attn  # CUDA only (flash); device.varlen_problem reads its signature
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, window_size=(-1, 0))  # (-1, 0): causal
 
 
@@ -222,6 +223,7 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads tokens in and writes them out
+        self.grad_checkpoint = False  # --grad_checkpoint: keep each block's input only, recompute it in backward
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # each block adds two residual branches: keep the sum's scale
             if name.endswith("c_proj.weight"):
@@ -249,9 +251,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor | None = None, doc: torch.Tensor | None = None,
                 select: torch.Tensor | None = None, neftune_alpha: float = 0.0,
-                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                cu_seqlens: torch.Tensor | None = None, head: bool = True) -> torch.Tensor:
         """Logits (B, T, V); or (N, V) for the N positions `select` names: indices into the flattened (B * T)
         tokens, such as head_positions gives (the output head, the largest matmul, runs on those rows only).
+        head=False: the final hidden states instead of logits, (B, T, C) or (N, C) (for a chunked head).
 
         pos: position ids (default 0..T-1). doc: example id of each token (-1 = padding), for NEFTune's lengths.
         cu_seqlens: only for packed rows (several examples per row): (D+1,) int32 start offsets of each run of
@@ -269,11 +272,14 @@ class GPT(nn.Module):
         elif cu_seqlens is not None:
             mask = attention_mask(doc, doc)  # the readable fallback: a dense (B, 1, T, T) block-diagonal mask
         x = self.embed(idx, pos, doc, neftune_alpha)
+        recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()  # same dropout masks again
         for block in self.transformer.h:
-            x = block(x, mask, None, varlen)
+            inputs = (x, mask, None, varlen)
+            x = checkpoint(block, *inputs, use_reentrant=False) if recompute else block(*inputs)
         if select is not None:
             x = x.flatten(0, 1).index_select(0, select)  # (N, C): the other positions never reach the head
-        return self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x) if head else x
 
     def uses_varlen(self, device: torch.device) -> bool:
         """Packed rows take CUDA's varlen flash kernel when it can run: half precision, no attention dropout."""

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import Batch, Example, answer_start, build_data, collate
-from imgpt import batching, checkpoint, cli, device, distributed, files, formats, rundir, tokenizers
+from imgpt import batching, checkpoint, cli, device, distributed, files, formats, memory, rundir, tokenizers
 from imgpt.train_config import TrainConfig, resolve
 from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, step_divisor, step_totals
 from metrics import eval_record
@@ -178,15 +178,17 @@ def save(session: Session, name: str, weights_only: bool = False) -> None:
                                f"{session.prog.step}: {name} not written; the last good checkpoint (if any) is in "
                                f"{session.cfg.out_dir}. Try a lower --lr or float32")
     rngs = [] if weights_only else checkpoint.all_rng_states(session.dist)  # a collective: every rank calls it
-    if not (session.dist.is_main and session.cfg.save):
-        return
-    payload = {"model": session.model.state_dict(), "model_config": asdict(session.model.config),
-               "tokenizer": session.tok_record, "config": asdict(session.cfg), "step": session.prog.step,
-               "best_val_loss": session.prog.best_val_loss, "history": session.prog.history}
-    if not weights_only:
-        payload.update({"optimizer": session.optimizer.state_dict(), "scaler": session.scaler.state_dict(),
-                        "data_state": {"epoch": session.prog.epoch, "index": session.prog.index}, "rng": rngs})
-    checkpoint.save_checkpoint(session.path(name), payload)
+    # the other ranks wait for rank 0's write at a stated timeout (distributed.CHECKPOINT_TIMEOUT), not in NCCL
+    with distributed.others_wait_for_rank_zero(session.dist):
+        if not (session.dist.is_main and session.cfg.save):
+            return
+        payload = {"model": session.model.state_dict(), "model_config": asdict(session.model.config),
+                   "tokenizer": session.tok_record, "config": asdict(session.cfg), "step": session.prog.step,
+                   "best_val_loss": session.prog.best_val_loss, "history": session.prog.history}
+        if not weights_only:
+            payload.update({"optimizer": session.optimizer.state_dict(), "scaler": session.scaler.state_dict(),
+                            "data_state": {"epoch": session.prog.epoch, "index": session.prog.index}, "rng": rngs})
+        checkpoint.save_checkpoint(session.path(name), payload)
 
 
 def eval_and_save(session: Session) -> dict:
@@ -244,6 +246,7 @@ def setup(cfg: TrainConfig, dist: distributed.Dist, typed: set[str] | None = Non
     if ckpt is not None:
         cfg = rundir.resume_config(ckpt["config"], cfg, ckpt_path, typed)
     device_type = torch.device(dist.device).type
+    auto_micro = cfg.micro_batch_size is None and device_type == "cuda"  # sized below by the memory it needs
     cfg = resolve(cfg, device_type, dist.world_size)
     micro, accum = batching.split_sizes(cfg.batch_size, cfg.micro_batch_size, dist.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
@@ -265,17 +268,27 @@ def setup(cfg: TrainConfig, dist: distributed.Dist, typed: set[str] | None = Non
             raise cli.UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
         cfg = dataclasses.replace(cfg, block_size=cfg.block_size or model.config.block_size)
         train_ex, val_ex, stats = build_data(cfg, tok)
+    if auto_micro:  # the most rows whose longest micro-batch fits the GPU's free memory, by memory's model
+        shape = memory.StepShape(amp_dtype is not None, cfg.dropout > 0, cfg.grad_checkpoint, cfg.head_chunk,
+                                 dist.enabled, cfg.kl_coef > 0)
+        micro, why = memory.auto_micro_batch(model.config, model.num_params(), micro * accum,
+                                             max(len(e.ids) - 1 for e in train_ex), dist.device, shape)
+        micro, accum = batching.split_sizes(cfg.batch_size, micro, dist.world_size)
+        cfg = dataclasses.replace(cfg, micro_batch_size=micro)
+        if dist.is_main:
+            print(why)
+    model.grad_checkpoint = cfg.grad_checkpoint
     steps_per_epoch = len(batching.plan_epoch(cfg, train_ex, 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     model.to(dist.device).train()
     if ref is not None:  # frozen, in float32 as the model is: at step 0 both run the same computation, KL exactly 0
         ref.to(dist.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
-    step_loss = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
-    if cfg.compile:
-        step_loss = torch.compile(step_loss)
+    step_loss = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha, cfg.head_chunk)
     if dist.enabled:
         step_loss = DDP(step_loss, device_ids=[dist.local_rank] if device_type == "cuda" else None)
+    if cfg.compile:  # after DDP: dynamo then cuts the graph at DDP's buckets, so each all-reduce overlaps backward
+        step_loss = torch.compile(step_loss)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2))  # fused on CPU/CUDA
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
     prog = rundir.Progress()
@@ -352,7 +365,9 @@ def run(session: Session, signals: distributed.StopAtStepBoundary | None = None,
             if prog.index >= len(plan):
                 prog.epoch, prog.index = prog.epoch + 1, 0
                 continue
-            train_step(session, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
+            tokens = cfg.micro_batch_size * max(len(session.train[i].ids) - 1 for i in plan[prog.index])  # longest
+            with memory.step_failures(prog.step, cfg.micro_batch_size, tokens, session.dist.device):  # OOM: 1 line
+                train_step(session, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
             bar.update(1)
             if prog.step % cfg.log_interval == 0 or prog.step == stop:  # the only wait for the GPU
                 rec = flush(session)[-1]

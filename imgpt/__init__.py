@@ -9,6 +9,7 @@ first-time reader may skip. It never imports a top-level file. One idea a module
     pretrained     Hugging Face GPT-2 checkpoints: config.json and weights, checked against our shapes
     tokenizers     GPT-2's BPE and the byte tokenizer, and the record a checkpoint keeps of its tokenizer
     checkpoint     imgpt's training checkpoints: atomic, never non-finite, weights_only, checked on resume
+    memory         the bytes a training step holds on a GPU, and the micro-batch that fits its free memory
     rundir         a run's out_dir: one run per directory, resume, the log, never overwriting a finished run
     train_config   every training setting with its help line, and the recipes that fill them
     batching       which examples go in each step, and each rank's micro-batches

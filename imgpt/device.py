@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 
@@ -53,9 +54,12 @@ def varlen_problem(half: bool, dropout: float) -> str | None:
     """Why packed rows cannot take CUDA's varlen flash kernel on this torch and GPU (None: they can). Programs
     check before their first step, so a missing kernel is one clear line, not an ImportError or a kernel failure."""
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return f"torch {torch.__version__} has no varlen attention (torch.nn.attention.varlen: torch >= 2.10)"
+    if "window_size" not in inspect.signature(varlen_attn).parameters:  # what model.varlen_attention passes
+        return (f"torch {torch.__version__}'s varlen_attn takes no window_size (torch 2.10's took is_causal); "
+                f"imgpt calls the later form")
     major, minor = torch.cuda.get_device_capability()
     if major < 8:
         return (f"the {torch.cuda.get_device_name()} (compute capability {major}.{minor}) cannot run FlashAttention, "

@@ -18,6 +18,13 @@ from imgpt.device import autodetect_device
 # How long the other ranks wait for local rank 0's download (gpt2-xl is 6 GB): their own barrier, in a gloo group
 # with this timeout, not the NCCL group's default of 10 minutes, which a slow download would exceed and kill the job.
 DOWNLOAD_TIMEOUT = datetime.timedelta(hours=2)
+# How long the other ranks wait while rank 0 writes a checkpoint (ckpt.pt is ~19 GB at 1.5B parameters, fsynced: 30
+# minutes is ~11 MB/s, slow network storage): at a barrier of a gloo group with this timeout, on the CPU, instead of
+# in the next NCCL collective, whose watchdog (COLLECTIVE_TIMEOUT) would kill the job first.
+CHECKPOINT_TIMEOUT = datetime.timedelta(minutes=30)
+# The process group's own timeout, stated (torch's default for NCCL): the longest a collective waits for a healthy
+# rank. Downloads and checkpoint writes wait in their own groups, above; a step or an evaluation takes far less.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 
 
 @contextlib.contextmanager
@@ -35,6 +42,20 @@ def local_rank_zero_first(d: "Dist"):
         if d.enabled and d.local_rank == 0:
             dist.barrier(group=group)
         if group is not None:
+            dist.destroy_process_group(group)
+
+
+@contextlib.contextmanager
+def others_wait_for_rank_zero(d: "Dist", timeout: datetime.timedelta = CHECKPOINT_TIMEOUT):
+    """Every rank enters the block (rank 0 writes a file in it); at its end all meet at a barrier of a gloo group
+    made with `timeout`, so the other ranks wait for the write there, not in the next collective. The group is
+    made by every rank (new_group is a collective) and destroyed after the wait."""
+    group = dist.new_group(backend="gloo", timeout=timeout) if d.enabled else None
+    try:
+        yield
+    finally:
+        if group is not None:
+            dist.barrier(group=group)
             dist.destroy_process_group(group)
 
 
@@ -86,14 +107,16 @@ def init_distributed(device: str = "auto") -> Dist:
     """Join the process group when started by torchrun (NCCL on CUDA, gloo on CPU); otherwise a single process."""
     device = autodetect_device() if device == "auto" else device
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if device.startswith("cuda:"):  # else the capability check and the saved CUDA random state are GPU 0's
+            torch.cuda.set_device(device)
         return Dist(device=device)
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
-        dist.init_process_group("nccl", device_id=torch.device(device))
+        dist.init_process_group("nccl", device_id=torch.device(device), timeout=COLLECTIVE_TIMEOUT)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 

@@ -137,7 +137,8 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
     remove_stale_temps(cfg.out_dir)  # half-written files of a run killed with -9: the whole ones stayed in place
 
 
-RUN_CONTROL = ("out_dir", "stop_step", "log_interval", "device", "compile", "save", "threads", "eval_interval")
+RUN_CONTROL = ("out_dir", "stop_step", "log_interval", "device", "compile", "save", "threads", "eval_interval",
+               "micro_batch_size", "grad_checkpoint", "head_chunk")  # memory knobs: the same update
 LENGTH = ("max_steps", "epochs")  # a resumed run may get a new length: extending a finished run is common
 
 
@@ -153,7 +154,8 @@ def resume_config(saved: dict, given: TrainConfig, path: str, typed: set[str] | 
         typed = {k for k, v in asdict(given).items() if v != getattr(default, k)}
     typed = {k for k in typed if getattr(given, k) is not None} - {"init_from", "overwrite"}
     keep = {k: getattr(given, k) for k in ("out_dir", "stop_step", "log_interval", "device", "compile", "save")}
-    keep |= {k: getattr(given, k) for k in typed & {"threads", "eval_interval", *LENGTH}}
+    keep |= {k: getattr(given, k) for k in typed & {"threads", "eval_interval", "micro_batch_size", "grad_checkpoint",
+                                                      "head_chunk", *LENGTH}}
     if typed & set(LENGTH) == {"epochs"}:  # the length given now replaces the checkpoint's, in its own unit
         keep["max_steps"] = 0
     elif typed & set(LENGTH) == {"max_steps"} or saved.get("max_steps"):

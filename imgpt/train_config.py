@@ -32,9 +32,10 @@ PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0,
 # far past the paper's 2 to 10: scripts/budget.py compares IT and IM at those. Measured in README "The pretrained regime".
 CORPUS_RECIPE = {**SCRATCH_RECIPE, "batch_size": 24, "max_steps": 1000}
 BASE_TUNING_RECIPE = {**SCRATCH_RECIPE, "batch_size": 16, "max_steps": 300, "lr": 3e-4}
-# On a GPU, 8 examples of ~200 tokens leave most of it idle waiting for kernel launches: up to 32 per forward
-# (Alpaca-length data at 124M-1.5B parameters fits 80 GB; lower --micro_batch_size for long data on large models).
-# The update does not change: the step's loss is normalized over the whole batch (loss.py).
+# On a GPU, 8 examples of ~200 tokens leave most of it idle waiting for kernel launches: up to 32 per forward. Not all
+# fit: 32 rows of 1024 tokens need ~130 GB at 1.5B parameters, so train.py lowers it to what fits the GPU's free
+# memory by imgpt/memory.py's model unless --micro_batch_size is given. The update does not change: the step's loss
+# is normalized over the whole batch (loss.py).
 LOSS_PRESETS = {"it": 0.0, "im": 1.0}  # --loss it|im: the prompt loss weight each names (Shi et al. Eq. 3, Eq. 4)
 GPU_MICRO_BATCH = 32
 
@@ -118,6 +119,10 @@ class TrainConfig:
                               "gains little from more, and a busy machine makes 2 threads 3x slower than 1)")
     dtype: str = opt("auto", "auto (bf16 autocast on CUDA if supported, else float32) | float32 | bfloat16 | float16")
     compile: bool = opt(False, "torch.compile the model")
+    grad_checkpoint: bool = opt(False, "activation checkpointing: keep only each block's input and recompute the "
+                                "block in backward (less memory, about a third more compute; the same update)")
+    head_chunk: int = opt(0, "run the output head + loss this many positions at a time, never holding every "
+                          "position's float32 log-softmax (less memory, the same update; e.g. 4096; 0 = all at once)")
     seed: int = opt(SPLIT_DEFAULTS["seed"], "seed of initialization, data split and order, dropout and noise")
     save: bool = opt(True, "write checkpoints")
 

@@ -10,6 +10,11 @@ per micro-batch (`packed`: varlen attention on CUDA, the dense mask on CPU), eag
 step is train.py's (loss.step_batches, StepLoss, run_micro_batches, fused AdamW, bf16 autocast). The reference
 is transformers' GPT2LMHeadModel (attn_implementation sdpa, and flash_attention_2 when flash-attn is
 installed) on the same padded rows with labels -100 at weight 0 and the same fused AdamW, in this process.
+Two ratios against it: end to end (ours as train.py runs it, skipping weight-0 positions in the head, vs the
+reference as users call it, with a padding mask) and like for like (`same-work` variants: ours with logits at every
+position vs the reference without the mask: the same work). Neither side's collation is timed; both copy their rows
+to the device inside the step, from pinned memory on CUDA. The compiled variants' compiler counters are read: one
+that compiled no graph ran eager, and fails the run (after the results are written).
 
 MFU divides the FLOPs of the useful work (device.training_flops: real tokens, causal attention per example, the
 head on the weighted positions) by the step time and the GPU's bf16 peak; every variant is credited with the
@@ -45,6 +50,9 @@ from model import GPT, GPTConfig  # noqa: E402
 
 # (prompt tokens mean, output tokens mean, examples per micro-batch); lengths are drawn log-normal around them
 MIXES = {"alpaca": (20, 150, 32), "lima": (60, 600, 8), "t1024": (None, None, 8)}
+# Variants doing the same work as each other: ours with logits at every position (--no-skip_zero), the reference
+# without an attention mask (causal attention is exact for every real token of a right-padded row, as ours runs).
+LIKE = " same-work"
 
 
 @dataclass
@@ -130,8 +138,9 @@ def reference_models(config: GPTConfig) -> dict[str, torch.nn.Module]:
 
 def our_step(engine, model: GPT, optimizer, batches: list, divisor: float, amp_dtype, device: str,
              dynamic: bool = False):
-    """train.py's step: the micro-batches' forward and backward, then AdamW. dynamic (compiled engines): mark the
-    lengths dynamic on the device copies, as train.py does; .to() makes new tensors, without the marks."""
+    """train.py's step: the micro-batches' copy to the device (from pinned memory on CUDA, as train.py's), forward
+    and backward, then AdamW; their collation is not timed, as the reference's is not. dynamic (compiled engines):
+    mark the lengths dynamic on the device copies, as train.py does; .to() makes new tensors, without the marks."""
     def step() -> None:
         on_device = [b.to(device) for b in batches]
         for b in on_device if dynamic else []:
@@ -150,15 +159,21 @@ class _NoScaler:  # bf16 and float32 need no loss scaling
 _NO_SCALER = _NoScaler()
 
 
-def reference_step(model, optimizer, batches: list, amp, device: str):
-    """The same padded rows through GPT2LMHeadModel: attention_mask for the padding, labels -100 at weight 0."""
+def reference_step(model, optimizer, batches: list, amp, device: str, masked: bool = True):
+    """The same padded rows through GPT2LMHeadModel, labels -100 at weight 0, copied to the device inside the step
+    from pinned memory as ours are. masked: an attention_mask for the padding, as users call it (end to end);
+    without it the work is ours with --no-skip_zero (logits at every position, causal attention, exact for every
+    real token of a right-padded row): like for like."""
+    pin = device.startswith("cuda")
     rows = []
     for b in batches:
         labels = torch.where(b.weights > 0, b.targets, -100)
-        rows.append((b.idx.to(device), (b.doc >= 0).long().to(device), labels.to(device)))
+        row = (b.idx, (b.doc >= 0).long(), labels)
+        rows.append(tuple(t.pin_memory() for t in row) if pin else row)
 
     def step() -> None:
-        for idx, mask, labels in rows:
+        for idx, mask, labels in ((t.to(device, non_blocking=True) for t in row) for row in rows):
+            mask = mask if masked else None
             with amp:
                 logits = model(input_ids=idx, attention_mask=mask).logits
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
@@ -208,27 +223,40 @@ def bench_mix(cfg: BenchGPUConfig, mix: str, config: GPTConfig, device: str, pea
     amp = autocast(device, amp_dtype)
     padded = L.step_batches(ex, micro)
     rows = []
-    for name, (engine, model, optimizer) in engines.items():
+    for name, (engine, model, optimizer, counter) in engines.items():
         if name.startswith("hf-"):
-            step = reference_step(model, optimizer, padded, amp, device)
+            step = reference_step(model, optimizer, padded, amp, device, masked=not name.endswith(LIKE))
         else:
-            batches = L.step_batches(ex, micro, pack=name.startswith("packed"))
+            batches = L.step_batches(ex, micro, pack=name.startswith("packed"), pin=device.startswith("cuda"))
             step = our_step(engine, model, optimizer, batches, weight_sum, amp_dtype, device,
                             dynamic="compiled" in name)
+        graphs, breaks = compiler_counts(counter)  # compiled engines: the graphs and breaks this variant adds
         seconds, mem = timed(step, cfg.steps, cfg.warmup, device)
         rows.append({"mix": mix, "variant": name, "tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds,
                      "mfu": flops / seconds / peak if peak else None, "peak_gib": mem, "tokens": tokens,
                      "useful_fraction": tokens / sum(b.idx.numel() for b in padded)})
+        if counter is not None:
+            now = compiler_counts(counter)
+            rows[-1].update(graphs=now[0] - graphs, graph_breaks=now[1] - breaks, compiled=counter.frame_count > 0)
     return rows
 
 
+def compiler_counts(counter) -> tuple[int, int]:
+    """(graphs the compiled engine has compiled, graph breaks dynamo has counted) so far."""
+    if counter is None:
+        return 0, 0
+    return counter.frame_count, sum(torch._dynamo.utils.counters["graph_break"].values())
+
+
 def build_engines(cfg: BenchGPUConfig, config: GPTConfig, device: str) -> dict:
-    """name -> (callable step engine, model, optimizer): ours eager/compiled x unpacked/packed, and references."""
+    """name -> (callable step engine, model, optimizer, compile counter or None): ours eager/compiled x
+    unpacked/packed and the same-work variant, and the references as users call them and doing the same work."""
     torch.manual_seed(0)
     model = GPT(config).to(device).train()
     optimizer = model.configure_optimizers(0.0, 1e-5)
     eager = L.StepLoss(model, skip_zero=True, neftune_alpha=0.0)
-    engines = {"unpacked": (eager, model, optimizer), "packed": (eager, model, optimizer)}
+    engines = {"unpacked": (eager, model, optimizer, None), "packed": (eager, model, optimizer, None),
+               f"unpacked{LIKE}": (L.StepLoss(model, skip_zero=False, neftune_alpha=0.0), model, optimizer, None)}
     why = varlen_problem(cfg.dtype == "bfloat16", 0.0) if device.startswith("cuda") else None
     if why:
         print(f"packed variants left out: {why}")
@@ -236,14 +264,17 @@ def build_engines(cfg: BenchGPUConfig, config: GPTConfig, device: str) -> dict:
     if cfg.compile:
         # one dynamic graph per attention kind, reused by every mix; --smoke traces it (graph capture, dynamic
         # shapes) without inductor's code generation, which takes minutes on a CPU
-        compiled = torch.compile(eager, backend="eager" if cfg.smoke else "inductor")
-        engines["unpacked compiled"] = (compiled, model, optimizer)
+        from torch._dynamo.testing import CompileCounterWithBackend
+        counter = CompileCounterWithBackend("eager" if cfg.smoke else "inductor")
+        compiled = torch.compile(eager, backend=counter)  # read after each variant: none compiled = fell back
+        engines["unpacked compiled"] = (compiled, model, optimizer, counter)
         if not why:
-            engines["packed compiled"] = (compiled, model, optimizer)
+            engines["packed compiled"] = (compiled, model, optimizer, counter)
     if cfg.reference:
         for name, ref in reference_models(config).items():
             ref = ref.to(device).train()
-            engines[name] = (None, ref, GPT.configure_optimizers(ref, 0.0, 1e-5))
+            engines[name] = (None, ref, GPT.configure_optimizers(ref, 0.0, 1e-5), None)
+            engines[name + LIKE] = engines[name]
     return engines
 
 
@@ -251,8 +282,8 @@ def targets(rows: list[dict]) -> list[str]:
     """The issue's three targets, each met / missed / not measured."""
     get = {(r["mix"], r["variant"]): r for r in rows}
 
-    def best(mix: str, prefix: str) -> dict | None:
-        found = [r for (m, v), r in get.items() if m == mix and v.startswith(prefix)]
+    def best(mix: str, prefix: str) -> dict | None:  # what a user gets: the same-work variants left out
+        found = [r for (m, v), r in get.items() if m == mix and v.startswith(prefix) and not v.endswith(LIKE)]
         return max(found, key=lambda r: r["tokens_per_s"]) if found else None
 
     lines = []
@@ -264,11 +295,18 @@ def targets(rows: list[dict]) -> list[str]:
     if ref is not None and ours is not None:
         ours = max([ours, packed_alpaca], key=lambda r: r["tokens_per_s"])
         x = ours["tokens_per_s"] / ref["tokens_per_s"]
-        lines.append(f"alpaca, ours ({ours['variant']}) vs hf-sdpa: {x:.2f}x (target 1.3x): {'met' if x >= 1.3 else 'missed'}")
+        lines.append(f"alpaca, ours ({ours['variant']}) vs hf-sdpa: {x:.2f}x (target 1.3x): "
+                     f"{'met' if x >= 1.3 else 'missed'}")
+    same, ref_same = get.get(("alpaca", "unpacked" + LIKE)), get.get(("alpaca", "hf-sdpa" + LIKE))
+    if same is not None and ref_same is not None:
+        x = same["tokens_per_s"] / ref_same["tokens_per_s"]
+        lines.append(f"alpaca, like for like (every position's logits, no attention mask, both): {x:.2f}x")
     p, u = best("lima", "packed"), best("lima", "unpacked")
     if p is not None and u is not None:
         x = p["tokens_per_s"] / u["tokens_per_s"]
         lines.append(f"lima, packed vs unpacked: {x:.2f}x (target 1.5x): {'met' if x >= 1.5 else 'missed'}")
+    if fell := sorted({f"{r['mix']} {r['variant']}" for r in rows if r.get("compiled") is False}):
+        lines.append(f"compiled variants that fell back to eager (no graph compiled): {', '.join(fell)}: FAILED")
     return lines
 
 
@@ -302,6 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.out:
         with open(cfg.out, "w") as f:
             json.dump(result, f, indent=1)
+    if any(line.endswith("FAILED") for line in verdicts):
+        raise UserError("a compiled variant ran eager: its numbers are not the compiler's (see above)")
     return result
 
 

@@ -5,36 +5,45 @@ placement, so the real programs' GPU paths run in CI and fail on the bugs a GPU 
         train.train(cfg_with_device_cuda)  # every tensor the program puts on "cuda" is a CudaTensor
         assert sim.syncs == [...]           # the host syncs it made, by name
 
-What it checks, as CUDA does: a tensor on "cuda" reports cuda:0 (device, is_cuda, get_device); an operator that
-mixes it with a CPU tensor raises "Expected all tensors to be on the same device" (0-dim CPU tensors are allowed,
-as CUDA allows them: they are scalars); `.numpy()` raises; `.item()`, `.tolist()`, `.cpu()`, `.to("cpu")`, `bool()`,
-`int()`, `float()` and data-dependent shapes (nonzero, boolean-mask indexing) are counted as host syncs;
-`torch.autocast("cuda", ...)` casts as autocast does (the CPU's cast lists underneath); checkpoints written from
-"cuda" tensors carry the "cuda:0" location tag, so loading them without map_location fails on a CPU-only machine
-as it does for real; collectives refuse CPU tensors when the simulated backend is NCCL.
+What it checks, as CUDA does: a tensor on "cuda" reports cuda:N, N the current device when it was made (set_device)
+or the one named (device, is_cuda, get_device); an operator that mixes it with a CPU tensor, or with another GPU's,
+raises "Expected all tensors to be on the same device" (0-dim CPU tensors are allowed, as CUDA allows them: they are
+scalars); `.numpy()` raises; `.item()`, `.tolist()`, `.cpu()`, `.to("cpu")`, `bool()`, `int()`, `float()`,
+`equal`, `allclose`, `bincount` and data-dependent shapes (nonzero, boolean-mask indexing and index_put_) are
+counted as host syncs; host-to-device copies that make the host wait (blocking, or non_blocking from unpinned
+memory) are counted apart (`sim.copies`); a non_blocking device-to-host copy holds NaN until something waits for the
+device; each GPU has its own simulated random state (random ops on its tensors draw from it, torch.manual_seed
+seeds it, get/set_rng_state read and write it); the varlen kernel is bound to the installed varlen_attn's signature
+and refuses what flash refuses (offsets, max length, head size, strides); `torch.autocast("cuda", ...)` casts as
+autocast does (the CPU's cast lists underneath); checkpoints written from "cuda" tensors carry their "cuda:N"
+location tag, so loading them without map_location fails on a CPU-only machine as it does for real; collectives
+refuse CPU tensors when the simulated backend is NCCL; torch.cuda.mem_get_info answers `sim.memory`.
 
 What it cannot see: kernels (no CUDA kernel runs: FlashAttention and its varlen kernel, fused optimizers and cuBLAS
 numerics are the CPU's; autocast uses the CPU's cast lists), streams and asynchronous errors, NCCL itself
 (collectives run on gloo underneath; torch's C++ DDP cannot read these tensors, so tests use a stand-in), memory (no
-allocator, no out-of-memory; memory statistics are zeros; pinning is a no-op), and torch.compile (dynamo does not
-trace these tensors; inductor/triton never run). Modes are per thread: a background thread's factory calls with
+allocator, no out-of-memory; memory statistics are zeros; pinning only marks the copy), attention dropout (the
+CPU's decomposition makes host tensors), and torch.compile (dynamo does not trace these tensors; inductor/triton
+never run). Modes are per thread: a background thread's factory calls with
 device="cuda" are not simulated (imgpt's prefetch thread only collates and pins, on the CPU).
 
 How: CudaTensor is a wrapper subclass whose real device is the CPU (so autograd and C++ code run) while Python sees
-cuda:0 (__torch_function__ answers .device, .is_cuda, ...); __torch_dispatch__ checks placement and unwraps;
+cuda:N (__torch_function__ answers .device, .is_cuda, ...); __torch_dispatch__ checks placement and unwraps;
 a TorchFunctionMode turns device="cuda" factories and .to("cuda") into CudaTensors; monkeypatches make torch.cuda,
 torch.autocast("cuda"), torch.Generator(device="cuda"), checkpoints' location tags and collectives answer as on a GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 
 import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-CUDA0 = torch.device("cuda", 0)
+CUDA_DEFAULT_SEED = 67280421310721  # each CUDA generator's seed until torch.manual_seed
 DEVICE_NAME = "NVIDIA H100 80GB HBM3"
 SAME_DEVICE = "Expected all tensors to be on the same device, but found at least two devices, {} and {}!"
 
@@ -44,35 +53,38 @@ def is_cuda_device(device) -> bool:
 
 
 class CudaTensor(torch.Tensor):
-    """A tensor "on cuda:0" whose data (`_data`) lives on the CPU. Autograd and the dispatcher see a CPU tensor
-    (so backward runs without a CUDA build); Python sees cuda:0, and every operator checks placement."""
+    """A tensor "on cuda:N" whose data (`_data`) lives on the CPU. Autograd and the dispatcher see a CPU tensor
+    (so backward runs without a CUDA build); Python sees cuda:N (N = `index`, the current device when it was made
+    unless named), and every operator checks placement."""
 
     _data: torch.Tensor
+    index: int
 
     @staticmethod
-    def __new__(cls, data: torch.Tensor, requires_grad: bool = False):
+    def __new__(cls, data: torch.Tensor, requires_grad: bool = False, index: int | None = None):
         assert type(data) is torch.Tensor and data.device.type == "cpu", type(data)
         r = torch.Tensor._make_wrapper_subclass(cls, data.shape, strides=data.stride(),
                                                 storage_offset=data.storage_offset(), dtype=data.dtype,
                                                 layout=data.layout, device=data.device, requires_grad=requires_grad)
         r._data = data.detach()
+        r.index = SIM.current if index is None else index
         return r
 
-    def __init__(self, data, requires_grad=False):  # __new__ did everything
+    def __init__(self, data, requires_grad=False, index=None):  # __new__ did everything
         pass
 
     def __repr__(self) -> str:
-        return f"CudaTensor({self._data!r}, device='cuda:0')"
+        return f"CudaTensor({self._data!r}, device='cuda:{self.index}')"
 
     def __tensor_flatten__(self):  # a traceable wrapper: Module.to() swaps parameters in place (weight tying holds)
-        return ["_data"], None
+        return ["_data"], self.index
 
     @staticmethod
     def __tensor_unflatten__(inner, meta, outer_size, outer_stride):
-        return CudaTensor(inner["_data"])
+        return CudaTensor(inner["_data"], index=meta)
 
-    def __reduce_ex__(self, protocol):  # torch.save: the data, tagged with the location "cuda:0" (see CudaSim)
-        SIM.saving.add(self._data.untyped_storage().data_ptr())
+    def __reduce_ex__(self, protocol):  # torch.save: the data, tagged with the location "cuda:N" (see CudaSim)
+        SIM.saving[self._data.untyped_storage().data_ptr()] = self.index
         return self._data.__reduce_ex__(protocol)
 
     @classmethod
@@ -93,24 +105,42 @@ def wrap(t: torch.Tensor) -> CudaTensor:
     return t if isinstance(t, CudaTensor) else CudaTensor(t)
 
 
-def _device_of(t) -> str:
-    return "cuda:0" if isinstance(t, CudaTensor) else str(t.device)
-
-
 class _Sim:
     """The simulator's state (one per process): syncs seen, whether the machine has a GPU, the backend."""
 
     def __init__(self):
         self.active = False
         self.syncs: list[str] = []
-        self.saving: set[int] = set()
+        self.saving: dict[int, int] = {}  # storages being saved: their GPU
         self.backend = "gloo"  # "nccl" once init_process_group asked for it: then CPU tensors are refused
         self.in_api = 0
         self.to_host = 0  # inside move() to the host: the one _to_copy(device=cpu) that leaves the device
+        self.copies: list[str] = []  # host-to-device copies that make the host wait: "blocking" or "unpinned"
+        self.current = 0  # torch.cuda.current_device()
+        self.cuda_rng: list[torch.Tensor] = []  # each GPU's random state (the CPU generator's state format)
+        self.in_flight: list[tuple[torch.Tensor, torch.Tensor]] = []  # non-blocking device-to-host copies
 
     def count(self, name: str) -> None:
         if self.in_api == 0:
             self.syncs.append(name)
+        self.land()  # the host waited for the device: copies in flight have landed
+
+    @contextlib.contextmanager
+    def cuda_random(self, index: int):
+        """Draw from GPU `index`'s simulated generator instead of the CPU's (whose state is set aside)."""
+        host = torch.get_rng_state()
+        torch.set_rng_state(self.cuda_rng[index])
+        try:
+            yield
+        finally:
+            self.cuda_rng[index] = torch.get_rng_state()
+            torch.set_rng_state(host)
+
+    def land(self) -> None:
+        """Fill the host buffers of non-blocking device-to-host copies: the device has finished them."""
+        for dst, src in self.in_flight:
+            dst.copy_(src)
+        self.in_flight.clear()
 
     # -------------------------------------------------------------------- the Python API of a "cuda" tensor
 
@@ -119,15 +149,16 @@ class _Sim:
         leaves = tree_flatten((args, kwargs))[0]
         check_generator([t for t in leaves if isinstance(t, torch.Tensor)], leaves)  # the Python objects: here
         if func == T.device.__get__:  # property getters are new method-wrappers on each access: ==, not is
-            return CUDA0
+            return torch.device("cuda", args[0].index)
         if func == T.is_cuda.__get__:
             return True
         if func == T.is_cpu.__get__:
             return False
         if func is T.get_device:
-            return 0
+            return args[0].index
         if func in (T.numpy, T.__array__):
-            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+            raise TypeError(f"can't convert cuda:{args[0].index} device type tensor to numpy. Use Tensor.cpu() to "
+                            "copy the tensor "
                             "to host memory first.")
         if func in (T.is_pinned,):
             return False
@@ -158,7 +189,7 @@ class _Sim:
         if func is T.cpu:
             device, dtype, copy = torch.device("cpu"), None, False
         elif func is T.cuda:
-            device, dtype, copy = CUDA0, None, False
+            device, dtype, copy = torch.device("cuda", SIM.current), None, False
         elif func is T.type:
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
@@ -167,14 +198,24 @@ class _Sim:
         on_cuda = isinstance(self_, CudaTensor)
         to_cuda = is_cuda_device(device) or (device is None and on_cuda)
         dtype = dtype or self_.dtype
-        if to_cuda:
+        non_blocking = kwargs.get("non_blocking", False) or any(a is True for a in rest)
+        if to_cuda:  # to the named GPU, or for a bare "cuda" the current one (a dtype-only .to stays put)
+            index = self_.index if device is None else SIM.current if device.index is None else device.index
             if on_cuda:
-                if dtype == self_.dtype and not copy:
+                if dtype == self_.dtype and not copy and index == self_.index:
                     return self_
-                return torch.ops.aten._to_copy.default(self_, dtype=dtype)
+                out = torch.ops.aten._to_copy.default(self_, dtype=dtype)
+                out.index = index  # a copy to another GPU lands there
+                return out
             if self_.requires_grad and torch.is_grad_enabled():
                 raise NotImplementedError("cuda_sim: moving a tensor that requires grad onto cuda")
-            return CudaTensor(self_.detach().to(dtype=dtype, copy=True))
+            if not (non_blocking and getattr(self_, "sim_pinned", False)):  # the host waits for this copy
+                self.copies.append("unpinned" if non_blocking else "blocking")
+            return CudaTensor(self_.detach().to(dtype=dtype, copy=True), index=index)
+        if on_cuda and non_blocking and func is T.to:  # to the host without waiting: the buffer is not filled
+            out = torch.full(self_.shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype)
+            self.in_flight.append((out, self_._data))  # until something waits for the device (land)
+            return out
         if on_cuda:  # to the host: the host waits for the device
             self.count("cpu")
             self.to_host += 1
@@ -188,7 +229,12 @@ class _Sim:
     # -------------------------------------------------------------------- operators
 
     SYNC_OPS = {"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::masked_select",
-                "aten::unique_dim", "aten::_unique2", "aten::repeat_interleave"}
+                "aten::unique_dim", "aten::_unique2", "aten::repeat_interleave", "aten::equal", "aten::allclose",
+                "aten::bincount"}  # a Python bool, or an output sized by the data: the host waits
+    INDEX_OPS = {"aten::index", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"}
+    RANDOM_OPS = {"aten::native_dropout", "aten::bernoulli", "aten::bernoulli_", "aten::uniform_", "aten::normal_",
+                  "aten::exponential_", "aten::random_", "aten::multinomial", "aten::randperm", "aten::rand_like",
+                  "aten::randn_like", "aten::randint_like", "aten::geometric_", "aten::cauchy_", "aten::log_normal_"}
 
     def dispatch(self, func, args, kwargs):
         name = func._schema.name
@@ -204,17 +250,23 @@ class _Sim:
         check = tensors
         if name == "aten::copy_":  # copies may cross devices
             check = []
-        elif name in ("aten::index", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"):
+        elif name in self.INDEX_OPS:
             check = [args[0]] + ([args[2]] if len(args) > 2 else [])  # indices may be on the CPU, as on CUDA
         cpu = [t for t in check if not isinstance(t, CudaTensor) and t.dim() > 0]
-        if cpu and any(isinstance(t, CudaTensor) for t in check):
-            raise RuntimeError(SAME_DEVICE.format("cuda:0", "cpu") + f" (in {name})")
-        if name in self.SYNC_OPS or (name == "aten::index" and any(
+        gpus = sorted({t.index for t in check if isinstance(t, CudaTensor)})
+        if cpu and gpus:
+            raise RuntimeError(SAME_DEVICE.format(f"cuda:{gpus[0]}", "cpu") + f" (in {name})")
+        if len(gpus) > 1:  # a rank's tensors on two GPUs (one made before set_device, say)
+            raise RuntimeError(SAME_DEVICE.format(f"cuda:{gpus[0]}", f"cuda:{gpus[1]}") + f" (in {name})")
+        here = next((t.index for t in tensors if isinstance(t, CudaTensor)), SIM.current)
+        if name in self.SYNC_OPS or (name in self.INDEX_OPS and any(  # a boolean mask: nonzero underneath
                 i is not None and i.dtype == torch.bool for i in args[1])):
             self.count(name)
         unwrap = lambda t: t._data if isinstance(t, CudaTensor) else t
-        out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
-        return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out) if name not in (
+        random = name in self.RANDOM_OPS and not any(isinstance(g, torch._C.Generator) for g in leaves)
+        with self.cuda_random(here) if random else contextlib.nullcontext():  # the GPU's generator, not the CPU's
+            out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
+        return tree_map(lambda t: CudaTensor(t, index=here) if type(t) is torch.Tensor else t, out) if name not in (
             "aten::_local_scalar_dense", "aten::is_nonzero") else out
 
 
@@ -254,22 +306,55 @@ def check_generator(tensors, leaves) -> None:
                                f"'{'cpu' if on_cuda else 'cuda'}'")
 
 
-def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), **kw):
-    """torch.nn.attention.varlen.varlen_attn as CUDA runs it: CUDA tensors, int32 offsets on the GPU, bf16/fp16,
-    an Ampere or newer GPU; computed here as dense attention inside each document (its result, not its speed)."""
-    if not all(isinstance(t, CudaTensor) for t in (query, key, value, cu_seq_q)):
-        raise RuntimeError("varlen_attn: FlashAttention only runs on CUDA tensors")
-    if torch.cuda.get_device_capability() < (8, 0):
-        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
-    if query.dtype not in (torch.float16, torch.bfloat16) or cu_seq_q.dtype != torch.int32:
-        raise RuntimeError(f"FlashAttention only support fp16 and bf16 data type (got {query.dtype}, offsets "
-                           f"{cu_seq_q.dtype})")
-    assert window_size == (-1, 0), window_size  # causal: all that imgpt asks for
-    N = query.size(0)
-    doc = torch.searchsorted(cu_seq_q[1:].long(), torch.arange(N, device=query.device), right=True)  # (N,)
-    mask = (doc[:, None] == doc[None, :]) & torch.ones(N, N, dtype=torch.bool, device=query.device).tril()
-    q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (nh, N, hs)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)  # (N, nh, hs)
+def simulated_varlen(installed):
+    """torch.nn.attention.varlen.varlen_attn as CUDA runs it, called as the INSTALLED function's signature allows
+    (a call that does not bind raises its TypeError; the wrapper shows that signature, so code reading it sees
+    the installed one) and refusing what the flash kernel refuses: non-CUDA tensors, offsets that are not int32,
+    not bf16/fp16, a GPU older than Ampere, a head size that is not a multiple of 8 up to 256, a last dimension
+    that is not contiguous, offsets that do not start at 0, end at the token count and grow, and a max length
+    below the longest document (flash would silently compute garbage). Computed as dense attention inside each
+    document: its result, not its speed."""
+    signature = inspect.signature(installed)
+
+    @functools.wraps(installed)
+    def varlen_attn(*args, **kwargs):
+        a = signature.bind(*args, **kwargs)
+        a.apply_defaults()
+        query, key, value, cu_q = (a.arguments[n] for n in ("query", "key", "value", "cu_seq_q"))
+        max_q, window = a.arguments["max_q"], a.arguments.get("window_size")
+        if not all(isinstance(t, CudaTensor) for t in (query, key, value, cu_q)):
+            raise RuntimeError("varlen_attn: FlashAttention only runs on CUDA tensors")
+        if torch.cuda.get_device_capability() < (8, 0):
+            raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
+        if query.dtype not in (torch.float16, torch.bfloat16) or cu_q.dtype != torch.int32:
+            raise RuntimeError(f"FlashAttention only support fp16 and bf16 data type (got {query.dtype}, offsets "
+                               f"{cu_q.dtype})")
+        N, nh, hs = query.shape
+        if hs % 8 or hs > 256 or key.shape != query.shape or value.shape != query.shape:
+            raise RuntimeError(f"varlen_attn: head size {hs} must be a multiple of 8 up to 256, q/k/v one shape")
+        if any(t.stride(-1) != 1 for t in (query, key, value)):
+            raise RuntimeError("varlen_attn: Input tensor must have contiguous last dimension")
+        offsets = cu_q._data.tolist()  # the simulator's own look: not a sync of the program
+        lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+        if offsets[0] != 0 or offsets[-1] != N or min(lengths, default=0) < 0:
+            raise RuntimeError(f"varlen_attn: cu_seq_q must run from 0 up to the {N} tokens, got {offsets}")
+        if max(lengths, default=0) > max_q:
+            raise RuntimeError(f"varlen_attn: max_q {max_q} is below the longest document ({max(lengths)} tokens)")
+        assert window == (-1, 0), window  # causal: all that imgpt asks for
+        doc = torch.searchsorted(cu_q[1:].long(), torch.arange(N, device=query.device), right=True)  # (N,)
+        mask = (doc[:, None] == doc[None, :]) & torch.ones(N, N, dtype=torch.bool, device=query.device).tril()
+        q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (nh, N, hs)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)
+
+    return varlen_attn
+
+
+def pinned(t: torch.Tensor) -> torch.Tensor:
+    """A copy in "pinned" host memory (the CPU build has none): marked, so that copies from it can be told apart."""
+    with torch._C.DisableTorchFunctionSubclass():
+        out = t.clone()
+    out.sim_pinned = True
+    return out
 
 
 class _FactoryMode(TorchFunctionMode):
@@ -285,11 +370,16 @@ class _FactoryMode(TorchFunctionMode):
         if func in (T.to, T.cuda) and plain:
             return SIM.move(func, args, kwargs)
         if func is T.pin_memory and plain:
-            return args[0]
+            return pinned(args[0])
         if is_cuda_device(kwargs.get("device")) and not (args and isinstance(args[0], torch.Tensor)
                                                         and func.__name__ not in ("tensor", "as_tensor")):
-            out = func(*args, **{**kwargs, "device": "cpu"})
-            return tree_map(lambda t: CudaTensor(t) if type(t) is torch.Tensor else t, out)
+            named = torch.device(kwargs["device"]) if not isinstance(kwargs["device"], int) else torch.device(
+                "cuda", kwargs["device"])
+            index = SIM.current if named.index is None else named.index
+            random = func.__name__ in ("rand", "randn", "randint", "randperm", "normal") and "generator" not in kwargs
+            with SIM.cuda_random(index) if random else contextlib.nullcontext():
+                out = func(*args, **{**kwargs, "device": "cpu"})
+            return tree_map(lambda t: CudaTensor(t, index=index) if type(t) is torch.Tensor else t, out)
         return func(*args, **kwargs)
 
 
@@ -308,6 +398,7 @@ class CudaSim:
                  name: str = DEVICE_NAME):
         self.mp, self.devices, self.capability, self.name = monkeypatch, devices, capability, name
         self.gpu_machine = gpu_machine
+        self.memory = (79 * 2 ** 30, 80 * 2 ** 30)  # (free, total) bytes torch.cuda.mem_get_info answers
         self.mode = _FactoryMode()
         self.peak = 0
 
@@ -315,51 +406,62 @@ class CudaSim:
     def syncs(self) -> list[str]:
         return SIM.syncs
 
+    @property
+    def copies(self) -> list[str]:
+        return SIM.copies
+
     def reset(self) -> None:
         SIM.syncs.clear()
+        SIM.copies.clear()
 
     def __enter__(self) -> "CudaSim":
         mp, c = self.mp, torch.cuda
-        rng = {}
-        fake_rng = lambda: rng.setdefault("state", torch.get_rng_state().clone())
         mp.setattr(c, "is_available", lambda: True)
         mp.setattr(c, "device_count", lambda: self.devices)
-        current = [0]
-        mp.setattr(c, "current_device", lambda: current[0])
-        mp.setattr(c, "set_device", lambda device: current.__setitem__(0, torch.device("cuda", device).index
-                                                                      if isinstance(device, int) else
-                                                                      torch.device(device).index or 0))
+        SIM.current = 0
+
+        def index_of(device) -> int:  # "cuda" (and None) is the current device, as in torch.cuda
+            index = device if isinstance(device, int) else (SIM.current if device is None else
+                                                            torch.device(device).index)
+            index = SIM.current if index is None else index
+            if not 0 <= index < self.devices:
+                raise RuntimeError("CUDA error: invalid device ordinal")
+            return index
+
+        mp.setattr(c, "current_device", lambda: SIM.current)
+        mp.setattr(c, "set_device", lambda device: setattr(SIM, "current", index_of(device)))
         mp.setattr(c, "_lazy_init", lambda: None)
         mp.setattr(c, "is_initialized", lambda: True)
         mp.setattr(c, "get_device_name", lambda device=None: self.name)
         mp.setattr(c, "get_device_capability", lambda device=None: self.capability)
         mp.setattr(c, "is_bf16_supported", lambda including_emulation=True: self.capability >= (8, 0)
                    or including_emulation)
-        mp.setattr(c, "synchronize", lambda device=None: SIM.count("synchronize"))
+        mp.setattr(c, "synchronize", lambda device=None: SIM.count("synchronize"))  # copies in flight land
         # torch.accelerator, which the optimizers ask about CUDA graph capture on a CUDA build (torch >= 2.14): the
         # machine's one accelerator is this GPU, its current stream never capturing
         mp.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda"))
         mp.setattr(torch.accelerator, "is_available", lambda: True)
         mp.setattr(torch.accelerator, "device_count", lambda: self.devices)
-        mp.setattr(torch.accelerator, "current_device_index", lambda: current[0])
+        mp.setattr(torch.accelerator, "current_device_index", lambda: SIM.current)
         mp.setattr(torch.accelerator, "current_stream", lambda device=None: _SimStream())
         mp.setattr(torch.accelerator, "synchronize", lambda device=None: SIM.count("synchronize"))
         mp.setattr(c, "reset_peak_memory_stats", lambda device=None: None)
         mp.setattr(c, "max_memory_allocated", lambda device=None: 0)
         mp.setattr(c, "memory_allocated", lambda device=None: 0)
         mp.setattr(c, "empty_cache", lambda: None)
-        mp.setattr(c, "manual_seed", lambda seed: None)
-        mp.setattr(c, "manual_seed_all", lambda seed: None)
-        mp.setattr(c, "get_rng_state", lambda device=None: fake_rng().clone())
-        mp.setattr(c, "get_rng_state_all", lambda: [fake_rng().clone() for _ in range(self.devices)])
-        def set_rng(state, device="cuda"):
-            index = device if isinstance(device, int) else (torch.device(device).index or 0)
-            if index >= self.devices:
-                raise RuntimeError("CUDA error: invalid device ordinal")
-            rng["state"] = state.clone()
-
-        mp.setattr(c, "set_rng_state", set_rng)
-        mp.setattr(c, "set_rng_state_all", lambda states: [set_rng(st, i) for i, st in enumerate(states)])
+        mp.setattr(c, "mem_get_info", lambda device=None: self.memory)
+        # each GPU's generator, simulated (not stubbed): dropout and noise on "cuda" tensors draw from the current
+        # GPU's, torch.manual_seed seeds them all, and a checkpoint must save and restore the right one
+        seeded = lambda seed: torch._C.Generator().manual_seed(seed).get_state()  # noqa: E731
+        SIM.cuda_rng = [seeded(CUDA_DEFAULT_SEED) for _ in range(self.devices)]
+        mp.setattr(c, "manual_seed", lambda seed: SIM.cuda_rng.__setitem__(SIM.current, seeded(seed)))
+        mp.setattr(c, "manual_seed_all", lambda seed: SIM.cuda_rng.__setitem__(slice(None), [seeded(seed)] *
+                                                                                 self.devices))
+        mp.setattr(c, "get_rng_state", lambda device="cuda": SIM.cuda_rng[index_of(device)].clone())
+        mp.setattr(c, "get_rng_state_all", lambda: [state.clone() for state in SIM.cuda_rng])
+        mp.setattr(c, "set_rng_state", lambda state, device="cuda": SIM.cuda_rng.__setitem__(index_of(device),
+                                                                                              state.clone()))
+        mp.setattr(c, "set_rng_state_all", lambda states: [c.set_rng_state(st, i) for i, st in enumerate(states)])
         real_autocast, real_enabled = torch.autocast, torch.is_autocast_enabled
         # autocast("cuda") would only switch the CUDA dispatch key, which our CPU-backed tensors lack: the
         # CPU's autocast casts them instead (same dtypes; the CPU's op lists)
@@ -374,14 +476,18 @@ class CudaSim:
         mp.setattr(torch, "Generator", SimGenerator)
         try:  # torch >= 2.10; an older torch has no varlen kernel to simulate (imgpt then trains padded)
             import torch.nn.attention.varlen as varlen
-            mp.setattr(varlen, "varlen_attn", varlen_attn)
+            mp.setattr(varlen, "varlen_attn", simulated_varlen(varlen.varlen_attn))
         except ImportError:
             pass
+        real_unbacked = torch._dynamo.decorators.mark_unbacked  # refuses wrapper subclasses; dynamo never traces
+        mp.setattr(torch._dynamo.decorators, "mark_unbacked",  # these tensors anyway (see above): a no-op on them
+                   lambda t, *a, **kw: None if isinstance(t, CudaTensor) else real_unbacked(t, *a, **kw))
         real_pin = torch.Tensor.pin_memory  # modes are per thread; collate pins in a background thread
-        mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: t if not isinstance(t, CudaTensor) else real_pin(t))
+        mp.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: pinned(t) if not isinstance(t, CudaTensor) else
+                   real_pin(t))
         self._patch_collectives()
         self._patch_serialization()
-        SIM.active, SIM.syncs[:] = True, []
+        SIM.active, SIM.syncs[:], SIM.copies[:], SIM.in_flight[:] = True, [], [], []
         self.mode.__enter__()
         return self
 
@@ -391,7 +497,7 @@ class CudaSim:
 
     def _patch_grouping(self) -> None:
         """torch groups tensors by device in C++, which sees the CPU underneath: the groups of CudaTensors are
-        keyed cuda:0 again (clip_grad_norm_ and the optimizers move their results to that device)."""
+        keyed cuda:N again (clip_grad_norm_ and the optimizers move their results to that device)."""
         import torch.nn.utils.clip_grad as clip_grad
         import torch.optim.optimizer as optimizer
         import torch.utils._foreach_utils as foreach_utils
@@ -400,7 +506,8 @@ class CudaSim:
         def grouped(tensorlistlist, with_indices=False):
             out = real(tensorlistlist, with_indices)
             first = lambda lists: next((t for t in lists[0] if t is not None), None)  # noqa: E731
-            return {((CUDA0 if isinstance(first(v[0]), CudaTensor) else device), dtype): v
+            return {((torch.device("cuda", first(v[0]).index) if isinstance(first(v[0]), CudaTensor) else device),
+                     dtype): v
                     for (device, dtype), v in out.items()}
 
         for module in (foreach_utils, clip_grad, optimizer):
@@ -411,7 +518,7 @@ class CudaSim:
 
     def _patch_serialization(self) -> None:
         import torch.serialization as S
-        tag = lambda storage: "cuda:0" if storage.data_ptr() in SIM.saving else None
+        tag = lambda storage: f"cuda:{SIM.saving[storage.data_ptr()]}" if storage.data_ptr() in SIM.saving else None
 
         def deserialize(obj, location):
             if not location.startswith("cuda"):

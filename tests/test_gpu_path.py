@@ -1,5 +1,6 @@
 """The GPU path, checked on the CPU: which attention each batch kind reaches, packing equal to padding, no host
 syncs and no graph breaks in a training step, the FLOPs behind MFU, dtype choice, downloads, loading, defaults."""
+import contextlib
 import json
 import os
 import sys
@@ -153,7 +154,7 @@ def compile_counts(engine, batches: list) -> tuple[int, int]:
     return counter.frame_count, breaks
 
 
-@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("pack", [True])  # padded rows: test_a_compiled_step_is_one_graph_for_any_row_count_and_length
 def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack):
     """Zero graph breaks (boolean indexing and a symbolic is_causal each broke it), and one graph for two
     batches of different lengths: the dynamic length is marked up front, not discovered at step 2."""
@@ -162,6 +163,46 @@ def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack)
     batches = L.step_batches(ex, [[0, 1, 2], [3, 4, 5]], pack=pack)
     assert batches[0].idx.shape[1] != batches[1].idx.shape[1]
     assert compile_counts(engine, batches) == (1, 0)
+
+
+def test_a_compiled_step_is_one_graph_for_any_row_count_and_length():
+    """A real compiler backend (aot_eager: the forward and backward graphs are traced as inductor's would be),
+    forward and backward over micro-batches of 3, 1 and 2 rows of three lengths: one graph, no graph break, no
+    recompile (a backed row count was specialized at 1: the dummy micro-batch compiled a second graph)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch.manual_seed(0)
+    engine = L.StepLoss(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=48, vocab_size=67)).train(),
+                        skip_zero=True, neftune_alpha=0.0)
+    ex = examples([(5, 3), (9, 4), (2, 2), (12, 5), (3, 8), (20, 6)])
+    batches = L.step_batches(ex, [[0, 1, 2], [3], [4, 5]])
+    assert [tuple(b.idx.shape) for b in batches] == [(3, 12), (1, 16), (2, 25)]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(engine, backend=counter)
+    for b in batches:
+        L.mark_dynamic(b)
+        compiled(b.idx, b.targets, b.weights, b.pos, b.doc, b.select, b.cu_seqlens)[0].backward()
+    assert counter.frame_count == 1 and not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_compile_wraps_ddp_so_its_all_reduce_can_overlap_backward(tmp_path, monkeypatch):
+    """torch.compile(DDP(step)) and not DDP(torch.compile(step)): dynamo sees DDP's buckets and cuts the graph at
+    them, so each bucket's all-reduce starts while backward still runs (a compiled module inside DDP hands DDP all
+    its gradients at the end of one backward)."""
+    wrapped = []
+
+    class FakeDDP(torch.nn.Module):
+        def __init__(self, module, device_ids=None):
+            super().__init__()
+            self.module = module
+            wrapped.append(("ddp", type(module).__name__))
+
+    monkeypatch.setattr(T, "DDP", FakeDDP)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: wrapped.append(("compile", type(m).__name__)) or m)
+    monkeypatch.setattr(T.distributed, "local_rank_zero_first", lambda d: contextlib.nullcontext())
+    T.setup(resolve(tiny_run(tmp_path, compile=True)), distributed.Dist(world_size=2))
+    assert wrapped == [("ddp", "StepLoss"), ("compile", "FakeDDP")]
 
 
 # ----------------------------------------------------------------------------- 4: MFU
@@ -251,6 +292,46 @@ def test_local_rank_zero_downloads_before_the_other_ranks(monkeypatch):
     assert events[-1] == "alone" and events.count("barrier") == 2
 
 
+def test_the_other_ranks_wait_for_a_checkpoint_write_at_a_stated_timeout(tmp_path, monkeypatch):
+    """Each save writes inside others_wait_for_rank_zero, whose barrier is a gloo group's with CHECKPOINT_TIMEOUT
+    (30 min) and not the next NCCL collective's 10-minute watchdog; the process group's timeout is stated too."""
+    events = []
+    monkeypatch.setattr(distributed.dist, "new_group", lambda backend, timeout: (backend, timeout))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda group: events.append(("barrier", group)))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda group: events.append("destroy"))
+    for rank in (0, 1):
+        with distributed.others_wait_for_rank_zero(distributed.Dist(rank=rank, world_size=2)):
+            events.append(f"write {rank}")
+    wait = ("barrier", ("gloo", distributed.CHECKPOINT_TIMEOUT))
+    assert events == ["write 0", wait, "destroy", "write 1", wait, "destroy"]
+    assert distributed.CHECKPOINT_TIMEOUT.total_seconds() == 1800 == 3 * distributed.COLLECTIVE_TIMEOUT.total_seconds()
+    waits = []
+
+    @contextlib.contextmanager
+    def spy(d):
+        waits.append("enter")
+        yield
+        waits.append("exit")
+
+    monkeypatch.setattr(T.distributed, "others_wait_for_rank_zero", spy)
+    monkeypatch.setattr(T.checkpoint, "save_checkpoint", lambda path, payload: waits.append(os.path.basename(path)))
+    T.train(tiny_run(tmp_path, max_steps=2, eval_interval=2))
+    assert waits[:3] == ["enter", "best.pt", "exit"] and waits.count("ckpt.pt") == 2
+    assert all(waits[i - 1] == "enter" and waits[i + 1] == "exit" for i, w in enumerate(waits) if w.endswith(".pt"))
+
+
+def test_checkpoints_are_loaded_memory_mapped(tmp_path, monkeypatch):
+    """Resuming reads ckpt.pt with mmap=True (8 ranks on one machine share the page cache instead of holding 8
+    copies of a 19 GB file) and weights_only=True."""
+    T.train(tiny_run(tmp_path, max_steps=2, stop_step=1))
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, **kw: loads.append((os.path.basename(str(f)), kw)) or real(f, **kw))
+    T.train(tiny_run(tmp_path, max_steps=2, init_from="resume"))
+    ckpt = [kw for name, kw in loads if name == "ckpt.pt"]
+    assert ckpt and all(kw.get("mmap") is True and kw.get("weights_only") is True for kw in ckpt)
+
+
 def test_pretrained_weights_load_without_a_random_init(tmp_path, monkeypatch):
     """Meta device + assign=True: no init kernel touches real memory, and the head is tied again."""
     torch.manual_seed(0)
@@ -318,13 +399,32 @@ def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     B = bench_gpu()
     result = B.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(tmp_path / "bench.json")])
     rows = {(r["mix"], r["variant"]): r for r in result["rows"]}
-    ours = ("unpacked", "packed", "unpacked compiled", "packed compiled")
+    ours = ("unpacked", "packed", "unpacked same-work", "unpacked compiled", "packed compiled")
     assert {(m, v) for m in B.MIXES for v in ours} <= rows.keys()
+    compiled = [r for r in rows.values() if "compiled" in r["variant"]]
+    assert all(r["compiled"] and r["graph_breaks"] == 0 for r in compiled)  # the compiler's counters, read
+    assert rows[("alpaca", "unpacked compiled")]["graphs"] == 1  # later mixes reuse the dynamic graphs
     assert all(r["tokens_per_s"] > 0 and r["mfu"] is None and r["peak_gib"] is None for r in rows.values())
     assert rows[("t1024", "packed")]["useful_fraction"] == 1.0 and rows[("lima", "packed")]["useful_fraction"] < 1.0
     assert rows[("t1024", "packed")]["tokens"] == 4 * 128  # 2 micro-batches of 2 examples of block_size tokens
     assert json.load(open(tmp_path / "bench.json"))["rows"] == result["rows"]
     assert any(line.startswith("lima, packed vs unpacked") for line in result["targets"])
+    if ("alpaca", "hf-sdpa same-work") in rows:  # transformers installed: both ratios
+        assert sum(line.startswith("alpaca, like for like") or line.startswith("alpaca, ours")
+                   for line in result["targets"]) == 2
+
+
+def test_gpu_benchmark_fails_a_compiled_variant_that_ran_eager(tmp_path, monkeypatch):
+    """A torch.compile that silently hands back the eager module (as a compile error under suppress_errors does):
+    the counters show no graph, the verdict says FAILED and the run ends in one error line, results written."""
+    B = bench_gpu()
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: module)
+    with pytest.raises(B.UserError, match="a compiled variant ran eager"):
+        B.main(["--device", "cpu", "--smoke", "--threads", "1", "--no-reference", "--mixes", "alpaca",
+                "--out", str(tmp_path / "b.json")])
+    verdicts = json.load(open(tmp_path / "b.json"))["targets"]
+    assert verdicts[-1] == ("compiled variants that fell back to eager (no graph compiled): alpaca packed compiled, "
+                            "alpaca unpacked compiled: FAILED")
 
 
 def test_gpu_benchmark_targets_read_the_best_variant():
@@ -332,9 +432,11 @@ def test_gpu_benchmark_targets_read_the_best_variant():
     row = lambda mix, variant, tps, mfu=None: dict(mix=mix, variant=variant, tokens_per_s=tps, mfu=mfu)
     rows = [row("t1024", "packed", 100, 0.38), row("t1024", "packed compiled", 120, 0.456),
             row("alpaca", "unpacked", 130, None), row("alpaca", "packed compiled", 140), row("alpaca", "hf-sdpa", 100),
+            row("alpaca", "unpacked same-work", 500), row("alpaca", "hf-sdpa same-work", 400),
             row("lima", "unpacked", 100), row("lima", "unpacked compiled", 110), row("lima", "packed", 150)]
-    assert B.targets(rows) == ["MFU on t1024 packed: 45.6% (target 40%): met",
+    assert B.targets(rows) == ["MFU on t1024 packed: 45.6% (target 40%): met",  # same-work rows never "ours" best
                                "alpaca, ours (packed compiled) vs hf-sdpa: 1.40x (target 1.3x): met",
+                               "alpaca, like for like (every position's logits, no attention mask, both): 1.25x",
                                "lima, packed vs unpacked: 1.36x (target 1.5x): missed"]
 
 
