@@ -1,4 +1,4 @@
-"""scripts/export.py: transformers loads the exported directory and computes what we compute."""
+"""scripts/tools/export.py: transformers loads the exported directory and computes what we compute."""
 import json
 import os
 
@@ -13,7 +13,7 @@ from imgpt.cli import UserError
 from imgpt.gpt_config import GPTConfig
 from imgpt.tokenizers import get_tokenizer
 from model import GPT, load_model
-from scripts import export
+from scripts.tools import export
 from conftest import write_tiny_bpe
 
 TEXTS = ["hello world", "Hello, naïve café — 東京 🙂\n\n  tabs\tand  spaces", "he'll well <|endoftext|> hello"]

@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import sys
 import typing
 
 import pytest
@@ -25,10 +24,8 @@ from imgpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from imgpt.cli import UserError, make_config, parse_config
 from imgpt.distributed import Dist
 from model import GPT
+from scripts.experiments import compare, sweep
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import compare  # noqa: E402
-import sweep  # noqa: E402
 from conftest import HELLASWAG, cli_error
 
 # ----------------------------------------------------------------------------- nothing lost
