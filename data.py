@@ -26,11 +26,9 @@ import torch
 
 from imgpt.batching import epoch_batches, first_fit
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.formats import FORMATS, ends_with_answer, is_document, load_conversations
-from imgpt.splits import load_split
+from imgpt.formats import FORMATS, ends_with_answer, is_document, load_conversations, load_split
 from imgpt.synthetic import synthetic_split
 from imgpt.tokenizers import get_tokenizer
-from imgpt.tokenviz import ShowConfig, legend, render
 from imgpt.train_config import LOSS_PRESETS, TrainConfig
 from model import head_positions
 
@@ -117,13 +115,6 @@ def loss_weights(segs: list[int], prompt_loss_weight: float, template_loss_weigh
     return [0.0] + [weight[s] for s in segs[1:]]  # token 0 has no context to be predicted from
 
 
-def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_weight: float,
-                   template_loss_weight: float = 0.0, max_len: int | None = None) -> tuple[list[int], list[float]]:
-    """(ids, weights) of one conversation: the whole method in one call."""
-    ids, segs = encode_segments(messages, tok, max_len)
-    return ids, loss_weights(segs, prompt_loss_weight, template_loss_weight)
-
-
 def answer_start(segs: list[int]) -> int:
     """Where the last answer begins: the first token of the final run of ASSISTANT/EOT segments."""
     i = len(segs)
@@ -148,8 +139,25 @@ def prompt_ids(messages: list[dict], tok: tiktoken.Encoding, max_len: int | None
 
 @dataclass
 class Example:
+    """One training example as the data build made it: its tokens, each token's segment, and each token's loss
+    weight (loss_weights at the run's prompt and template weights). Everything after the build reads the weights
+    from here; nothing recomputes them."""
     ids: list[int]
     segs: list[int]
+    weights: list[float]
+
+
+def make_example(ids: list[int], segs: list[int], prompt_loss_weight: float,
+                 template_loss_weight: float = 0.0) -> Example:
+    """The example with its weights: where the run's prompt weight meets the data, once."""
+    return Example(ids, segs, loss_weights(segs, prompt_loss_weight, template_loss_weight))
+
+
+def encode_example(messages: list[dict], tok: tiktoken.Encoding, prompt_loss_weight: float,
+                   template_loss_weight: float = 0.0, max_len: int | None = None) -> tuple[list[int], list[float]]:
+    """(ids, weights) of one conversation: the whole method in one call."""
+    e = make_example(*encode_segments(messages, tok, max_len), prompt_loss_weight, template_loss_weight)
+    return e.ids, e.weights
 
 
 def has_output(segs: list[int]) -> bool:
@@ -164,10 +172,11 @@ def windows(ids: list[int], segs: list[int], max_len: int) -> list[tuple[list[in
     return [(ids[i:i + max_len], segs[i:i + max_len]) for i in range(0, len(ids) - 1, max_len - 1)]
 
 
-def encode_dataset(convs: list[list[dict]], tok: tiktoken.Encoding,
-                   max_len: int | None) -> tuple[list[Example], dict]:
-    """Tokenize every conversation and truncate it to max_len, dropping those left with no output token to learn;
-    a plain-text document (`is_document`) ends with end-of-text and is cut into windows instead, losing nothing."""
+def encode_dataset(convs: list[list[dict]], tok: tiktoken.Encoding, max_len: int | None, prompt_loss_weight: float,
+                   template_loss_weight: float = 0.0) -> tuple[list[Example], dict]:
+    """Tokenize every conversation, truncate it to max_len and weigh its tokens, dropping those left with no output
+    token to learn; a plain-text document (`is_document`) ends with end-of-text and is cut into windows instead,
+    losing nothing."""
     stats = dict(examples=len(convs), kept=0, truncated=0, dropped=0,
                  prompt_tokens=0, output_tokens=0, template_tokens=0)
     names = {SYSTEM: "prompt_tokens", USER: "prompt_tokens", ASSISTANT: "output_tokens", EOT: "output_tokens",
@@ -185,11 +194,24 @@ def encode_dataset(convs: list[list[dict]], tok: tiktoken.Encoding,
             stats["truncated"] += len(cut[0][0]) < sum(len(p) for p, _ in pieces)
         for ids, segs in cut:
             if has_output(segs):
-                examples.append(Example(ids, segs))
+                examples.append(make_example(ids, segs, prompt_loss_weight, template_loss_weight))
             else:
                 stats["dropped"] += 1
     stats["kept"] = len(examples)
     return examples, stats
+
+
+def build_data(cfg: TrainConfig, tok, max_len: int | None = None) -> tuple[list[Example], list[Example], dict]:
+    """Encoded and weighted training and held-out examples (deterministic for the seed), plus statistics. Examples
+    are cut to block_size + 1 tokens by default: block_size inputs, each predicting the next token."""
+    max_len = max_len or cfg.block_size + 1
+    train_convs, val_convs = load_split(asdict(cfg))
+    weigh = (cfg.prompt_loss_weight, cfg.template_loss_weight)  # the run's weights, carried by every example
+    train_ex, stats = encode_dataset(train_convs, tok, max_len, *weigh)
+    val_ex, _ = encode_dataset(val_convs, tok, max_len, *weigh)
+    if not train_ex:
+        raise UserError(f"{cfg.data}: no training examples left (stats: {stats})")
+    return train_ex, val_ex, stats
 
 
 # ----------------------------------------------------------------------------- batches with little padding
@@ -236,9 +258,9 @@ def pack(examples: list[Example], pack_len: int) -> list[list[Example]]:
     return [[examples[i] for i in row] for row in rows]
 
 
-def collate(examples: list[Example], prompt_loss_weight: float, template_loss_weight: float = 0.0,
-            pack_len: int | None = None) -> Batch:
-    """One example per row, right-padded to the longest; or, with pack_len, several examples per row."""
+def collate(examples: list[Example], pack_len: int | None = None) -> Batch:
+    """One example per row, right-padded to the longest; or, with pack_len, several examples per row. The weights
+    are the examples' own (weight 0 on padding)."""
     rows = [[e] for e in examples] if pack_len is None else pack(examples, pack_len)
     B, T = len(rows), max([sum(len(e.ids) - 1 for e in row) for row in rows] + [1])
     idx, targets, segs, pos = (np.zeros((B, T), np.int64) for _ in range(4))  # numpy: lists convert ~6x faster
@@ -250,7 +272,7 @@ def collate(examples: list[Example], prompt_loss_weight: float, template_loss_we
             n = len(e.ids) - 1
             at = slice(t, t + n)
             idx[r, at], targets[r, at], segs[r, at] = e.ids[:-1], e.ids[1:], e.segs[1:]
-            weights[r, at] = loss_weights(e.segs, prompt_loss_weight, template_loss_weight)[1:]
+            weights[r, at] = e.weights[1:]
             pos[r, at], doc[r, at] = np.arange(n), d
             t += n
     idx, targets, weights, segs, pos, doc = (torch.from_numpy(a) for a in (idx, targets, weights, segs, pos, doc))
@@ -277,6 +299,78 @@ def useful_fraction(batch: Batch) -> float:
 
 # ----------------------------------------------------------------------------- python data.py stats|show
 
+# See an example as the loss sees it: every token marked by its loss weight (`python data.py show`).
+#
+# On a terminal each token gets a background by its weight (grey: not trained on; green: weight 1; amber: between),
+# two shades alternating so token boundaries show. Elsewhere (a file, a pipe, README) runs of tokens with the same
+# weight are bracketed: `[...]` is trained on with weight 1, `[...]x0.3` with weight 0.3, plain text not at all.
+
+RESET = "\033[0m"
+SHADES = {"zero": ("\033[48;5;236m", "\033[48;5;239m"), "part": ("\033[48;5;94m", "\033[48;5;130m"),
+          "full": ("\033[48;5;22m", "\033[48;5;28m")}  # 256-colour backgrounds, two per kind
+
+
+def visible(text: str) -> str:
+    """Whitespace a reader would miss, spelled out: one example stays one line."""
+    return text.replace("\n", "\\n").replace("\t", "\\t")
+
+
+def kind(weight: float) -> str:
+    return "zero" if weight == 0 else "full" if weight == 1 else "part"
+
+
+def colored(tokens: list[tuple[str, float]]) -> str:
+    """ANSI: each token on the background of its weight's kind, alternating shades."""
+    return "".join(f"{SHADES[kind(w)][i % 2]}{visible(t)}" for i, (t, w) in enumerate(tokens)) + RESET
+
+
+def bracketed(tokens: list[tuple[str, float]]) -> str:
+    """Plain text: each run of equal nonzero weight in brackets (with its weight unless 1), zero weight bare."""
+    runs: list[tuple[str, float]] = []
+    for text, w in tokens:
+        if runs and runs[-1][1] == w:
+            runs[-1] = (runs[-1][0] + text, w)
+        else:
+            runs.append((text, w))
+    marked = (visible(t) if w == 0 else f"[{visible(t)}]" + ("" if w == 1 else f"x{w:g}") for t, w in runs)
+    return "".join(marked)
+
+
+def legend(color: bool) -> str:
+    if color:
+        return (f"{SHADES['zero'][0]} weight 0 {RESET} {SHADES['part'][0]} 0 < weight < 1 {RESET} "
+                f"{SHADES['full'][0]} weight 1 {RESET}  (shades alternate per token)")
+    return "[...] weight 1, [...]xW weight W, unmarked weight 0 (the loss for predicting each token)"
+
+
+def render(tokens: list[tuple[str, float]], color: bool) -> str:
+    """One example, one line: a count of the tokens trained on, then the marked tokens."""
+    head = f"{sum(w > 0 for _, w in tokens)} of {len(tokens)} tokens trained on: "
+    return head + (colored(tokens) if color else bracketed(tokens))
+
+
+@dataclass
+class ShowConfig:
+    loss: str = opt("it", "it, im, or the prompt loss weight as a number (e.g. 0.3)")
+    n: int = opt(3, "how many examples to show, from the start")
+    format: str | None = opt(None, "input format ('' = detect)")
+    tokenizer: str = opt("", "gpt2, byte or a directory ('' = byte for synthetic, else gpt2)")
+    max_len: int = opt(1024, "truncate examples to this many tokens, as training would")
+    color: str = opt("auto", "auto (colour on a terminal), always, or never (brackets)")
+
+    def prompt_loss_weight(self) -> float:
+        try:
+            return LOSS_PRESETS[self.loss] if self.loss in LOSS_PRESETS else float(self.loss)
+        except ValueError:
+            raise UserError(f"--loss: expected it, im or a number, got {self.loss!r}") from None
+
+    def use_color(self, is_tty: bool) -> bool:
+        if self.color not in ("auto", "always", "never"):
+            raise UserError(f"--color: expected auto, always or never, got {self.color!r}")
+        return self.color == "always" or (self.color == "auto" and is_tty)
+
+
+
 USAGE = """Usage: python data.py stats FILE [FILE ...] [--max_len N] [--format F] [--tokenizer gpt2|byte|DIR]
        python data.py show FILE|synthetic [--loss it|im|WEIGHT] [--n N] [--tokenizer T] [--color auto|always|never]"""
 
@@ -291,14 +385,14 @@ class StatsConfig:
 
 def dataset_stats(convs: list[list[dict]], tok: tiktoken.Encoding, max_len: int, batch_size: int = 8) -> dict:
     """One row of a Table-5-like summary: lengths before truncation, weight shares and padding after."""
-    examples, st = encode_dataset(convs, tok, max_len)
+    examples, st = encode_dataset(convs, tok, max_len, prompt_loss_weight=0.0)  # weighed per preset below
     n, positions = st["examples"], sum(len(e.ids) - 1 for e in examples)
     weighted = {k: sum(sum(loss_weights(e.segs, plw)) for e in examples) / max(positions, 1)
                 for k, plw in LOSS_PRESETS.items()}
     lengths = [len(e.ids) for e in examples]
     useful = {}
     for name, pack_len in (("padded", None), ("packed", max_len)):  # length-grouped batches, as in training
-        docs = [collate([examples[i] for i in b], 0.0, pack_len=pack_len).doc
+        docs = [collate([examples[i] for i in b], pack_len=pack_len).doc
                 for b in epoch_batches(lengths, batch_size, seed=0, epoch=0)]
         useful[name] = sum(int((d >= 0).sum()) for d in docs) / max(sum(d.numel() for d in docs), 1)
     return {"examples": n, "instruction": st["prompt_tokens"] / n, "output": st["output_tokens"] / n,
@@ -307,7 +401,7 @@ def dataset_stats(convs: list[list[dict]], tok: tiktoken.Encoding, max_len: int,
             f"useful@{batch_size}": useful["padded"], f"useful@{batch_size} packed": useful["packed"]}
 
 
-def format_table(rows: dict[str, dict]) -> str:
+def stats_table(rows: dict[str, dict]) -> str:
     """Markdown table, one row per dataset."""
     cols = list(next(iter(rows.values())))
     cell = lambda v: f"{v:.3f}" if isinstance(v, float) and v < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
@@ -347,21 +441,9 @@ def main(argv: list[str] | None = None) -> None:
                 else load_conversations(f, cfg.format) for f in files}  # a bad file fails before any download
     tok = get_tokenizer(cfg.tokenizer)
     rows = {name: dataset_stats(convs, tok, cfg.max_len, cfg.batch_size) for name, convs in datasets.items()}
-    print(format_table(rows))
+    print(stats_table(rows))
     print(f"tokens per example before truncation; weighted = share of target tokens with weight > 0 (IT: outputs, "
           f"IM: + instructions); truncated/dropped at max_len={cfg.max_len}; useful = real / computed tokens")
-
-
-def build_data(cfg: TrainConfig, tok, max_len: int | None = None) -> tuple[list[Example], list[Example], dict]:
-    """Encoded training and held-out examples (deterministic for the seed), plus statistics. Examples are cut to
-    block_size + 1 tokens by default: block_size inputs, each predicting the next token."""
-    max_len = max_len or cfg.block_size + 1
-    train_convs, val_convs = load_split(asdict(cfg))
-    train_ex, stats = encode_dataset(train_convs, tok, max_len)
-    val_ex, _ = encode_dataset(val_convs, tok, max_len)
-    if not train_ex:
-        raise UserError(f"{cfg.data}: no training examples left (stats: {stats})")
-    return train_ex, val_ex, stats
 
 
 if __name__ == "__main__":

@@ -28,23 +28,24 @@ import contextlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 
+import sacrebleu
 import torch
 from tqdm import tqdm
 
 import data
-import model as modeling
-from imgpt import formats, splits, synthetic
+from imgpt import formats, synthetic
 from imgpt.benchmarks import Question, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag, read_mmlu
 from imgpt.cli import UserError, opt, parse_config, run_cli
 from imgpt.device import check_device
 from imgpt.distributed import Dist, all_reduce_sum, destroy_distributed, join_distributed, local_rank_zero_first
 from imgpt.files import write_text_atomic
 from imgpt.formats import DataError
-from imgpt.text_metrics import text_metrics
 from imgpt.train_config import saved_config
 from metrics import exact_match_rate, segment_losses
+from model import load_model
 
 
 @dataclass
@@ -101,11 +102,80 @@ class EvalConfig:
         check_device(self.device)
         for name in ("data", "train_data", "mmlu", "hellaswag"):  # fail before loading a model
             path = getattr(self, name)
-            if path not in ("", "from_ckpt", "none", *splits.SYNTHETIC, *formats.DATASETS) and not os.path.exists(path):
+            if path not in ("", "from_ckpt", "none", *formats.SYNTHETIC, *formats.DATASETS) and not os.path.exists(path):
                 raise UserError(f"--{name}: {path}: no such file or directory")
 
 
 # ----------------------------------------------------------------------------- answers vs. references (pure)
+# Exact match (with GSM8K's answer rule), BLEU (sacrebleu) and ROUGE-L of generated text.
+
+GSM8K_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")  # lm-eval gsm8k.yaml, filter "strict-match"
+
+
+GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # its exact_match regexes_to_ignore, applied to both sides
+
+
+def normalize_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+def gsm8k_answer(output: str) -> str:
+    """lm-eval's strict-match filter: the first `#### <number>` of the output, else "[invalid]"."""
+    found = GSM8K_ANSWER.findall(output)
+    return found[0].strip() if found else "[invalid]"
+
+
+def gsm8k_clean(text: str) -> str:
+    """lm-eval's exact_match normalization for GSM8K: the ignored patterns removed, then lowercased."""
+    for pattern in GSM8K_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def exact_match(output: str, reference: str) -> bool:
+    """Whitespace-normalized equality. GSM8K-style references (`#### <number>`) use lm-eval's strict match:
+    '#### 18' matches, while '#### 18.00', '#### $18' and an answer without the marker do not."""
+    if GSM8K_ANSWER.search(reference):
+        return gsm8k_clean(gsm8k_answer(output)) == gsm8k_clean(reference)
+    return normalize_whitespace(output) == normalize_whitespace(reference)
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence, by dynamic programming over one row at a time."""
+    row = [0] * (len(b) + 1)  # row[j] = LCS of the a-prefix so far with b[:j]
+    for x in a:
+        diag = 0  # LCS of the previous a-prefix with b[:j-1]
+        for j, y in enumerate(b, start=1):
+            diag, row[j] = row[j], diag + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """Google's rouge-score tokenizer (no stemming): lowercase, every run of non-[a-z0-9] becomes a space."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def rouge_l(output: str, reference: str) -> float:
+    """ROUGE-L F1 in [0, 1] as rouge-score computes it: rouge_l("pen", "Pen.") == 1 (0 if either side is empty)."""
+    hyp, ref = rouge_tokens(output), rouge_tokens(reference)
+    lcs = lcs_length(hyp, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(hyp), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def bleu(outputs: list[str], references: list[str]) -> float:
+    """Corpus BLEU in [0, 100] with sacrebleu's defaults (13a tokenizer, exponential smoothing), one reference each."""
+    return sacrebleu.corpus_bleu(outputs, [references]).score if outputs else 0.0
+
+
+def text_metrics(outputs: list[str], references: list[str]) -> dict:
+    n = max(len(outputs), 1)
+    return {"examples": len(outputs),
+            "exact_match": sum(map(exact_match, outputs, references)) / n,
+            "bleu": bleu(outputs, references),
+            "rouge_l": 100 * sum(map(rouge_l, outputs, references)) / n}
 
 
 # ----------------------------------------------------------------------------- generating
@@ -153,7 +223,7 @@ def autocast(device: str, dtype: str):
 
 def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: int) -> dict:
     """Output-only loss (and the prompt loss, for reference) under the training template, all ranks together."""
-    examples, stats = data.encode_dataset(convs, tok, max_len)
+    examples, stats = data.encode_dataset(convs, tok, max_len, prompt_loss_weight=0.0)  # scored by segment
     dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     r = segment_losses(model, examples, cfg.batch_size, dist.device, dist, autocast_dtype=dtype)
     return {"examples": len(examples), "output_loss": r["output_loss"], "perplexity": math.exp(r["output_loss"]),
@@ -167,10 +237,10 @@ def probe_metrics(model, tok, saved: dict, cfg: EvalConfig, dist: Dist) -> dict:
     """What a model trained on the built-in world knows of it, whatever it was tuned for: greedy completion of the
     statement "K=" for every fact (synthetic.probe_conversations), token-exact as train.py scores it; alone, and
     after PROBE_DEPTHS lines of other statements."""
-    world = synthetic.synthetic_world({**splits.SPLIT_DEFAULTS, **saved}["synth_keys"])
+    world = synthetic.synthetic_world({**formats.SPLIT_DEFAULTS, **saved}["synth_keys"])
     r = {"facts": len(world)}
     for depth in (0, *PROBE_DEPTHS):
-        examples, _ = data.encode_dataset(synthetic.probe_conversations(world, lines_before=depth), tok, None)
+        examples, _ = data.encode_dataset(synthetic.probe_conversations(world, lines_before=depth), tok, None, 0.0)
         rate = exact_match_rate(model, examples, cfg.batch_size, tok.eot_token, dist)
         r["exact_match" if depth == 0 else f"after_{depth}_lines"] = rate
     return r
@@ -202,6 +272,19 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
         write_text_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     metrics = text_metrics([r["output"] for r in records], [r["reference"] for r in records])
     return {**metrics, "max_new_tokens": max_new, "file": jsonl}
+
+
+def choice_pairs(q: Question, tok, chat: bool) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per choice. Plain: the choice follows the context after a space (an empty
+    context becomes end-of-text, as in lm-eval). Chat: the context is a user turn, the choice the assistant's reply."""
+    if chat:
+        ctx, conts = data.prompt_ids([{"role": "user", "content": q.context}], tok), q.choices
+    else:
+        ctx, conts = tok.encode_ordinary(q.context) or [tok.eot_token], [" " + c for c in q.choices]
+    pairs = [(ctx, tok.encode_ordinary(c)) for c in conts]
+    if not all(cont for _, cont in pairs):
+        raise DataError(f"an empty choice has nothing to score, in the question {q.context[:60]!r}")
+    return pairs
 
 
 def choice_metrics(model, tok, questions: list[Question], cfg: EvalConfig, dist: Dist) -> dict:
@@ -248,9 +331,9 @@ def source_split(name: str, saved: dict | None) -> tuple[list, list] | None:
     saved config); 'synthetic' = the built-in task (the checkpoint's settings if trained on it, else train.py's
     defaults). None for a file name: a file is used whole."""
     if name in ("", "from_ckpt"):
-        return splits.load_split(saved) if saved is not None else None
-    if name in splits.SYNTHETIC:
-        return splits.load_split({**(saved if saved is not None and saved.get("data") in splits.SYNTHETIC else {}),
+        return formats.load_split(saved) if saved is not None else None
+    if name in formats.SYNTHETIC:
+        return formats.load_split({**(saved if saved is not None and saved.get("data") in formats.SYNTHETIC else {}),
                                 "data": name})
     return None
 
@@ -263,7 +346,7 @@ def conversation_sets(cfg: EvalConfig, saved: dict | None) -> tuple[list, list]:
     heldout = split[1] if split else formats.load_conversations(cfg.data, cfg.format or None)
     if cfg.train_data == "none":
         train = []
-    elif cfg.train_data in ("", "from_ckpt", *splits.SYNTHETIC):
+    elif cfg.train_data in ("", "from_ckpt", *formats.SYNTHETIC):
         train_split = split if cfg.train_data == "" and split else source_split(cfg.train_data, saved)
         train = train_split[0] if train_split else []
     else:
@@ -283,27 +366,27 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     with local_rank_zero_first(dist):  # under torchrun: one download per node, the other ranks read the cache
         heldout, train = conversation_sets(cfg, saved) if has_data else ([], [])
         questions = benchmark_questions(cfg)  # every input file is read before the model loads: bad ones fail fast
-        net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
-    net.eval()
-    max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or net.config.block_size)  # as train.py cuts
+        model, tok = load_model(cfg.ckpt, device=dist.device)
+    model.eval()
+    max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or model.config.block_size)  # as train.py cuts
     stem, metrics = os.path.splitext(cfg.out)[0], {}
     if cfg.loss and has_data:
-        metrics["heldout"] = loss_metrics(net, tok, heldout, cfg, dist, max_len)
+        metrics["heldout"] = loss_metrics(model, tok, heldout, cfg, dist, max_len)
         if train:
-            metrics["train"] = loss_metrics(net, tok, train, cfg, dist, max_len)
+            metrics["train"] = loss_metrics(model, tok, train, cfg, dist, max_len)
             metrics["heldout"]["gap_vs_train"] = metrics["heldout"]["output_loss"] - metrics["train"]["output_loss"]
-    if cfg.loss and (saved or {}).get("data") in splits.WORLD_TASKS:
-        metrics["probe"] = probe_metrics(net, tok, saved, cfg, dist)
+    if cfg.loss and (saved or {}).get("data") in formats.WORLD_TASKS:
+        metrics["probe"] = probe_metrics(model, tok, saved, cfg, dist)
     if cfg.generate:
-        metrics["generate"] = generation_metrics(net, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False,
+        metrics["generate"] = generation_metrics(model, tok, heldout, cfg, dist, stem + ".heldout.jsonl", greedy=False,
                                                  max_len=max_len)
     if cfg.memorization:
         if not train:
             raise UserError("--memorization needs training data: pass --train_data FILE or a train.py checkpoint")
-        metrics["memorization"] = generation_metrics(net, tok, train, cfg, dist, stem + ".train.jsonl", greedy=True,
+        metrics["memorization"] = generation_metrics(model, tok, train, cfg, dist, stem + ".train.jsonl", greedy=True,
                                                      max_len=max_len)
     for task, task_questions in questions.items():
-        metrics[task] = choice_metrics(net, tok, task_questions, cfg, dist)
+        metrics[task] = choice_metrics(model, tok, task_questions, cfg, dist)
     if not metrics:
         raise UserError("nothing to evaluate: pass --data (or a train.py checkpoint), --mmlu or --hellaswag")
     report = {"ckpt": cfg.ckpt, "config": asdict(cfg), "metrics": metrics, "file": cfg.out}
@@ -312,7 +395,8 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
     return report
 
 
-def format_table(metrics: dict) -> str:
+def metrics_table(metrics: dict) -> str:
+    """The results as aligned rows of task, metric and value, for the terminal."""
     rows = [f"{'task':<14}{'metric':<16}{'value':>12}"]
     for task, values in metrics.items():
         for name, v in values.items():
@@ -327,24 +411,11 @@ def main() -> None:
     try:
         report = evaluate(cfg, dist)
         if dist.is_main:
-            print(format_table(report["metrics"]))
+            print(metrics_table(report["metrics"]))
             print(f"wrote {report['file']}")
     finally:
         if owned:
             destroy_distributed()
-
-
-def choice_pairs(q: Question, tok, chat: bool) -> list[tuple[list[int], list[int]]]:
-    """(context ids, continuation ids) per choice. Plain: the choice follows the context after a space (an empty
-    context becomes end-of-text, as in lm-eval). Chat: the context is a user turn, the choice the assistant's reply."""
-    if chat:
-        ctx, conts = data.prompt_ids([{"role": "user", "content": q.context}], tok), q.choices
-    else:
-        ctx, conts = tok.encode_ordinary(q.context) or [tok.eot_token], [" " + c for c in q.choices]
-    pairs = [(ctx, tok.encode_ordinary(c)) for c in conts]
-    if not all(cont for _, cont in pairs):
-        raise DataError(f"an empty choice has nothing to score, in the question {q.context[:60]!r}")
-    return pairs
 
 
 if __name__ == "__main__":

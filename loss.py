@@ -1,23 +1,15 @@
 """The loss of one optimizer step, computed so that it does not depend on how the step's batch is split.
 
-The step's loss is  sum over every weighted token of w * CE  /  sum of w over the WHOLE step: every micro-batch on
-every rank. The denominator is counted before any forward pass (weights are known from the data), so each
-micro-batch can divide its own weighted sum by it and backpropagate at once; gradients add up over micro-batches
-(accumulation) and DDP averages them over ranks, which the factor world_size undoes. Splitting 8 examples as
-8 x 1, 2 x 4 or 2 processes x 2 x 2 then gives the same update (tests/test_train.py checks it to 1e-6).
-Dividing each micro-batch by its own weight sum instead, the common shortcut, weights tokens of short
-micro-batches more: the update then depends on the split.
+The step's loss is  sum over every weighted token of w * CE  /  N, with N counted over the WHOLE step: every
+micro-batch on every rank (step_divisor: the sum of w, by default). N is counted from the step's examples before
+any forward pass (each example carries its weights from the data build), so each micro-batch can divide its own
+weighted sum by it and backpropagate at once (micro_batch_loss); gradients add up over micro-batches
+(accumulation) and over ranks. Splitting 8 examples as 8 x 1, 2 x 4 or 2 processes x 2 x 2 then gives the same
+update (tests/test_train.py checks it to 1e-6). Dividing each micro-batch by its own weight sum instead, the
+common shortcut, weights tokens of short micro-batches more: the update then depends on the split.
 
---loss_reduction picks the denominator N (the numerator is always the sum over the step of w * CE, with w the
-token's loss weight: 1 on outputs, the prompt weight lambda on instructions):
-    token     N = sum of w over the step:        (sum_out CE + lambda sum_prompt CE) / (n_out + lambda n_prompt)
-              (template tokens, weight 0 by default, add to both; the paper's code: a mean over every trained
-              token, so IM's outputs get n_out / (n_out + n_prompt) of it)
-    output    N = the output tokens' weight only: (sum_out CE + lambda sum_prompt CE) / n_out
-              = IT's loss + lambda x the prompt tokens' summed loss on the same scale: the outputs' gradient does
-              not shrink as lambda grows (at lambda 0 it is exactly token)
-    sequence  each example's weights rescaled to sum to 1, N = the number of examples (per_example_weights)
-Each N is counted from the step's example ids (sum_totals; output_weight for output), so each is split-invariant.
+Read in this order: step_divisor (N, for each --loss_reduction), micro_batch_loss (one micro-batch's share),
+run_micro_batches (the forward and backward of one rank's micro-batches).
 """
 from __future__ import annotations
 
@@ -29,8 +21,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import Batch, Example, collate, loss_weights
+from data import Batch, Example, collate
+from imgpt.device import autocast
+from metrics import is_output
 from model import GPT, weighted_cross_entropy
+
+
+# ----------------------------------------------------------------------------- the step's divisor N
+
+def example_totals(examples: list[Example]) -> np.ndarray:
+    """(n, 4) float64: each example's [weight sum, output tokens, weighted positions, positions] over its predicted
+    positions (every token but the first), read from the weights it carries. Counted once per dataset (train.py's
+    setup), so that a step adds up its rows instead of looping over its examples' tokens."""
+    n = torch.tensor([len(e.ids) - 1 for e in examples], dtype=torch.long)
+    row = torch.repeat_interleave(torch.arange(len(examples)), n)  # (P,) the example of each predicted position
+    w = torch.tensor([x for e in examples for x in e.weights[1:]], dtype=torch.float64)  # (P,)
+    out = is_output(torch.tensor([s for e in examples for s in e.segs[1:]], dtype=torch.long))  # (P,)
+    totals = torch.zeros(len(examples), 4, dtype=torch.float64)
+    for column, x in enumerate((w, out.double(), (w != 0).double(), torch.ones_like(w))):
+        totals[:, column].index_add_(0, row, x)
+    return totals.numpy()
+
+
+def step_totals(totals: np.ndarray, ids: list[int]) -> dict:
+    """The whole step's sums, from its example ids alone. Every rank knows the step's ids, so it counts them
+    itself: no all-reduce, no device sync. Summed in float64 over the rows of `ids` in their order, so every split
+    of the step gets the same numbers."""
+    weight_sum, output_tokens, weighted, positions = totals[list(ids)].sum(0) if len(ids) else (0.0, 0, 0, 0)
+    return {"weight_sum": float(weight_sum), "output_tokens": int(output_tokens), "examples": len(ids),
+            "weighted_positions": int(weighted), "positions": int(positions)}
+
+
+def step_divisor(totals: np.ndarray, ids: list[int], reduction: str) -> float:
+    """N, what the step's summed w * CE is divided by, for --loss_reduction `reduction` (lambda: the prompt weight;
+    w: each token's weight, 1 on outputs, lambda on instructions):
+
+    token     N = sum of w over the step:        (sum_out CE + lambda sum_prompt CE) / (n_out + lambda n_prompt)
+              (template tokens, weight 0 by default, add to both; the paper's code: a mean over every trained
+              token, so IM's outputs get n_out / (n_out + n_prompt) of it)
+    output    N = the number of output tokens:   (sum_out CE + lambda sum_prompt CE) / n_out
+              = IT's loss + lambda x the prompt tokens' summed loss on the same scale: the outputs' gradient does
+              not shrink as lambda grows (at lambda 0 and template weight 0 it is exactly token)
+    sequence  N = the number of examples, each example's weights rescaled to sum to 1 (per_example_weights)
+
+    Each N comes from the step's example ids (step_totals), so each is split-invariant."""
+    step = step_totals(totals, ids)
+    n = {"token": step["weight_sum"], "output": step["output_tokens"], "sequence": step["examples"]}[reduction]
+    return max(n, 1e-12)  # every example has an output token, so N > 0: this only guards a division
 
 
 def per_example_weights(weights: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
@@ -72,41 +109,7 @@ class StepLoss(nn.Module):
 
 # ----------------------------------------------------------------------------- one optimizer step
 
-def example_totals(examples: list[Example], prompt_loss_weight: float,
-                   template_loss_weight: float = 0.0) -> np.ndarray:
-    """(n, 3) float64: each example's [weight sum, weighted tokens, tokens] of its predicted positions. Counted
-    once per dataset (train.py's setup), so a step adds up rows instead of looping over its examples' weights."""
-    totals = np.zeros((len(examples), 3), dtype=np.float64)
-    for row, e in zip(totals, examples):
-        w = loss_weights(e.segs, prompt_loss_weight, template_loss_weight)[1:]
-        row[:] = np.sum(w, dtype=np.float64), np.count_nonzero(w), len(w)
-    return totals
-
-
-def sum_totals(totals: np.ndarray, ids: list[int]) -> tuple[float, int, int, int]:
-    """(weight sum, examples, tokens, weighted tokens) of a whole step, from its example ids alone.
-
-    Every rank knows the step's ids, so it can count the denominator itself: no all-reduce, no device sync.
-    Summed in float64 over the rows of `ids` in their order, so every split of the step gets the same number."""
-    weight_sum, weighted, tokens = totals[ids].sum(0) if len(ids) else (0.0, 0, 0)
-    return float(weight_sum), len(ids), int(tokens), int(weighted)
-
-
-def step_totals(examples: list[Example], ids: list[int], prompt_loss_weight: float,
-                template_loss_weight: float = 0.0) -> tuple[float, int, int, int]:
-    """sum_totals of the step `ids`, counting only its examples (for callers without a dataset's totals)."""
-    chosen = [examples[i] for i in ids]
-    return sum_totals(example_totals(chosen, prompt_loss_weight, template_loss_weight), list(range(len(ids))))
-
-
-def output_weight(examples: list[Example], ids: list[int]) -> float:
-    """The output tokens' weight of a whole step (--loss_reduction output's N): the weight sum IT would have at
-    template weight 0, whatever the prompt and template weights of the run, since outputs weigh 1 in every mode."""
-    return step_totals(examples, ids, prompt_loss_weight=0.0, template_loss_weight=0.0)[0]
-
-
-def step_batches(examples: list[Example], micro: list[list[int]], prompt_loss_weight: float,
-                 template_loss_weight: float = 0.0, pack: bool = False, reduction: str = "token",
+def step_batches(examples: list[Example], micro: list[list[int]], pack: bool = False, reduction: str = "token",
                  pin: bool = False) -> list[Batch | None]:
     """This rank's micro-batches (None where empty), on the CPU, in pinned memory if `pin` (for fast copies).
 
@@ -119,7 +122,7 @@ def step_batches(examples: list[Example], micro: list[list[int]], prompt_loss_we
             continue
         chosen = [examples[i] for i in ids]
         pack_len = sum(len(e.ids) - 1 for e in chosen) if pack else None
-        b = collate(chosen, prompt_loss_weight, template_loss_weight, pack_len=pack_len)
+        b = collate(chosen, pack_len=pack_len)
         if reduction == "sequence":
             b = dataclasses.replace(b, weights=per_example_weights(b.weights, b.doc))
         batches.append(b.pin_memory() if pin else b)
@@ -141,7 +144,7 @@ def micro_batch_loss(ce: torch.Tensor, kl: torch.Tensor, kl_coef: float, divisor
                      dummy: bool) -> torch.Tensor:
     """What one micro-batch backpropagates, from its summed weighted cross-entropy `ce` and KL `kl`.
 
-    `divisor` is the step's N (step_divisor) over every micro-batch of every rank. Gradients SUM over
+    `divisor` is the step's N (step_divisor), over every micro-batch of every rank. Gradients SUM over
     micro-batches, so accumulation needs no factor of its own; DDP AVERAGES them over the `world` ranks, which
     this loss must undo. A dummy micro-batch (a rank left with no examples in a short last step, joining the
     final gradient all-reduce) must add nothing to the gradients."""
@@ -149,7 +152,7 @@ def micro_batch_loss(ce: torch.Tensor, kl: torch.Tensor, kl_coef: float, divisor
 
 
 def run_micro_batches(step_loss: nn.Module, batches: list[Batch | None], dummy: Batch, divisor: float, world: int,
-                      ref: GPT | None, kl_coef: float, amp, scaler) -> torch.Tensor:
+                      ref: GPT | None, kl_coef: float, amp_dtype: torch.dtype | None, scaler) -> torch.Tensor:
     """Forward and backward of this rank's micro-batches (on the device); returns [cross-entropy, KL] of the
     step on this rank, as a device tensor: reading it would wait for the GPU, so the caller decides when.
 
@@ -164,7 +167,7 @@ def run_micro_batches(step_loss: nn.Module, batches: list[Batch | None], dummy: 
         sync = i == last
         x = dummy if b is None else b  # a rank with nothing left still joins the final gradient all-reduce
         with contextlib.nullcontext() if sync or world == 1 else step_loss.no_sync():
-            with amp:
+            with autocast(x.idx.device, amp_dtype):
                 ref_logits = None
                 if ref is not None:
                     with torch.no_grad():

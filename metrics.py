@@ -6,20 +6,25 @@ cannot be compared across loss modes (IM's includes the instruction tokens); thi
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from data import EOT, OUTPUT_SEGMENTS, PROMPT_SEGMENTS, Batch, Example, answer_start, collate
+from imgpt.device import autocast
 from imgpt.distributed import Dist, all_reduce_sum
 from model import head_positions
 
 
+def is_output(segs: torch.Tensor) -> torch.Tensor:
+    """Which targets the output loss scores: the answer's tokens (assistant content and its end-of-text), whatever
+    weights the model was trained with. Also --loss_reduction output's N (loss.step_divisor) counts these."""
+    return torch.isin(segs, torch.tensor(OUTPUT_SEGMENTS, device=segs.device))
+
 
 def segment_loss_sums(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """[output loss sum, output tokens, prompt loss sum, prompt tokens] of one batch, from one forward pass."""
-    is_out = torch.isin(batch.segs, torch.tensor(OUTPUT_SEGMENTS, device=batch.segs.device))
+    """[output loss sum, output tokens, prompt loss sum, prompt tokens] of one batch, from one forward pass. The
+    batch's training weights play no part: every output and every prompt token counts once."""
+    is_out = is_output(batch.segs)
     is_prompt = torch.isin(batch.segs, torch.tensor(PROMPT_SEGMENTS, device=batch.segs.device))
     select = head_positions(is_out | is_prompt)  # (N,) the scored positions, flat
     logits = model(batch.idx, pos=batch.pos, doc=batch.doc, select=select)  # (N, V): only the scored positions
@@ -36,13 +41,10 @@ def segment_losses(model: torch.nn.Module, examples: list[Example], batch_size: 
     mine = sorted(examples[rank::world], key=lambda e: len(e.ids))  # similar lengths together: little padding
     was_training = model.training
     model.eval()
-    device_type = torch.device(device).type
-    amp = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     for i in range(0, len(mine), batch_size):
-        batch = collate(mine[i:i + batch_size], prompt_loss_weight=0.0).to(device)
-        with amp:
+        batch = collate(mine[i:i + batch_size]).to(device)
+        with autocast(device, autocast_dtype):
             sums += segment_loss_sums(model, batch)
     all_reduce_sum(sums)
     model.train(was_training)
@@ -87,17 +89,17 @@ def exact_match_rate(model: torch.nn.Module, examples: list[Example], batch_size
 
 # ----------------------------------------------------------------------------- what train.py logs at each evaluation
 
-def evaluate(model: torch.nn.Module, val: list[Example], train_sample: list[Example], bs: int, device: str, d: Dist,
-             amp_dtype, eos_id: int | None = None) -> dict:
+def eval_record(model: torch.nn.Module, val: list[Example], train_sample: list[Example], bs: int, device: str,
+                dist: Dist, amp_dtype, eos_id: int | None = None) -> dict:
     """Held-out output and prompt loss, and the output loss on a fixed sample of the training set. With eos_id
     (short answers: the synthetic task), also greedy exact match on both: held-out, and memorization."""
     with torch.random.fork_rng(devices=[]):  # scoring must not shift training's random streams (exact resume)
-        v = segment_losses(model, val, bs, device, d, amp_dtype)
-        t = segment_losses(model, train_sample, bs, device, d, amp_dtype)
+        v = segment_losses(model, val, bs, device, dist, amp_dtype)
+        t = segment_losses(model, train_sample, bs, device, dist, amp_dtype)
         r = {"val_output_loss": v["output_loss"], "val_prompt_loss": v["prompt_loss"],
              "train_output_loss": t["output_loss"], "train_prompt_loss": t["prompt_loss"]}
         if eos_id is not None:
-            r["val_exact_match"] = exact_match_rate(model, val, bs, eos_id, d)
+            r["val_exact_match"] = exact_match_rate(model, val, bs, eos_id, dist)
             if any(answer_start(e.segs) for e in train_sample):  # plain text has no prompt to answer
-                r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, d)
+                r["train_exact_match"] = exact_match_rate(model, train_sample, bs, eos_id, dist)
     return r

@@ -1,5 +1,5 @@
-"""GPT-2, top to bottom: attention, block, model, weighted loss, KV-cache generation, loading (its sizes:
-imgpt/gpt_config.py).
+"""GPT-2, top to bottom: its sizes, attention, block, model, weighted loss, KV-cache generation and sampling,
+loading.
 
 Module and parameter names are exactly those of Hugging Face's GPT2LMHeadModel (transformer.wte,
 transformer.h.0.attn.c_attn, ..., lm_head), so the released checkpoints load by name; imgpt/pretrained.py reads the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import tiktoken
 import torch
@@ -18,8 +19,54 @@ import torch.nn.functional as F
 from imgpt import pretrained, tokenizers
 from imgpt.checkpoint import CheckpointError, load_checkpoint, unwrap
 from imgpt.cli import UserError
-from imgpt.gpt_config import GPTConfig
-from imgpt.sampling import left_pad, sample_next
+
+# ----------------------------------------------------------------------------- the model's sizes
+
+PRESETS = {  # the released GPT-2 sizes (vocab 50257, block 1024: the defaults) and a tiny byte-level model
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=257),  # byte tokenizer, CPU demos
+}
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence (number of learned positions)
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    attention: str = "sdpa"  # "sdpa" (fused kernel) or "math" (the explicit formula, for reading)
+
+    def __post_init__(self) -> None:
+        sizes = {k: getattr(self, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")}
+        if bad := [f"{k}={v!r}" for k, v in sizes.items() if not isinstance(v, int) or v < 1]:
+            raise UserError(f"model config: {', '.join(bad)}: must be a positive whole number")
+        if self.n_embd % self.n_head:
+            raise UserError(f"model config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.attention not in ("sdpa", "math"):
+            raise UserError(f"model config: attention={self.attention!r}, expected 'sdpa' or 'math'")
+
+    @classmethod
+    def from_file(cls, values: dict, path: str) -> "GPTConfig":
+        """The config a file recorded (a checkpoint's model_config, an HF config.json); errors name the file."""
+        try:
+            return cls(**values)
+        except (TypeError, UserError) as e:  # TypeError: a field this code does not know
+            raise CheckpointError(f"{path}: bad model config ({e})") from None
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "GPTConfig":
+        """'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', 'distilgpt2', or 'tiny' (byte vocab, for CPU demos)."""
+        if name not in PRESETS:
+            raise UserError(f"unknown model preset {name!r}: choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
 
 # ----------------------------------------------------------------------------- attention
 # Which attention runs depends on the batch. Padded rows (one example each, padding on the right): no mask at
@@ -328,8 +375,8 @@ class GPT(nn.Module):
         Dropout starts at 0 whatever config.json says; `overrides` (e.g. dropout=0.1) change our config."""
         directory = name_or_dir if os.path.isdir(name_or_dir) else pretrained.hub_dir(name_or_dir)
         config_path = os.path.join(directory, "config.json")
-        config = GPTConfig.from_file({**pretrained.config_from_hf(pretrained.read_json(config_path), config_path), **overrides},
-                                     config_path)
+        hf_config = pretrained.config_from_hf(pretrained.read_json(config_path), config_path)
+        config = GPTConfig.from_file({**hf_config, **overrides}, config_path)
         state = pretrained.state_from_hf(pretrained.read_weights(directory), expected_shapes(config), directory)
         return cls.from_state(config, state)
 
@@ -343,6 +390,43 @@ class GPT(nn.Module):
         model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]}, assign=True)
         model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the head its own Parameter
         return model
+
+
+# ----------------------------------------------------------------------------- from logits to the next token
+
+def left_pad(prompts: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> tokens (B, T) padded on the left, and the mask of real tokens."""
+    T = max(len(p) for p in prompts)
+    tokens = torch.tensor([[0] * (T - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+    valid = torch.tensor([[False] * (T - len(p)) + [True] * len(p) for p in prompts], device=device)
+    return tokens, valid
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row, -inf elsewhere."""
+    kth = torch.topk(logits, min(k, logits.size(-1))).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p (nucleus sampling)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= p  # the mass before this token already reaches p; never the first
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) next tokens: argmax at temperature 0, else a draw from the filtered softmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
 def expected_shapes(config: GPTConfig) -> dict[str, torch.Size]:

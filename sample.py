@@ -20,8 +20,7 @@ import torch
 import data
 from imgpt.cli import UserError, opt, parse_config, run_cli
 from imgpt.device import autodetect_device
-from imgpt.sampling import sample_next
-from model import KVCache, load_model
+from model import KVCache, load_model, sample_next
 
 
 @dataclass

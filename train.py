@@ -19,9 +19,12 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,37 +34,31 @@ from tqdm import tqdm
 from data import Batch, Example, answer_start, build_data, collate
 from imgpt.batching import micro_batches, plan_epoch, split_sizes
 from imgpt.checkpoint import all_rng_states, check_training_checkpoint, load_checkpoint, save_checkpoint
-from imgpt.cli import UserError, given_settings, parse_config, run_cli, validate
-from imgpt.device import amp_dtype_for, set_up_device, varlen_problem
+from imgpt.cli import RunStopped, UserError, given_settings, parse_config, run_cli, validate
+from imgpt.device import amp_dtype_for, set_up_device, training_flops, varlen_problem
 from imgpt.distributed import (Dist, StopAtStepBoundary, destroy_distributed, join_distributed, local_rank_zero_first,
                                stop_requested, sum_over_ranks)
 from imgpt.files import write_text_atomic
-from imgpt.mfu import training_flops
-from imgpt.prefetch import Prefetcher
 from imgpt.rundir import (RUN_FILES, Progress, check_length, hold_out_dir, keep_log_until, prepare_out_dir, restore,
                           resume_config, resume_tokenizer)
-from imgpt.schedule import lr_at
-from imgpt.splits import SYNTHETIC
+from imgpt.formats import SYNTHETIC
 from imgpt.tokenizers import get_tokenizer, tokenizer_record
-from imgpt.train_config import TrainConfig, resolve, scratch_config
-from imgpt.train_report import startup_lines, summary_lines
-from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, sum_totals
-from metrics import evaluate
-from model import GPT, load_model, model_from_payload
-
-# ----------------------------------------------------------------------------- checkpoints and evaluation
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite: the run stops; the last good checkpoint stays in place."""
-
+from imgpt.train_config import TrainConfig, resolve
+from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, step_divisor, step_totals
+from metrics import eval_record
+from model import GPT, GPTConfig, load_model, model_from_payload
 
 # ----------------------------------------------------------------------------- the run
+
+class TrainingDiverged(RunStopped):
+    """The loss became NaN or infinite: the run stops (one line, exit 2); the last good checkpoint stays in place."""
+
 
 @dataclass
 class Session:
     """Everything one run holds, passed to the small functions below."""
     cfg: TrainConfig
-    d: Dist
+    dist: Dist
     model: GPT  # unwrapped and uncompiled: what checkpoints and evaluation use
     step_loss: nn.Module  # loss.StepLoss (the model and its loss in one forward), maybe compiled, maybe in DDP
     ref: GPT | None  # frozen initial model for --kl_coef
@@ -81,166 +78,191 @@ class Session:
     clock: float = 0.0  # when the pending steps began
     speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
     totals: object = None  # loss.example_totals of the training set: each step adds up its rows
-    output_totals: object = None  # the same at prompt and template weight 0: --loss_reduction output's N
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
 
     def log(self, record: dict) -> None:
-        if self.d.is_main:
+        if self.dist.is_main:
             with open(self.path("log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def amp(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(self.d.device).type, dtype=self.amp_dtype)
 
-
-def prepare(s: Session, ids: list[int]) -> list[Batch | None]:
+def prepare(session: Session, ids: list[int]) -> list[Batch | None]:
     """This rank's micro-batches of the step `ids`, collated on the CPU (in pinned memory for CUDA). A pure
     function of the ids, so a background thread can build the next step's while the GPU runs this one."""
-    cfg, d = s.cfg, s.d
-    accum = math.ceil(len(ids) / (cfg.micro_batch_size * d.world_size))  # fewer for a short (or token-capped) step
-    return step_batches(s.train, micro_batches(ids, d.rank, d.world_size, accum), cfg.prompt_loss_weight,
-                        cfg.template_loss_weight, cfg.pack, cfg.loss_reduction, pin=d.device.startswith("cuda"))
+    cfg, dist = session.cfg, session.dist
+    accum = math.ceil(len(ids) / (cfg.micro_batch_size * dist.world_size))  # fewer for a short (or token-capped) step
+    return step_batches(session.train, micro_batches(ids, dist.rank, dist.world_size, accum), cfg.pack,
+                        cfg.loss_reduction, pin=dist.device.startswith("cuda"))
 
 
-def train_step(s: Session, ids: list[int], batches: list[Batch | None]) -> dict:
+def lr_at(step: int, total: int, lr: float, min_lr: float, warmup: int, schedule: str) -> float:
+    """Learning rate of optimizer step `step` (0-based) of `total`: linear warmup, then the decay."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)  # never 0: a first step at lr 0 would be wasted
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1 over the decay
+    coeff = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + coeff * (lr - min_lr)
+
+
+def train_step(session: Session, ids: list[int], batches: list[Batch | None]) -> dict:
     """One optimizer step on the examples `ids` (the whole step, all ranks), given this rank's micro-batches.
 
     Nothing here waits for the GPU: the step's weight sum is counted from `ids`, the batches carry the indices
     of their weighted positions, and the loss and gradient norm stay on the device until `flush` reads them."""
-    cfg, d = s.cfg, s.d
-    lr = lr_at(s.prog.step, s.total, cfg.lr, cfg.min_lr, math.ceil(cfg.warmup_ratio * s.total), cfg.schedule)
-    for group in s.optimizer.param_groups:
+    cfg, dist = session.cfg, session.dist
+    warmup = math.ceil(cfg.warmup_ratio * session.total)
+    lr = lr_at(session.prog.step, session.total, cfg.lr, cfg.min_lr, warmup, cfg.schedule)
+    for group in session.optimizer.param_groups:
         group["lr"] = lr
-    weight_sum, n_examples, tokens, weighted = sum_totals(s.totals, ids)
-    divisor = n_examples if cfg.loss_reduction == "sequence" else weight_sum  # loss.py: the three reductions
-    if cfg.loss_reduction == "output":
-        divisor = sum_totals(s.output_totals, ids)[0]
-    batches = [None if b is None else b.to(d.device) for b in batches]
+    divisor = step_divisor(session.totals, ids, cfg.loss_reduction)  # N of the whole step, every rank
+    batches = [None if b is None else b.to(dist.device) for b in batches]
     dummy = None
-    if d.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
-        dummy = collate([s.train[ids[0]]], cfg.prompt_loss_weight, cfg.template_loss_weight).to(d.device)
+    if dist.enabled and batches[-1] is None:  # a short last step left this rank without its final micro-batch
+        dummy = collate([session.train[ids[0]]]).to(dist.device)
     for b in batches + [dummy]:
         if cfg.compile and b is not None:
             mark_dynamic(b)
-    sums = run_micro_batches(s.step_loss, batches, dummy, max(divisor, 1e-12), d.world_size, s.ref, cfg.kl_coef,
-                             s.amp(), s.scaler)
-    s.scaler.unscale_(s.optimizer)  # clip the true gradient, not the fp16-scaled one
-    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or math.inf)
-    s.scaler.step(s.optimizer)
-    s.scaler.update()
-    s.optimizer.zero_grad(set_to_none=True)
-    s.prog.step, s.prog.index = s.prog.step + 1, s.prog.index + 1
-    c = s.model.config
-    flops = training_flops(c.n_layer, c.n_embd, c.vocab_size, [len(s.train[i].ids) - 1 for i in ids],
-                           weighted if cfg.skip_zero else tokens, reference=s.ref is not None)
-    rec = {"step": s.prog.step, "sums": sums.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
-           "weighted_tokens": weight_sum, "tokens": tokens, "flops": flops}
-    s.pending.append(rec)
+    sums = run_micro_batches(session.step_loss, batches, dummy, divisor, dist.world_size, session.ref, cfg.kl_coef,
+                             session.amp_dtype, session.scaler)
+    session.scaler.unscale_(session.optimizer)  # clip the true gradient, not the fp16-scaled one
+    grad_norm = torch.nn.utils.clip_grad_norm_(session.model.parameters(), cfg.grad_clip or math.inf)
+    session.scaler.step(session.optimizer)
+    session.scaler.update()
+    session.optimizer.zero_grad(set_to_none=True)
+    session.prog.step, session.prog.index = session.prog.step + 1, session.prog.index + 1
+    c, step = session.model.config, step_totals(session.totals, ids)
+    flops = training_flops(c.n_layer, c.n_embd, c.vocab_size, [len(session.train[i].ids) - 1 for i in ids],
+                           step["weighted_positions"] if cfg.skip_zero else step["positions"],
+                           reference=session.ref is not None)
+    rec = {"step": session.prog.step, "sums": sums.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
+           "weight_sum": step["weight_sum"], "tokens": step["positions"], "flops": flops}
+    session.pending.append(rec)
     return rec
 
 
-def flush(s: Session, collective: bool = True) -> list[dict]:
+def flush(session: Session, collective: bool = True) -> list[dict]:
     """Read the pending steps' losses and gradient norms from the device (one wait for the GPU, one
     all-reduce), stop if any diverged, and log them; returns their records. Called at log intervals and before
     every checkpoint, so a checkpoint never holds a diverged model."""
-    if not s.pending:
+    if not session.pending:
         return []
-    recs, s.pending = s.pending, []
+    recs, session.pending = session.pending, []
     sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step, on the device
     if collective:
-        sums = sum_over_ranks(sums, s.d)
+        sums = sum_over_ranks(sums, session.dist)
     norms = torch.stack([r["grad_norm"] for r in recs]).to(sums.device).double().unsqueeze(1)  # (k, 1)
     values = torch.cat([sums, norms], 1).tolist()  # (k, 3): the one read of the device
-    dt = (time.perf_counter() - s.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
-    s.clock = time.perf_counter()
+    dt = (time.perf_counter() - session.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
+    session.clock = time.perf_counter()
     for rec, (ce, kl, grad_norm) in zip(recs, values):
-        if not math.isfinite(ce + kl) or (not s.scaler.is_enabled() and not math.isfinite(grad_norm)):
+        if not math.isfinite(ce + kl) or (not session.scaler.is_enabled() and not math.isfinite(grad_norm)):
             raise TrainingDiverged(f"loss {ce + kl} / gradient norm {grad_norm} at step {rec['step']}: stopped; "
-                                   f"the last good checkpoint (if any) is in {s.cfg.out_dir}. Try a lower --lr or "
-                                   f"float32")
+                                   f"the last good checkpoint (if any) is in {session.cfg.out_dir}. Try a lower "
+                                   f"--lr or float32")
         del rec["sums"]
         rec.update(loss=ce, grad_norm=grad_norm, tokens_per_s=rec["tokens"] / dt, step_time=dt)
-        s.speeds.append(rec["tokens_per_s"])
-        if s.cfg.kl_coef:
+        session.speeds.append(rec["tokens_per_s"])
+        if session.cfg.kl_coef:
             rec["kl"] = kl
-        if s.peak is not None:
-            rec["mfu"] = rec["flops"] / dt / (s.peak * s.d.world_size)
-        if collective or not s.d.enabled:
-            s.log(rec)
+        if session.peak is not None:
+            rec["mfu"] = rec["flops"] / dt / (session.peak * session.dist.world_size)
+        if collective or not session.dist.enabled:
+            session.log(rec)
     return recs
 
 
-def save(s: Session, name: str, weights_only: bool = False) -> None:
+def save(session: Session, name: str, weights_only: bool = False) -> None:
     """Write out_dir/name atomically: everything needed to continue exactly; or, with weights_only (best.pt),
     what evaluation needs: without the optimizer's two moments it is a third of the size. A model that is not
     finite (nor its optimizer moments, in ckpt.pt) is never written: it would replace the last good checkpoint."""
-    moments = [] if weights_only else [v for state in s.optimizer.state.values() for v in state.values()
+    moments = [] if weights_only else [v for state in session.optimizer.state.values() for v in state.values()
                                        if torch.is_tensor(v) and v.is_floating_point()]
-    if not torch.stack([torch.isfinite(t).all() for t in [*s.model.parameters(), *moments]]).all():  # one host sync
-        raise TrainingDiverged(f"the weights (or their optimizer moments) hold NaN or inf at step {s.prog.step}: "
-                               f"{name} not written; the last good checkpoint (if any) is in {s.cfg.out_dir}. Try a "
-                               "lower --lr or float32")
-    rngs = [] if weights_only else all_rng_states(s.d)  # a collective: every rank calls it
-    if not (s.d.is_main and s.cfg.save):
+    finite = [torch.isfinite(t).all() for t in [*session.model.parameters(), *moments]]
+    if not torch.stack(finite).all():  # one host sync
+        raise TrainingDiverged(f"the weights (or their optimizer moments) hold NaN or inf at step "
+                               f"{session.prog.step}: {name} not written; the last good checkpoint (if any) is in "
+                               f"{session.cfg.out_dir}. Try a lower --lr or float32")
+    rngs = [] if weights_only else all_rng_states(session.dist)  # a collective: every rank calls it
+    if not (session.dist.is_main and session.cfg.save):
         return
-    payload = {"model": s.model.state_dict(), "model_config": asdict(s.model.config), "tokenizer": s.tok_record,
-               "config": asdict(s.cfg), "step": s.prog.step, "best_val_loss": s.prog.best_val_loss,
-               "history": s.prog.history}
+    payload = {"model": session.model.state_dict(), "model_config": asdict(session.model.config),
+               "tokenizer": session.tok_record, "config": asdict(session.cfg), "step": session.prog.step,
+               "best_val_loss": session.prog.best_val_loss, "history": session.prog.history}
     if not weights_only:
-        payload.update({"optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
-                        "data_state": {"epoch": s.prog.epoch, "index": s.prog.index}, "rng": rngs})
-    save_checkpoint(s.path(name), payload)
+        payload.update({"optimizer": session.optimizer.state_dict(), "scaler": session.scaler.state_dict(),
+                        "data_state": {"epoch": session.prog.epoch, "index": session.prog.index}, "rng": rngs})
+    save_checkpoint(session.path(name), payload)
 
 
-def eval_and_save(s: Session) -> dict:
+def eval_and_save(session: Session) -> dict:
     """Score the model, log it, keep best.pt by held-out output loss, and save ckpt.pt."""
-    flush(s)  # a diverged step stops the run here, before it could reach a checkpoint
-    bs = max(1, s.cfg.micro_batch_size or s.cfg.batch_size // s.d.world_size)
-    eos = s.tok.eot_token if s.cfg.data in SYNTHETIC else None  # one-word answers
-    r = {"step": s.prog.step, **evaluate(s.model, s.val, s.train_sample, bs, s.d.device, s.d, s.amp_dtype, eos)}
-    if not s.val:
+    flush(session)  # a diverged step stops the run here, before it could reach a checkpoint
+    bs = max(1, session.cfg.micro_batch_size or session.cfg.batch_size // session.dist.world_size)
+    eos = session.tok.eot_token if session.cfg.data in SYNTHETIC else None  # one-word answers
+    r = {"step": session.prog.step, **eval_record(session.model, session.val, session.train_sample, bs,
+                                                  session.dist.device, session.dist, session.amp_dtype, eos)}
+    if not session.val:
         r["val_output_loss"] = r["val_prompt_loss"] = None
-    s.log({"eval": r})
-    if s.d.is_main:
+    session.log({"eval": r})
+    if session.dist.is_main:
         tqdm.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     if bad := [k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)]:
-        raise TrainingDiverged(f"evaluation at step {s.prog.step} gave {', '.join(bad)} = NaN or inf: stopped "
-                               f"without saving; the last good checkpoint (if any) is in {s.cfg.out_dir}")
-    s.prog.history.append(r)
-    if r["val_output_loss"] is not None and r["val_output_loss"] < s.prog.best_val_loss:
-        s.prog.best_val_loss = r["val_output_loss"]
-        save(s, "best.pt", weights_only=True)
-    save(s, "ckpt.pt")
-    s.clock = time.perf_counter()  # the next steps' speed leaves out this evaluation
+        raise TrainingDiverged(f"evaluation at step {session.prog.step} gave {', '.join(bad)} = NaN or inf: stopped "
+                               f"without saving; the last good checkpoint (if any) is in {session.cfg.out_dir}")
+    session.prog.history.append(r)
+    if r["val_output_loss"] is not None and r["val_output_loss"] < session.prog.best_val_loss:
+        session.prog.best_val_loss = r["val_output_loss"]
+        save(session, "best.pt", weights_only=True)
+    save(session, "ckpt.pt")
+    session.clock = time.perf_counter()  # the next steps' speed leaves out this evaluation
     return r
 
 
-def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
+def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    """The preset with the size flags that are set (GPTConfig itself refuses n_embd % n_head != 0)."""
+    sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(cfg, k)}
+    return GPTConfig.preset(cfg.model, vocab_size=vocab_size, dropout=cfg.dropout, **sizes)
+
+
+def build_model(cfg: TrainConfig) -> tuple[GPT, object]:
+    """The initial model and its tokenizer; the same on every rank."""
+    if cfg.init_from == "scratch":
+        tok = get_tokenizer(cfg.tokenizer or "byte")
+        torch.manual_seed(cfg.seed)
+        return GPT(scratch_config(cfg, tok.n_vocab)), tok
+    model, tok = load_model(cfg.init_from)
+    if cfg.tokenizer:
+        tok = get_tokenizer(cfg.tokenizer)
+    model.config.dropout = cfg.dropout  # a pretrained config carries its own dropout; the flag decides (read live)
+    return model, tok
+
+
+def setup(cfg: TrainConfig, dist: Dist, typed: set[str] | None = None) -> Session:
     """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint. `typed`:
     the settings the user gave (rundir.resume_config), which a resumed run takes or refuses."""
     ckpt, ckpt_path = None, os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path)
         check_training_checkpoint(ckpt, ckpt_path)
-    if d.is_main:
+    if dist.is_main:
         prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
     if ckpt is not None:
         cfg = resume_config(ckpt["config"], cfg, ckpt_path, typed)
-    device_type = torch.device(d.device).type
-    cfg = resolve(cfg, device_type, d.world_size)
-    micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
+    device_type = torch.device(dist.device).type
+    cfg = resolve(cfg, device_type, dist.world_size)
+    micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, dist.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
     amp_dtype = amp_dtype_for(cfg.dtype, device_type)
-    peak = set_up_device(d.device, cfg.threads, amp_dtype, d.is_main)
+    peak = set_up_device(dist.device, cfg.threads, amp_dtype, dist.is_main)
     if cfg.pack and device_type == "cuda" and (why := varlen_problem(amp_dtype is not None, cfg.dropout)):
         cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update
-        if d.is_main:
+        if dist.is_main:
             print(f"--pack: {why}; training on padded rows instead (the same updates, slower)")
-    with local_rank_zero_first(d):  # one download per node; the other ranks then read the cache
+    with local_rank_zero_first(dist):  # one download per node; the other ranks then read the cache
         if ckpt is None:
             model, tok = build_model(cfg)
             ref = copy.deepcopy(model) if cfg.kl_coef else None
@@ -255,105 +277,215 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     steps_per_epoch = len(plan_epoch(cfg, train_ex, 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
-    model.to(d.device).train()
+    model.to(dist.device).train()
     if ref is not None:  # frozen, in float32 as the model is: at step 0 both run the same computation, KL exactly 0
-        ref.to(d.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
+        ref.to(dist.device).eval().requires_grad_(False)  # (a bf16 copy rounds embeddings and LayerNorms: KL > 0)
     step_loss = StepLoss(model, cfg.skip_zero, cfg.neftune_alpha)
     if cfg.compile:
         step_loss = torch.compile(step_loss)
-    if d.enabled:
-        step_loss = DDP(step_loss, device_ids=[d.local_rank] if device_type == "cuda" else None)
+    if dist.enabled:
+        step_loss = DDP(step_loss, device_ids=[dist.local_rank] if device_type == "cuda" else None)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2))  # fused on CPU/CUDA
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
     prog = Progress()
-    torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout masks and NEFTune noise
-    random.seed(cfg.seed + d.rank)
+    torch.manual_seed(cfg.seed + dist.rank)  # each rank its own dropout masks and NEFTune noise
+    random.seed(cfg.seed + dist.rank)
     if ckpt is not None:
-        prog = restore(ckpt, ckpt_path, optimizer, scaler, d)
+        prog = restore(ckpt, ckpt_path, optimizer, scaler, dist)
         check_length(cfg, prog.step, total)
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
-    s = Session(cfg, d, model, step_loss, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
+    session = Session(cfg, dist, model, step_loss, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
                 train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak,
-                totals=example_totals(train_ex, cfg.prompt_loss_weight, cfg.template_loss_weight),
-                output_totals=example_totals(train_ex, 0.0) if cfg.loss_reduction == "output" else None)
-    if d.is_main:
+                totals=example_totals(train_ex))
+    if dist.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
             for name in RUN_FILES:
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(s.path(name))
-            open(s.path("log.jsonl"), "w").close()
+                    os.remove(session.path(name))
+            open(session.path("log.jsonl"), "w").close()
         else:  # the steps logged after the checkpoint run again: each step is logged once
-            keep_log_until(s.path("log.jsonl"), prog.step)
+            keep_log_until(session.path("log.jsonl"), prog.step)
         print("\n".join(startup_lines(cfg, model.config, model.num_params(), len(train_ex), len(val_ex), stats, accum,
-                                      d.world_size, total, d.device, prog.step if ckpt else None,
+                                      dist.world_size, total, dist.device, prog.step if ckpt else None,
                                       steps_per_epoch)))
-    return s
+    return session
 
 
-def run(s: Session, signals: StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
+class Prefetcher:
+    """Makes the next step's micro-batches in a background thread while the current step runs on the GPU (the
+    plan says which step comes next): `prepare(ids)` must be a pure function of a step's example ids."""
+
+    def __init__(self, prepare: Callable[[list[int]], Any]):
+        self.prepare, self.pool, self.ahead = prepare, ThreadPoolExecutor(max_workers=1), None
+
+    def batches(self, plan: list[list[int]], epoch: int, index: int) -> Any:
+        """prepare(plan[index]), made ahead if it was; starts making step index + 1's."""
+        ready = self.ahead is not None and self.ahead[0] == (epoch, index)
+        batches = self.ahead[1].result() if ready else self.prepare(plan[index])
+        self.ahead = None
+        if index + 1 < len(plan):
+            self.ahead = ((epoch, index + 1), self.pool.submit(self.prepare, plan[index + 1]))
+        return batches
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run(session: Session, signals: StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
     """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. When `signals`
     caught Ctrl-C (or SIGTERM), the loop saves ckpt.pt between two steps and raises KeyboardInterrupt. `argv`,
     the command line's flags if any, lets the closing lines spell out the comparison run."""
-    cfg, prog, t0 = s.cfg, s.prog, time.perf_counter()
-    stop = min(s.total, cfg.stop_step) if cfg.stop_step else s.total
+    cfg, prog, t0 = session.cfg, session.prog, time.perf_counter()
+    stop = min(session.total, cfg.stop_step) if cfg.stop_step else session.total
     planned, plan = -1, []
-    bar = tqdm(total=s.total, initial=prog.step, disable=not s.d.is_main,
+    bar = tqdm(total=session.total, initial=prog.step, disable=not session.dist.is_main,
                desc=f"train (prompt weight {cfg.prompt_loss_weight:g})")
     if prog.step == 0 and cfg.eval_interval:
-        eval_and_save(s)  # the starting point of the loss curves
-    prefetch = Prefetcher(lambda ids: prepare(s, ids))
+        eval_and_save(session)  # the starting point of the loss curves
+    prefetch = Prefetcher(lambda ids: prepare(session, ids))
     try:
-        s.clock = time.perf_counter()
+        session.clock = time.perf_counter()
         while prog.step < stop:
             # a signal came during the last step (checked at log intervals under torchrun): stop here
-            if signals is not None and stop_requested(signals, s.d, prog.step, cfg.log_interval):
-                flush(s)
-                save(s, "ckpt.pt")
-                if s.d.is_main:
+            if signals is not None and stop_requested(signals, session.dist, prog.step, cfg.log_interval):
+                flush(session)
+                save(session, "ckpt.pt")
+                if session.dist.is_main:
                     tqdm.write(f"interrupted: checkpoint at step {prog.step} in {cfg.out_dir}; "
                                "--init_from resume continues")
                 raise KeyboardInterrupt
             if planned != prog.epoch:  # the same plan for any rank count and after a resume
-                plan, planned = plan_epoch(cfg, s.train, prog.epoch), prog.epoch
+                plan, planned = plan_epoch(cfg, session.train, prog.epoch), prog.epoch
             if prog.index >= len(plan):
                 prog.epoch, prog.index = prog.epoch + 1, 0
                 continue
-            train_step(s, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
+            train_step(session, plan[prog.index], prefetch.batches(plan, prog.epoch, prog.index))
             bar.update(1)
             if prog.step % cfg.log_interval == 0 or prog.step == stop:  # the only wait for the GPU
-                rec = flush(s)[-1]
+                rec = flush(session)[-1]
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
             if cfg.eval_interval and prog.step % cfg.eval_interval == 0 and prog.step < stop:
-                eval_and_save(s)
+                eval_and_save(session)
     finally:
         prefetch.close()
         bar.close()
-    last = eval_and_save(s)
-    summary = {"steps": prog.step, "total_steps": s.total, "finished": prog.step >= s.total,
-               "time_s": time.perf_counter() - t0, "train_examples": len(s.train), "val_examples": len(s.val),
-               "world_size": s.d.world_size, "accum": s.accum,
-               "plain_text": not any(answer_start(e.segs) for e in s.train),  # no instruction: language modelling
-               "tokens_per_s": sum(s.speeds) / max(1, len(s.speeds)),
-               "final": last, "best_val_output_loss": prog.best_val_loss if s.val else None,
+    last = eval_and_save(session)
+    summary = {"steps": prog.step, "total_steps": session.total, "finished": prog.step >= session.total,
+               "time_s": time.perf_counter() - t0, "train_examples": len(session.train),
+               "val_examples": len(session.val),
+               "world_size": session.dist.world_size, "accum": session.accum,
+               "plain_text": not any(answer_start(e.segs) for e in session.train),  # no instruction: language modelling
+               "tokens_per_s": sum(session.speeds) / max(1, len(session.speeds)),
+               "final": last, "best_val_output_loss": prog.best_val_loss if session.val else None,
                "history": prog.history, "config": asdict(cfg)}
-    if s.d.is_main:
-        write_text_atomic(s.path("summary.json"), json.dumps(summary, indent=1))
+    if session.dist.is_main:
+        write_text_atomic(session.path("summary.json"), json.dumps(summary, indent=1))
         print("\n".join(summary_lines(summary, cfg, argv)))
     return summary
 
 
+# ----------------------------------------------------------------------------- what the run prints
+
+NOT_MOVED = ("--loss", "--prompt_loss_weight", "--out_dir", "--init_from")  # flags other_loss_command replaces
+
+
+def loss_name(prompt_loss_weight: float) -> str:
+    if prompt_loss_weight == 0:
+        return "IT: loss on the outputs only"
+    if prompt_loss_weight == 1:
+        return "IM: loss on the instructions too"
+    return f"loss on the outputs, and on the instructions with weight {prompt_loss_weight:g}"
+
+
+def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, n_val: int, stats: dict,
+                  accum: int, world: int, total: int, device: str, resumed_at: int | None,
+                  steps_per_epoch: int = 0) -> list[str]:
+    """A few readable lines: loss, model, data, schedule (its steps also as epochs: passes over the training set,
+    when steps_per_epoch is given), files, and the IT note on the prompt loss."""
+    epochs = f", {total / steps_per_epoch:.3g} epochs of {n_train}" if steps_per_epoch else ""
+    origin = "from scratch" if cfg.init_from == "scratch" else f"from {cfg.init_from}"
+    n = max(stats["examples"], 1)
+    ratio = stats["prompt_tokens"] / max(stats["output_tokens"], 1)
+    plain = stats["prompt_tokens"] == stats.get("template_tokens", 0) == 0 and stats["output_tokens"] > 0
+    lines = [
+        "plain text: loss on every token (language modelling; --loss does not apply)" if plain else
+        f"{loss_name(cfg.prompt_loss_weight)}",
+        f"model: {origin}, {mc.n_layer} layers x {mc.n_embd} wide, {n_params:,} parameters, context {cfg.block_size}",
+        f"data: {cfg.data}, {n_train} train / {n_val} held-out examples, {stats['prompt_tokens'] / n:.0f} instruction"
+        f" and {stats['output_tokens'] / n:.0f} output tokens each (ratio {ratio:.1f}), {stats['truncated']} "
+        f"truncated, {stats['dropped']} dropped",
+        f"steps: {total} of {cfg.batch_size} examples{epochs} ({cfg.micro_batch_size} per micro-batch x {accum} "
+        f"accumulation x {world} process{'es' if world > 1 else ''}), lr {cfg.lr:g} {cfg.schedule}, on {device}"
+        + (f", resuming at step {resumed_at}" if resumed_at is not None else ""),
+        f"files: {cfg.out_dir}/ (ckpt.pt, best.pt, log.jsonl, summary.json with every setting)",
+    ]
+    if cfg.prompt_loss_weight == 0 and not plain:
+        lines.append("note: IT never trains on the instructions, so the held-out *prompt* loss (val_prompt_loss) "
+                     "is not optimized and may rise; compare runs by val_output_loss")
+    return lines
+
+
+def other_loss_command(argv: list[str], cfg: TrainConfig) -> str:
+    """The same training command with the other loss, into its own out_dir: the comparison to run next."""
+    other = "im" if cfg.prompt_loss_weight == 0 else "it"
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in NOT_MOVED:
+            skip = True  # and its value, the next argument
+        elif not arg.startswith(tuple(f + "=" for f in NOT_MOVED)):
+            kept.append(arg)
+    init = [] if cfg.init_from == "scratch" else ["--init_from", cfg.init_from]
+    return shlex.join(["python", "train.py", *init, *kept, "--loss", other, "--out_dir", f"{cfg.out_dir}-{other}"])
+
+
+def summary_lines(summary: dict, cfg: TrainConfig, argv: list[str] | None) -> list[str]:
+    """Where the results are, the final held-out numbers (every metric of the last evaluation), what to run next."""
+    final, out = summary["final"], cfg.out_dir
+    minutes, seconds = divmod(round(summary["time_s"]), 60)
+    lines = [f"done: {summary['steps']} of {summary['total_steps']} steps in {minutes}m{seconds:02d}s, "
+             f"{summary['tokens_per_s']:,.0f} tokens/s"]
+    if final.get("val_output_loss") is not None:
+        lines.append(f"held-out output loss {final['val_output_loss']:.4f} (best {summary['best_val_output_loss']:.4f}"
+                     f", kept in best.pt), train output loss {final['train_output_loss']:.4f}")
+    rest = {k: v for k, v in final.items() if k not in ("step", "val_output_loss", "train_output_loss")}
+    if rest:
+        lines.append("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in rest.items()))
+    lines.append(f"files: {out}/ckpt.pt (last), {out}/best.pt (best held-out output loss), {out}/summary.json, "
+                 f"{out}/log.jsonl")
+    if not summary["finished"]:
+        lines.append(f"next: python train.py --init_from resume --out_dir {shlex.quote(out)}   # continue the run")
+        return lines
+    if summary.get("plain_text"):  # a base model: what comes next is instruction tuning
+        data = "synthetic-qa --synth_examples 40" if cfg.data == "synthetic-corpus" else "your_instructions.json"
+        lines.append(f"next: python -m scripts.experiments.compare --init_from {shlex.quote(out)} --data {data}   # tune this "
+                     f"base: IT vs IM")
+        return lines
+    lines.append(f"next: python eval.py --ckpt {shlex.quote(out)} --generate   # exact match, BLEU, ROUGE-L")
+    if argv is not None and cfg.init_from != "resume":
+        lines.append(f"      {other_loss_command(argv, cfg)}   # the other loss, to compare")
+    lines.append(f"      python sample.py --ckpt {shlex.quote(out)}   # talk to the model")
+    return lines
+
+
+# ----------------------------------------------------------------------------- the program
+
 def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
     validate(cfg)
+    if cfg.init_from == "scratch":
+        scratch_config(cfg, vocab_size=257)  # the model's sizes (n_embd % n_head == 0 ...), checked before any work
     typed = given_settings(TrainConfig, argv) if argv is not None else None
-    d, owned = join_distributed(cfg.device)
+    dist, owned = join_distributed(cfg.device)
     try:
-        with hold_out_dir(cfg.out_dir) if d.is_main else contextlib.nullcontext():  # one run per out_dir
-            s = setup(cfg, d, typed)
+        with hold_out_dir(cfg.out_dir) if dist.is_main else contextlib.nullcontext():  # one run per out_dir
+            session = setup(cfg, dist, typed)
             with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
-                return run(s, signals, argv)
+                return run(session, signals, argv)
     finally:
         if owned:
             destroy_distributed()
@@ -361,24 +493,6 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
 
 def main() -> None:
     train(parse_config(TrainConfig, description=__doc__), sys.argv[1:])
-
-
-def build_model(cfg: TrainConfig) -> tuple[GPT, object]:
-    """The initial model and its tokenizer; the same on every rank."""
-    if cfg.init_from == "scratch":
-        tok = get_tokenizer(cfg.tokenizer or "byte")
-        torch.manual_seed(cfg.seed)
-        return GPT(scratch_config(cfg, tok.n_vocab)), tok
-    model, tok = load_model(cfg.init_from)
-    if cfg.tokenizer:
-        tok = get_tokenizer(cfg.tokenizer)
-    for m in model.modules():  # a pretrained config carries its own dropout; the flag decides here
-        if isinstance(m, nn.Dropout):
-            m.p = cfg.dropout
-        elif isinstance(getattr(m, "dropout", None), float):  # attention's dropout probability
-            m.dropout = cfg.dropout
-    model.config.dropout = cfg.dropout
-    return model, tok
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Command lines: dataclass configs become flags (and TOML/JSON config files), every value checked,
-and a UserError ends a program with one line and exit status 2.
+and a UserError (or a RunStopped) ends a program with one line and exit status 2.
 """
 from __future__ import annotations
 
@@ -22,12 +22,16 @@ class UserError(Exception):
     """A mistake in the user's input (file, flag, checkpoint): printed as one line, exit code 2, no traceback."""
 
 
+class RunStopped(Exception):
+    """A run that had to stop though its input was fine (its loss diverged): one line, exit code 2, no traceback."""
+
+
 def run_cli(main: Callable[[], Any]) -> None:
-    """Call main(); turn a UserError (or a file the system refused: full disk, no permission) into `error: ...`
-    on stderr and exit 2, and Ctrl-C into exit 130."""
+    """Call main(); turn a UserError or a RunStopped (or a file the system refused: full disk, no permission) into
+    `error: ...` on stderr and exit 2, and Ctrl-C into exit 130."""
     try:
         main()
-    except UserError as e:
+    except (UserError, RunStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from imgpt.checkpoint import CheckpointError, saved_train_config
 from imgpt.cli import UserError, kind_error, opt
 from imgpt.device import check_device
-from imgpt.gpt_config import GPTConfig
-from imgpt.splits import SPLIT_DEFAULTS, WORLD_TASKS
+from imgpt.formats import SPLIT_DEFAULTS, WORLD_TASKS
 
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
 # CPU in minutes, and the paper's recipe (Shi et al. 2024, App. A) for fine-tuning a pretrained GPT-2.
@@ -151,8 +150,6 @@ class TrainConfig:
                 raise UserError(message)
         check_device(c.device)
         check_same_world(c)
-        if c.init_from == "scratch":
-            scratch_config(c, vocab_size=257)
 
 
 def saved_config(ckpt: str) -> dict | None:
@@ -205,9 +202,3 @@ def resolve(cfg: TrainConfig, device_type: str = "cpu", world_size: int = 1) -> 
     if cfg.prompt_loss_weight is None:
         filled["prompt_loss_weight"] = LOSS_PRESETS.get(cfg.loss, 0.0)  # an unknown --loss fails in validate
     return dataclasses.replace(cfg, **filled)
-
-
-def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    """The preset with the size flags that are set (GPTConfig itself refuses n_embd % n_head != 0)."""
-    sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(cfg, k)}
-    return GPTConfig.preset(cfg.model, vocab_size=vocab_size, dropout=cfg.dropout, **sizes)

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from data import doc_starts
-from imgpt.gpt_config import GPTConfig
-from model import GPT, attention_mask
+from model import GPT, GPTConfig, attention_mask
 
 # two packed rows: documents 0, 1, 2 then padding; one document then padding; a row padded on the left, as
 # generation pads prompts

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from imgpt.cli import UserError, config_parser, make_config, opt, parse_config
+from imgpt.cli import RunStopped, UserError, config_parser, make_config, opt, parse_config, run_cli
 
 
 @dataclass
@@ -75,3 +75,14 @@ def test_config_file_errors_name_the_file(tmp_path):
         parse_config(Cfg, ["--config", str(unknown)])
     with pytest.raises(UserError, match="unknown setting"):
         make_config(Cfg, {"nope": 1})
+
+
+def test_a_stopped_run_ends_like_a_user_error_one_line_exit_2_though_it_is_not_one(capsys):
+    """A diverged run (train.TrainingDiverged) is no mistake of the user's, so it is no UserError; the command line
+    still ends with one line and exit status 2, no traceback."""
+    def diverge():
+        raise RunStopped("loss nan at step 3: stopped")
+    assert not issubclass(RunStopped, UserError)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(diverge)
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: loss nan at step 3: stopped\n"

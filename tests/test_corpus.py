@@ -11,7 +11,7 @@ import torch
 import data
 import train as T
 from data import ASSISTANT, EOT, USER
-from imgpt import formats, splits, synthetic
+from imgpt import formats, synthetic
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError
 from imgpt.tokenizers import byte_tokenizer
@@ -55,7 +55,7 @@ def test_bad_text_files_name_the_file_line_and_field(tmp_path, content, message)
 @pytest.mark.parametrize("max_len", [2, 3, 7, 16, 1000])
 def test_documents_are_windows_in_which_every_token_is_learned_once_with_weight_1(max_len):
     docs = [[{"role": "text", "content": t}] for t in TEXT.split("\n\n\n")]
-    examples, stats = data.encode_dataset(docs, TOK, max_len)
+    examples, stats = data.encode_dataset(docs, TOK, max_len, 0.0)
     stream = [TOK.encode_ordinary(d[0]["content"]) + [TOK.eot_token] for d in docs]
     assert all(len(e.ids) <= max_len for e in examples)
     for plw in (0.0, 1.0):  # IT and IM alike: a document is all output
@@ -76,7 +76,7 @@ def test_a_document_ends_with_end_of_text_wherever_it_is_encoded():
     doc = [{"role": "text", "content": "Some text."}]
     ids, weights = data.encode_example(doc, TOK, 0.0)
     assert ids == TOK.encode_ordinary("Some text.") + [TOK.eot_token] and weights == [0.0] + [1.0] * 10
-    (example,), _ = data.encode_dataset([doc], TOK, None)
+    (example,), _ = data.encode_dataset([doc], TOK, None, 0.0)
     assert example.ids == ids
 
 
@@ -126,7 +126,7 @@ def test_corpus_states_every_fact_in_every_phrasing_repeatedly():
 def test_probe_prompts_a_statement_and_expects_its_value():
     world = {"A1": "bodo", "B2": "kite"}
     probe = synthetic.probe_conversations(world)
-    (ex, *_), _ = data.encode_dataset(probe, TOK, 100)
+    (ex, *_), _ = data.encode_dataset(probe, TOK, 100, 0.0)
     assert TOK.decode(ex.ids) == "A1=bodo" and ex.segs == [USER] * 3 + [ASSISTANT] * 4
     assert data.prompt_ids(probe[0], TOK) == TOK.encode_ordinary("A1=")
     assert data.loss_weights(ex.segs, 0.0)[3:] == [1.0] * 4  # the value is the scored output
@@ -159,7 +159,7 @@ class Knows(torch.nn.Module):
 
 def test_probe_exact_match_on_a_hand_made_model():
     world = {"A1": "bodo", "B2": "kite", "C3": "mura", "D4": "sela"}
-    examples, _ = data.encode_dataset(synthetic.probe_conversations(world), TOK, 100)
+    examples, _ = data.encode_dataset(synthetic.probe_conversations(world), TOK, 100, 0.0)
     beliefs = {"A1": "bodo", "B2": "kito", "C3": "mura"}  # one wrong value, one fact unknown
     assert exact_match_rate(Knows(beliefs), examples, 3, TOK.eot_token) == 0.5
     assert exact_match_rate(Knows(world), examples, 3, TOK.eot_token) == 1.0
@@ -167,7 +167,7 @@ def test_probe_exact_match_on_a_hand_made_model():
 
 
 def test_load_split_gives_the_corpus_and_the_probe_of_the_whole_world():
-    train, probe = splits.load_split({"data": "synthetic-corpus", "synth_keys": 30})
+    train, probe = formats.load_split({"data": "synthetic-corpus", "synth_keys": 30})
     world = synthetic.synthetic_world(30)
     assert all(formats.is_document(d) for d in train) and len(probe) == 30
     assert {c[0]["content"][:-1]: c[1]["content"] for c in probe} == world

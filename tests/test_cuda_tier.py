@@ -18,13 +18,13 @@ import sample
 import train as T
 from conftest import tiny_run
 from cuda_sim import CudaSim, CudaTensor
+from data import ASSISTANT, EOT, loss_weights
 from imgpt import distributed
 from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import make_config
-from imgpt.gpt_config import GPTConfig
 from imgpt.train_config import resolve
-from model import GPT, load_model
+from model import GPT, GPTConfig, load_model
 from scripts.tools import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -371,17 +371,19 @@ def test_loss_totals_are_counted_once_per_dataset(tmp_path, monkeypatch):
     assert calls == [20]  # once, over the 20 training examples
     s = T.setup(resolve(tiny_run(tmp_path / "again", prompt_loss_weight=0.3)), distributed.Dist())
     for ids in plan_epoch(s.cfg, s.train, 0):
-        w = [np.asarray(L.loss_weights(s.train[i].segs, 0.3)[1:], dtype=np.float64) for i in ids]
-        assert L.sum_totals(s.totals, ids) == pytest.approx(
-            (sum(float(x.sum()) for x in w), len(ids), sum(len(x) for x in w), sum(int((x != 0).sum()) for x in w)),
+        w = [np.asarray(loss_weights(s.train[i].segs, 0.3)[1:], dtype=np.float64) for i in ids]
+        out = sum(seg in (ASSISTANT, EOT) for i in ids for seg in s.train[i].segs[1:])
+        got = L.step_totals(s.totals, ids)
+        assert got == pytest.approx(
+            {"weight_sum": sum(float(x.sum()) for x in w), "output_tokens": out, "examples": len(ids),
+             "positions": sum(len(x) for x in w), "weighted_positions": sum(int((x != 0).sum()) for x in w)},
             rel=1e-12)
 
 
 def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path):
     """eval.py under torchrun: local rank 0 reads (downloads) the model and data first, the others after it."""
-    import model as modeling
     inside, entered = [], []
-    real_load = modeling.load_model
+    real_load = ev.load_model
 
     class Ordered:
         def __init__(self, d):
@@ -394,7 +396,7 @@ def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path
             inside.pop()
 
     monkeypatch.setattr(ev, "local_rank_zero_first", Ordered)
-    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: (bool(inside) or pytest.fail("outside")) and
+    monkeypatch.setattr(ev, "load_model", lambda *a, **k: (bool(inside) or pytest.fail("outside")) and
                         real_load(*a, **k))
     ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=cuda_run, limit=2, device="cpu", out=str(tmp_path / "e.json"))),
                 distributed.Dist(rank=3, local_rank=1, world_size=1))
@@ -407,7 +409,10 @@ def test_bench_train_switches_the_step_totals_with_the_loss():
     import loss as L
     cfg = make_config(bench_train.BenchConfig, dict(sizes=["tiny"], device="cpu"))
     s = bench_train.session(cfg, "tiny")
+    sums = {}
     for loss, weight in (("im", 1.0), ("it", 0.0), ("im", 1.0)):
         bench_train.use(s, loss, True)
-        assert (s.totals == L.example_totals(s.train, weight)).all()
-    assert s.totals[:, 0].sum() > L.example_totals(s.train, 0.0)[:, 0].sum()  # IM weighs the instructions too
+        assert all(e.weights == loss_weights(e.segs, weight) for e in s.train)
+        assert (s.totals == L.example_totals(s.train)).all()
+        sums[loss] = s.totals[:, 0].sum()
+    assert sums["im"] > sums["it"]  # IM weighs the instructions too

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import data
-from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example
-from imgpt import batching, formats, splits, synthetic, tokenviz
+from data import ASSISTANT, EOT, PAD, SYSTEM, TEMPLATE, USER, Example, make_example
+from imgpt import batching, formats, synthetic
 from imgpt.cli import UserError
 from imgpt.tokenizers import get_tokenizer
 from imgpt.train_config import LOSS_PRESETS
@@ -174,41 +174,56 @@ def test_long_output_keeps_its_start_and_the_prompt_keeps_half_the_room():
     assert BYTE.decode(ids).startswith("<|user|>\n" + "q" * 20 + "\n<|assistant|>\n" + "A" * 20)
 
 
+def test_an_encoded_example_carries_its_weights_at_the_runs_prompt_weight():
+    """The weights are made once, at the data build, from the run's prompt and template weights; collate reads
+    them (and nothing after the build takes the prompt weight)."""
+    convs = conversations_for_properties()
+    for plw, tlw in ((0.0, 0.0), (0.3, 0.0), (1.0, 0.5)):
+        examples, _ = data.encode_dataset(convs, BYTE, 60, plw, tlw)
+        for e in examples:
+            want = data.loss_weights(e.segs, plw, tlw)
+            assert e.weights == want, f"prompt weight {plw}, template weight {tlw}: {e.weights} carried, {want} due"
+        batch = data.collate(examples[:3])
+        for row, e in enumerate(examples[:3]):
+            n = len(e.ids) - 1
+            assert batch.weights[row, :n].tolist() == pytest.approx(e.weights[1:]), "collate changed the weights"
+
+
 def test_truncation_never_leaves_an_example_without_output_and_counts_drops():
     convs = conversations_for_properties()
     for max_len in (8, 20, 30, 40, 60, 100, 300):
-        examples, stats = data.encode_dataset(convs, BYTE, max_len)
+        examples, stats = data.encode_dataset(convs, BYTE, max_len, 1.0)
         assert stats["kept"] + stats["dropped"] == stats["examples"] == len(convs)
         assert len(examples) == stats["kept"]
         for e in examples:
             assert len(e.ids) <= max_len and sum(data.loss_weights(e.segs, 0.0)) > 0
-    assert data.encode_dataset(convs, BYTE, 8)[1]["dropped"] == len(convs)  # the template alone does not fit
-    stats = data.encode_dataset(convs, BYTE, 40)[1]
+    assert data.encode_dataset(convs, BYTE, 8, 1.0)[1]["dropped"] == len(convs)  # the template alone does not fit
+    stats = data.encode_dataset(convs, BYTE, 40, 1.0)[1]
     assert stats["dropped"] == 0 and stats["truncated"] == len(convs) - 2  # SINGLE (29 tokens), "Add" (33) fit
 
 
 # ----------------------------------------------------------------------------- batches
 
-def examples(lengths: list[int]) -> list[Example]:
-    return [Example(list(range(1, n + 1)), [TEMPLATE] + [USER] * (n // 2 - 1) + [ASSISTANT] * (n - n // 2))
-            for n in lengths]
+def examples(lengths: list[int], prompt_loss_weight: float = 1.0) -> list[Example]:
+    return [make_example(list(range(1, n + 1)), [TEMPLATE] + [USER] * (n // 2 - 1) + [ASSISTANT] * (n - n // 2),
+                         prompt_loss_weight) for n in lengths]
 
 
 def test_collate_pads_with_zero_weight():
     ex = examples([5, 4])  # segs [T, U, A, A, A] and [T, U, A, A]
-    batch = data.collate(ex, 1.0, 0.0)
+    batch = data.collate(ex)
     assert batch.idx.shape == (2, 4) and batch.idx.dtype == torch.long and batch.weights.dtype == torch.float32
     assert batch.idx[1].tolist() == [1, 2, 3, 0] and batch.targets[1].tolist() == [2, 3, 4, 0]
     assert batch.weights[1].tolist() == [1, 1, 1, 0] and batch.segs[1].tolist() == [USER, ASSISTANT, ASSISTANT, PAD]
     assert batch.doc.tolist() == [[0, 0, 0, 0], [0, 0, 0, -1]] and batch.pos[1].tolist() == [0, 1, 2, 0]
-    assert data.collate(ex, 0.0).weights.tolist() == [[0, 1, 1, 1], [0, 1, 1, 0]]
+    assert data.collate(examples([5, 4], prompt_loss_weight=0.0)).weights.tolist() == [[0, 1, 1, 1], [0, 1, 1, 0]]
     assert data.useful_fraction(batch) == 7 / 8
     assert batch.to("cpu").targets.equal(batch.targets)
 
 
 def test_packing_rows_doc_ids_and_positions():
     ex = examples([9, 7, 5, 4, 3])  # 8, 6, 4, 3, 2 positions
-    batch = data.collate(ex, 1.0, pack_len=12)
+    batch = data.collate(ex, pack_len=12)
     assert batch.idx.shape[1] <= 12 and data.useful_fraction(batch) == 23 / batch.doc.numel()
     seen = []
     for r in range(batch.idx.shape[0]):
@@ -224,29 +239,29 @@ def test_packing_rows_doc_ids_and_positions():
         assert (batch.weights[r][batch.doc[r] < 0] == 0).all()
     assert sorted(seen) == [2, 3, 4, 6, 8]
     with pytest.raises(ValueError, match="pack_len"):
-        data.collate(ex, 1.0, pack_len=7)
+        data.collate(ex, pack_len=7)
 
 
 def test_packing_balances_rows():
     # first-fit decreasing would fill rows of 10 as [6,4],[3]: width 10; balanced: [6],[4,3]: width 7
-    batch = data.collate(examples([7, 5, 4]), 1.0, pack_len=10)
+    batch = data.collate(examples([7, 5, 4]), pack_len=10)
     assert batch.idx.shape == (2, 7)
 
 
 
 @pytest.mark.ex5
 def test_packed_examples_do_not_see_each_other():
-    from imgpt.gpt_config import GPTConfig
+    from model import GPTConfig
     from model import GPT
     torch.manual_seed(0)
     net = GPT(GPTConfig.preset("tiny", n_layer=2, n_embd=32, n_head=2, block_size=64)).eval()
-    ex = [Example(b(t), [USER] * len(t)) for t in ("first example", "the second", "third")]
-    changed = [ex[0], Example(b("THE SECOND"), ex[1].segs), ex[2]]
-    batches = [data.collate(e, 1.0, pack_len=64) for e in (ex, changed)]
+    ex = [make_example(b(t), [USER] * len(t), 1.0) for t in ("first example", "the second", "third")]
+    changed = [ex[0], make_example(b("THE SECOND"), ex[1].segs, 1.0), ex[2]]
+    batches = [data.collate(e, pack_len=64) for e in (ex, changed)]
     assert batches[0].idx.shape[0] == 1 and (batches[0].doc[0] >= 0).sum() == 12 + 9 + 4  # one packed row
     with torch.no_grad():
         logits = [net(x.idx, x.pos, x.doc, cu_seqlens=x.cu_seqlens) for x in batches]
-        alone = net(data.collate(ex[:1], 1.0).idx)
+        alone = net(data.collate(ex[:1]).idx)
     mine = batches[0].doc != 1
     fed = "one packed row of 'first example', 'the second', 'third'"
     assert not torch.allclose(logits[0][~mine], logits[1][~mine]), f"{fed}: changing the second changed nothing"
@@ -283,17 +298,17 @@ def test_micro_batches_cover_the_batch_exactly(n, world, accum):
 
 def test_split_is_deterministic_and_independent_of_num_examples():
     convs = list(range(100))
-    train, val = splits.split_and_subsample(convs, 10, 0, seed=0)
+    train, val = formats.split_and_subsample(convs, 10, 0, seed=0)
     assert len(val) == 10 and len(train) == 90 and not set(train) & set(val)
-    assert splits.split_and_subsample(convs, 10, 0, seed=0) == (train, val)
-    small, val2 = splits.split_and_subsample(convs, 10, 20, seed=0)
-    mid, val3 = splits.split_and_subsample(convs, 10, 50, seed=0)
+    assert formats.split_and_subsample(convs, 10, 0, seed=0) == (train, val)
+    small, val2 = formats.split_and_subsample(convs, 10, 20, seed=0)
+    mid, val3 = formats.split_and_subsample(convs, 10, 50, seed=0)
     assert val2 == val3 == val and len(small) == 20 and set(small) <= set(mid) <= set(train)
-    assert splits.split_and_subsample(convs, 0.1, 0, seed=1)[1] != val
+    assert formats.split_and_subsample(convs, 0.1, 0, seed=1)[1] != val
     with pytest.raises(UserError, match="num_examples"):
-        splits.split_and_subsample(convs, 10, 91, seed=0)
+        formats.split_and_subsample(convs, 10, 91, seed=0)
     with pytest.raises(UserError, match="val_size"):
-        splits.split_and_subsample(convs, 100, 0, seed=0)
+        formats.split_and_subsample(convs, 100, 0, seed=0)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -419,11 +434,11 @@ def test_show_marks_each_token_by_its_loss_weight(tmp_path, capsys):
 
 def test_token_marks_plain_and_colored():
     tokens = [("<", 0.0), ("a", 1.0), ("b", 1.0), ("\n", 0.3), ("c", 0.3), ("d", 0.0)]
-    assert tokenviz.bracketed(tokens) == "<[ab][\\nc]x0.3d"
-    shades = tokenviz.SHADES
-    assert tokenviz.colored(tokens) == (f"{shades['zero'][0]}<{shades['full'][1]}a{shades['full'][0]}b"
+    assert data.bracketed(tokens) == "<[ab][\\nc]x0.3d"
+    shades = data.SHADES
+    assert data.colored(tokens) == (f"{shades['zero'][0]}<{shades['full'][1]}a{shades['full'][0]}b"
                                         f"{shades['part'][1]}\\n{shades['part'][0]}c{shades['zero'][1]}d\033[0m")
-    assert tokenviz.render(tokens, color=False) == "4 of 6 tokens trained on: <[ab][\\nc]x0.3d"
+    assert data.render(tokens, color=False) == "4 of 6 tokens trained on: <[ab][\\nc]x0.3d"
 
 
 @pytest.mark.parametrize("args,message", [

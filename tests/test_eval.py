@@ -16,13 +16,12 @@ import eval
 import eval as ev
 from conftest import write_file
 from imgpt import benchmarks as bm
-from imgpt import formats, synthetic, text_metrics
+from imgpt import formats, synthetic
 from imgpt.checkpoint import save_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
 from imgpt.distributed import Dist
-from imgpt.gpt_config import GPTConfig
 from imgpt.tokenizers import get_tokenizer
-from model import GPT
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVS = [
@@ -221,7 +220,7 @@ def test_generation_batched_matches_one_prompt_at_a_time(net, tok, tmp_path):
         assert rec["prompt"] == tok.decode(prompt)
         assert rec["output"] == tok.decode(net.generate([prompt], 6, eos_id=tok.eot_token)[0])
     outputs, references = [x["output"] for x in records], [x["reference"] for x in records]
-    assert r["examples"] == 3 and r["bleu"] == text_metrics.bleu(outputs, references)
+    assert r["examples"] == 3 and r["bleu"] == ev.bleu(outputs, references)
 
     def sample(seed: int, greedy: bool = False) -> list[str]:
         cfg = config(max_new_tokens=6, temperature=1.0, seed=seed)
@@ -289,7 +288,7 @@ def test_evaluate_checkpoint_scores_train_py_split(net, tok, run_dir, tmp_path):
     assert json.load(open(out))["metrics"] == json.loads(json.dumps(m))
     memorized = [json.loads(line)["reference"] for line in open(str(tmp_path / "res" / "r.train.jsonl"))]
     assert memorized == [c[-1]["content"] for c in train_convs]
-    assert "gap_vs_train" in ev.format_table(m)
+    assert "gap_vs_train" in ev.metrics_table(m)
 
 
 def test_results_go_next_to_the_checkpoint(net, tmp_path_factory, monkeypatch):
@@ -372,7 +371,7 @@ def test_train_exact_match_is_token_exact_from_the_training_prefix(tok):
     import metrics
     convs = [[{"role": "user", "content": f"K{i}="}, {"role": "assistant", "content": a}]
              for i, a in enumerate(["abcd", "efgh", "ijkl"])]
-    examples, _ = data.encode_dataset(convs, tok, 64)
+    examples, _ = data.encode_dataset(convs, tok, 64, 0.0)
     answers = {tuple(data.prompt_ids(c, tok)): tok.encode_ordinary(c[1]["content"]) for c in convs}
 
     class Replies(torch.nn.Module):  # answers prompt i with replies[i], or the right answer

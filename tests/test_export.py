@@ -10,9 +10,8 @@ import data
 from imgpt import tokenizers
 from imgpt.checkpoint import save_checkpoint
 from imgpt.cli import UserError
-from imgpt.gpt_config import GPTConfig
 from imgpt.tokenizers import get_tokenizer
-from model import GPT, load_model
+from model import GPT, GPTConfig, load_model
 from scripts.tools import export
 from conftest import write_tiny_bpe
 

@@ -33,14 +33,14 @@ from conftest import HELLASWAG, cli_error
 def test_a_nan_evaluation_is_never_saved_over_the_last_good_checkpoint(data_file, tmp_path, monkeypatch):
     """Evaluations at steps 0, 2, 4: the one at step 2 is NaN. The run stops there; ckpt.pt and best.pt stay the
     step-0 ones (before: ckpt.pt was replaced by the step-2 model and its NaN evaluation)."""
-    evaluate, calls = T.evaluate, []
+    eval_record, calls = T.eval_record, []
 
     def nan_at_step_2(*args):
         calls.append(1)
-        r = evaluate(*args)
+        r = eval_record(*args)
         return {k: math.nan for k in r} if len(calls) == 2 else r
 
-    monkeypatch.setattr(T, "evaluate", nan_at_step_2)
+    monkeypatch.setattr(T, "eval_record", nan_at_step_2)
     with pytest.raises(T.TrainingDiverged, match="evaluation at step 2 gave val_output_loss"):
         T.train(tiny(data_file, str(tmp_path), max_steps=5, eval_interval=2))
     for name in ("ckpt.pt", "best.pt"):
@@ -357,7 +357,7 @@ def test_bad_benchmark_files_fail_before_the_model_loads(tmp_path, monkeypatch):
     def no_model(*args, **kw):
         raise AssertionError("the model was loaded before the benchmark files were read")
 
-    monkeypatch.setattr(ev.modeling, "load_model", no_model)
+    monkeypatch.setattr(ev, "load_model", no_model)
     for flags in ({"mmlu": str(tmp_path / "header.csv")}, {"hellaswag": str(tmp_path / "hs.txt"),
                                                             "mmlu": str(tmp_path / "header.csv")}):
         with pytest.raises(formats.DataError, match="header.csv: no questions"):

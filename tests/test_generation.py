@@ -5,9 +5,7 @@ import pytest
 import torch
 
 import model as model_module
-from imgpt.gpt_config import GPTConfig
-from imgpt.sampling import left_pad
-from model import GPT, KVCache
+from model import GPT, GPTConfig, KVCache, left_pad
 
 PROMPTS = [[5, 9, 2], [7, 1, 4, 1, 5, 9], [3, 3, 8, 2, 6]]  # row 0 is left-padded by 3, row 2 by 1
 NEW = [[11, 12, 13, 14], [21, 22, 23, 24], [31, 32, 33, 34]]  # the tokens fed at the cached steps

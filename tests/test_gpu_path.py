@@ -14,23 +14,23 @@ from torch.utils.flop_counter import FlopCounterMode
 import loss as L
 import train as T
 from conftest import tiny_run
-from data import ASSISTANT, USER, Example, collate, doc_starts
-from imgpt import device, distributed, files, mfu, pretrained
+from data import ASSISTANT, USER, Example, collate, doc_starts, make_example
+from imgpt import device, distributed, files, pretrained
 from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
-from imgpt.gpt_config import GPTConfig
 from imgpt.train_config import resolve
+from model import GPT, GPTConfig
 from metrics import segment_loss_sums
-from model import GPT
 
 
-def examples(lengths: list[tuple[int, int]], vocab: int = 67, seed: int = 0) -> list[Example]:
+def examples(lengths: list[tuple[int, int]], vocab: int = 67, seed: int = 0,
+             prompt_loss_weight: float = 1.0) -> list[Example]:
     """Examples of (prompt, output) token counts; the first token stands for the template (segment USER too)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for p, o in lengths:
         ids = torch.randint(1, vocab, (p + o,), generator=g).tolist()
-        out.append(Example(ids, [USER] * p + [ASSISTANT] * o))
+        out.append(make_example(ids, [USER] * p + [ASSISTANT] * o, prompt_loss_weight))
     return out
 
 
@@ -65,7 +65,7 @@ def test_unpacked_eval_and_equal_length_decode_reach_sdpa_without_a_mask(tiny, m
     prompts must reach SDPA with attn_mask=None; mixed-length prompts (left padding) and the CPU's packed
     fallback keep theirs."""
     spy = SdpaSpy(monkeypatch)
-    batch = collate(examples([(5, 3), (9, 4), (2, 2)]), prompt_loss_weight=1.0)  # right-padded, doc has -1
+    batch = collate(examples([(5, 3), (9, 4), (2, 2)]))  # right-padded, doc has -1
     tiny.loss(batch.idx, batch.targets, batch.weights, pos=batch.pos, doc=batch.doc, select=batch.select)
     assert spy.take() == [(True, True)] * 2  # one call per layer: no mask, causal
     with torch.no_grad():
@@ -75,7 +75,7 @@ def test_unpacked_eval_and_equal_length_decode_reach_sdpa_without_a_mask(tiny, m
     assert spy.take() == [(True, True)] * 2 + [(True, False)] * 4  # one new query sees every cached key
     tiny.generate([[1, 2, 3], [4, 5]], max_new_tokens=2)
     assert all(not no_mask for no_mask, _ in spy.take())  # left padding: the mask is needed
-    packed = collate(examples([(5, 3), (9, 4)]), 1.0, pack_len=21)
+    packed = collate(examples([(5, 3), (9, 4)]), pack_len=21)
     tiny(packed.idx, packed.pos, packed.doc, cu_seqlens=packed.cu_seqlens)
     assert spy.take() == [(False, False)] * 2  # the dense block-diagonal fallback
 
@@ -83,8 +83,8 @@ def test_unpacked_eval_and_equal_length_decode_reach_sdpa_without_a_mask(tiny, m
 def test_packed_flat_row_gives_the_logits_and_gradients_of_padded_rows(tiny):
     """--pack: one row, no padding, positions restart per example; same loss and gradients as padded rows."""
     ex = examples([(5, 3), (17, 6), (2, 9), (30, 1)])
-    (padded,) = L.step_batches(ex, [[0, 1, 2, 3]], prompt_loss_weight=1.0)
-    (packed,) = L.step_batches(ex, [[0, 1, 2, 3]], prompt_loss_weight=1.0, pack=True)
+    (padded,) = L.step_batches(ex, [[0, 1, 2, 3]])
+    (packed,) = L.step_batches(ex, [[0, 1, 2, 3]], pack=True)
     assert packed.idx.shape == (1, sum(len(e.ids) - 1 for e in ex)) and (packed.doc >= 0).all()
     assert packed.cu_seqlens.tolist() == [0, 30, 52, 62, 69]  # longest first
     assert padded.cu_seqlens is None and padded.idx.shape == (4, 30)
@@ -135,7 +135,7 @@ def test_a_training_step_never_waits_for_the_device(tmp_path, pack):
         T.train_step(s, plan[0], batches)
     assert spy.seen == []
     (rec,) = T.flush(s)
-    assert rec["step"] == 1 and rec["loss"] > 0 and rec["weighted_tokens"] > 0
+    assert rec["step"] == 1 and rec["loss"] > 0 and rec["weight_sum"] > 0
 
 
 def compile_counts(engine, batches: list) -> tuple[int, int]:
@@ -157,8 +157,8 @@ def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack)
     """Zero graph breaks (boolean indexing and a symbolic is_causal each broke it), and one graph for two
     batches of different lengths: the dynamic length is marked up front, not discovered at step 2."""
     engine = L.StepLoss(tiny.train(), skip_zero=True, neftune_alpha=0.0)
-    ex = examples([(5, 3), (9, 4), (2, 2), (12, 5), (3, 8), (20, 6)])
-    batches = L.step_batches(ex, [[0, 1, 2], [3, 4, 5]], prompt_loss_weight=0.0, pack=pack)
+    ex = examples([(5, 3), (9, 4), (2, 2), (12, 5), (3, 8), (20, 6)], prompt_loss_weight=0.0)
+    batches = L.step_batches(ex, [[0, 1, 2], [3, 4, 5]], pack=pack)
     assert batches[0].idx.shape[1] != batches[1].idx.shape[1]
     assert compile_counts(engine, batches) == (1, 0)
 
@@ -166,36 +166,36 @@ def test_the_training_forward_compiles_to_one_graph_for_every_length(tiny, pack)
 # ----------------------------------------------------------------------------- 4: MFU
 
 def test_peak_flops_by_gpu_and_precision():
-    assert mfu.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12  # SXM
-    assert mfu.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
-    assert mfu.peak_flops("NVIDIA H100 PCIe", "tf32") == 378e12
-    assert mfu.peak_flops("NVIDIA H100 NVL", "fp16") == 835e12
-    assert mfu.peak_flops("NVIDIA H200", "bf16") == 989e12
-    assert mfu.peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
-    assert mfu.peak_flops("NVIDIA A100 80GB PCIe", "bf16") == 312e12
-    assert mfu.peak_flops("NVIDIA B200", "bf16") == 2250e12
-    assert mfu.peak_flops("NVIDIA L40S", "tf32") == 183e12
-    assert mfu.peak_flops("NVIDIA H100", "bf16") is None  # which H100? unknown, not guessed as SXM
-    assert mfu.peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
+    assert device.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12  # SXM
+    assert device.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert device.peak_flops("NVIDIA H100 PCIe", "tf32") == 378e12
+    assert device.peak_flops("NVIDIA H100 NVL", "fp16") == 835e12
+    assert device.peak_flops("NVIDIA H200", "bf16") == 989e12
+    assert device.peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
+    assert device.peak_flops("NVIDIA A100 80GB PCIe", "bf16") == 312e12
+    assert device.peak_flops("NVIDIA B200", "bf16") == 2250e12
+    assert device.peak_flops("NVIDIA L40S", "tf32") == 183e12
+    assert device.peak_flops("NVIDIA H100", "bf16") is None  # which H100? unknown, not guessed as SXM
+    assert device.peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
 
 
 def test_forward_flops_by_hand_and_against_torch_flop_counter():
     # GPT-2 124M, documents of 100 and 200 tokens, the head on 50 positions:
     # 12 * (24 * 768^2 * 300 + 4 * 768 * (5050 + 20100)) + 2 * 768 * 50257 * 50
-    assert mfu.forward_flops(12, 768, 50257, [100, 200], 50) == 12 * (4246732800 + 77260800) + 3859737600
-    assert mfu.training_flops(12, 768, 50257, [100, 200], 50) == 3 * 55747660800
-    assert mfu.training_flops(12, 768, 50257, [100, 200], 50, reference=True) == 4 * 55747660800
+    assert device.forward_flops(12, 768, 50257, [100, 200], 50) == 12 * (4246732800 + 77260800) + 3859737600
+    assert device.training_flops(12, 768, 50257, [100, 200], 50) == 3 * 55747660800
+    assert device.training_flops(12, 768, 50257, [100, 200], 50, reference=True) == 4 * 55747660800
     # torch's counter on the real forward of a packed batch (written-out attention, which it can count): the
     # same matmuls; its attention is the full T x T of the row, masked or not, where ours is what a causal
     # varlen kernel computes, n(n+1)/2 pairs per document
     torch.manual_seed(0)
     net = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=67, attention="math")).eval()
-    ex = examples([(5, 3), (17, 6), (2, 9)])
-    (b,) = L.step_batches(ex, [[0, 1, 2]], prompt_loss_weight=0.0, pack=True)
+    ex = examples([(5, 3), (17, 6), (2, 9)], prompt_loss_weight=0.0)
+    (b,) = L.step_batches(ex, [[0, 1, 2]], pack=True)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(b.idx, b.pos, b.doc, b.select, cu_seqlens=b.cu_seqlens)
     lengths, T_ = [7, 22, 10], b.idx.size(1)
-    ours = mfu.forward_flops(2, 32, 67, lengths, len(b.select))
+    ours = device.forward_flops(2, 32, 67, lengths, len(b.select))
     full_attention, causal = 2 * 4 * 32 * T_ * T_, 2 * 4 * 32 * sum(n * (n + 1) // 2 for n in lengths)
     assert len(b.select) == 3 + 6 + 9 and T_ == 39
     assert counter.get_total_flops() == ours - causal + full_attention
@@ -207,8 +207,8 @@ def test_logged_mfu_is_the_flops_of_the_step_over_time_and_peak(tmp_path, monkey
     recs = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl") if '"loss"' in line]
     s = T.setup(resolve(tiny_run(tmp_path / "again")), distributed.Dist())
     ids = plan_epoch(s.cfg, s.train, 0)[0]
-    weighted = L.step_totals(s.train, ids, 0.0)[3]
-    flops = mfu.training_flops(2, 32, s.model.config.vocab_size, [len(s.train[i].ids) - 1 for i in ids], weighted)
+    weighted = L.step_totals(L.example_totals(s.train), ids)["weighted_positions"]
+    flops = device.training_flops(2, 32, s.model.config.vocab_size, [len(s.train[i].ids) - 1 for i in ids], weighted)
     assert recs[0]["flops"] == flops
     assert recs[0]["mfu"] == pytest.approx(flops / recs[0]["step_time"] / 1e12, rel=1e-9)
 

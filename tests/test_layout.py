@@ -1,6 +1,7 @@
 """The layout a reader walks into: the story and the programs at the top (at most 7 files), the plumbing in the
 imgpt package, imports running one way (no cycle; the package never imports a top-level file), every module
-short enough to read in one sitting; and checkpoints written before the move still load."""
+short enough to read in one sitting, the package's module list true; and checkpoints written before the moves
+still load."""
 import ast
 import glob
 import os
@@ -10,7 +11,7 @@ import torch
 from conftest import ROOT
 
 STORY = {"model.py", "data.py", "loss.py", "metrics.py", "train.py", "eval.py", "sample.py"}
-MAX_LINES = 400
+MAX_LINES = 500  # one sitting; a module earns its place by an idea, not by staying under a cap
 
 
 def modules() -> dict[str, str]:
@@ -64,6 +65,16 @@ def test_every_module_is_short_enough_to_read():
     sizes = {os.path.relpath(p, ROOT): open(p, encoding="utf-8").read().count("\n") for p in paths}
     long = {p: n for p, n in sizes.items() if n > MAX_LINES}
     assert not long, f"over {MAX_LINES} lines: {long}"
+
+
+def test_the_packages_module_list_names_every_module_and_no_other():
+    listed = set()
+    for line in open(os.path.join(ROOT, "imgpt", "__init__.py"), encoding="utf-8").read().split('"""')[1].splitlines():
+        if line.startswith("    ") and not line.startswith("     "):
+            listed.add(line.split()[0])
+    present = {m.split(".", 1)[1] for m in modules() if m.startswith("imgpt.") and m != "imgpt.__init__"}
+    assert listed == present, f"imgpt/__init__.py lists {sorted(listed - present)} that do not exist and misses " \
+                              f"{sorted(present - listed)}"
 
 
 def test_a_checkpoint_written_before_the_layout_moved_still_loads_and_gives_its_logits():

@@ -5,10 +5,9 @@ import torch
 
 from data import doc_starts
 from imgpt.cli import UserError
-from imgpt.gpt_config import GPTConfig
-from imgpt.sampling import sample_next, top_k_filter, top_p_filter
 from imgpt.tokenizers import get_tokenizer
-from model import GPT, KVCache, head_positions, weighted_cross_entropy
+from model import (GPT, GPTConfig, KVCache, head_positions, sample_next, top_k_filter, top_p_filter,
+                   weighted_cross_entropy)
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from safetensors.torch import load_file, save_file
 from conftest import hf_model, write_tiny_bpe
 from imgpt import pretrained, tokenizers
 from imgpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from imgpt.gpt_config import GPTConfig
 from imgpt.tokenizers import get_tokenizer
-from model import GPT, load_model
+from model import GPT, GPTConfig, load_model
 
 # (n_layer, n_head, n_embd, n_positions, vocab_size): the last has neither a power-of-two vocab nor context
 HF_SHAPES = [(2, 2, 32, 64, 128), (3, 4, 48, 40, 96), (1, 3, 24, 37, 101)]

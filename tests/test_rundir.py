@@ -12,8 +12,8 @@ import pytest
 import train as T
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, parse_config, run_cli
-from imgpt.schedule import lr_at
 from scripts.experiments import compare, sweep
+from train import lr_at
 from test_train import ROOT
 from conftest import data_file, log_records, one_thread, tiny  # noqa: F401 (fixtures)
 

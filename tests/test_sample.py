@@ -10,9 +10,8 @@ import torch
 import data
 import sample
 from imgpt.checkpoint import save_checkpoint
-from imgpt.gpt_config import GPTConfig
 from imgpt.tokenizers import get_tokenizer
-from model import GPT
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -158,7 +158,7 @@ def test_point_settings_move_one_knob_and_hold_the_rest():
     real = compare.training.TrainConfig(data="alpaca.json")
     assert sweep.point_settings("examples", 1000, real) == {"num_examples": 1000}
     # what the points generate: the same held-out questions, each fact stated 10 times, at every examples point
-    from imgpt.splits import load_split
+    from imgpt.formats import load_split
     splits = [load_split({**vars(base), **sweep.point_settings("examples", n, base)}) for n in (50, 100, 200, 400)]
     assert all(val == splits[0][1] for _, val in splits) and [len(tr) for tr, _ in splits] == [50, 100, 200, 400]
     for train, val in splits:

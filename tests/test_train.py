@@ -18,13 +18,12 @@ import torch.multiprocessing as mp
 import loss as L
 import train as T
 from conftest import free_port, log_records, tiny
-from data import ASSISTANT, EOT, TEMPLATE, USER, Example, build_data, collate
+from data import ASSISTANT, EOT, TEMPLATE, USER, Example, build_data, collate, make_example
 from imgpt.batching import plan_epoch
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
 from imgpt.distributed import StopAtStepBoundary, destroy_distributed, init_distributed
-from imgpt.gpt_config import GPTConfig
-from model import GPT, load_model
+from model import GPT, GPTConfig, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,17 +83,15 @@ def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int
                   kl_coef: float = 0.0, reduction: str = "token") -> tuple[torch.Tensor, float]:
     """(the flattened gradient, divisor) of one step run by run_micro_batches, whose examples are split into ranks x
     micro-batches, averaged over the ranks as DDP does ([] = a micro-batch with nothing in it)."""
-    parts = [L.step_batches(examples, micro, PROMPT_LOSS_WEIGHT) for micro in ranks]
+    parts = [L.step_batches(examples, micro) for micro in ranks]
     ids = [i for micro in ranks for m in micro for i in m]
-    divisor = L.step_totals(examples, ids, PROMPT_LOSS_WEIGHT)[0]  # the weight sum of the whole step, every rank
-    if reduction == "output":
-        divisor = L.output_weight(examples, ids)
-    dummy = collate(examples[:1], PROMPT_LOSS_WEIGHT)
+    divisor = L.step_divisor(L.example_totals(examples), ids, reduction)  # N of the whole step, every rank
+    dummy = collate(examples[:1])
     grads = []
     for batches in parts:
         model.zero_grad()
-        L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, divisor, len(ranks), ref, kl_coef,
-                            contextlib.nullcontext(), NoScaler())
+        L.run_micro_batches(OneRank(model, True, 0.0), batches, dummy, divisor, len(ranks), ref, kl_coef, None,
+                            NoScaler())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     return torch.stack(grads).mean(0), divisor
 
@@ -102,7 +99,7 @@ def step_gradient(model: GPT, examples: list[Example], ranks: list[list[list[int
 def hand_gradient(model: GPT, examples: list[Example], ref: GPT | None, kl_coef: float) -> torch.Tensor:
     """The gradient of sum(w * (CE + kl_coef * KL)) / sum(w) over the whole step, written out: one forward of
     every example at once, no micro-batches, no run_micro_batches."""
-    b = collate(examples, PROMPT_LOSS_WEIGHT)
+    b = collate(examples)
     model.zero_grad()
     logp = model(b.idx, b.pos, b.doc).log_softmax(-1)  # (B, T, V)
     ce = -logp.gather(-1, b.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
@@ -128,7 +125,8 @@ def test_micro_batch_scaling_gives_the_whole_batch_gradient(kl_coef):
     examples = []
     for n in [3, 9, 5, 14, 4, 7, 11, 6]:  # very different lengths: micro-batches get very different weight sums
         k = rng.randint(1, n - 1)
-        examples.append(Example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k)))
+        examples.append(make_example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k),
+                                     PROMPT_LOSS_WEIGHT))
     want = hand_gradient(model, examples, ref, kl_coef)
     cases = {"1 micro-batch of 8": [[list(range(8))]],
              "8 micro-batches of 1": [[[i] for i in range(8)]],
@@ -152,20 +150,23 @@ def test_output_reduction_counts_only_output_tokens_and_is_split_invariant():
     """--loss_reduction output: N = the step's output tokens (weight 1 in every mode), hand-counted; instruction
     and template tokens add to the numerator only. The gradient of every split equals that of
     sum(w * CE) / n_out over the whole step, written out by hand."""
-    examples = [Example([5, 6, 7, 8, 9], [USER, USER, ASSISTANT, ASSISTANT, EOT]),  # targets: 1 prompt, 3 output
-                Example([1, 2, 3, 4, 5, 6, 7], [USER, TEMPLATE, USER, USER, USER, ASSISTANT, EOT])]  # 1 template,
-    assert L.output_weight(examples, [0, 1]) == 5.0                                   # 3 prompt, 2 output tokens
-    assert L.output_weight(examples, [1]) == 2.0 and L.output_weight(examples, [1, 1, 0]) == 7.0
-    assert L.step_totals(examples, [0, 1], 0.5, 0.25)[0] == 5.0 + 0.5 * 4 + 0.25 * 1  # token: every weight
+    examples = [make_example([5, 6, 7, 8, 9], [USER, USER, ASSISTANT, ASSISTANT, EOT], 0.5, 0.25),  # targets: 1
+                make_example([1, 2, 3, 4, 5, 6, 7], [USER, TEMPLATE, USER, USER, USER, ASSISTANT, EOT], 0.5, 0.25)]
+    totals = L.example_totals(examples)  # prompt, 3 output; then 1 template, 3 prompt, 2 output tokens
+    assert L.step_divisor(totals, [0, 1], "output") == 5.0
+    assert L.step_divisor(totals, [1], "output") == 2.0 and L.step_divisor(totals, [1, 1, 0], "output") == 7.0
+    assert L.step_divisor(totals, [0, 1], "token") == 5.0 + 0.5 * 4 + 0.25 * 1  # token: every weight
+    assert L.step_divisor(totals, [1, 1, 0], "sequence") == 3  # sequence: the examples
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=67))
     rng = random.Random(0)
     examples = []
     for n in [3, 9, 5, 14, 4, 7, 11, 6]:  # very different lengths: micro-batches get very different weight sums
         k = rng.randint(1, n - 1)
-        examples.append(Example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k)))
+        examples.append(make_example([rng.randrange(67) for _ in range(n)], [USER] * k + [ASSISTANT] * (n - k),
+                                     PROMPT_LOSS_WEIGHT))
     n_out = sum(len(e.ids) - e.segs.index(ASSISTANT) for e in examples)  # outputs: every token from the first
-    weights = L.step_totals(examples, range(8), PROMPT_LOSS_WEIGHT)[0]
+    weights = L.step_divisor(L.example_totals(examples), range(8), "token")
     want = hand_gradient(model, examples, None, 0.0) * (weights / n_out)  # sum(w * CE) / n_out, not / sum(w)
     assert n_out < weights - 1  # the two reductions differ: the test can fail
     for ranks in ([[list(range(8))]], [[[i] for i in range(8)]], [[[0], [1, 2, 3], [4, 5, 6, 7]]],
@@ -205,7 +206,7 @@ def test_update_does_not_depend_on_the_split(data_file, tmp_path):
             # compare the losses and the gradient norms of every step too.
             steps = [r for r in log_records(out) if "loss" in r]
             ref_steps = [r for r in log_records(str(tmp_path / f"{name}-8x1")) if "loss" in r]
-            for key in ("loss", "grad_norm", "weighted_tokens"):
+            for key in ("loss", "grad_norm", "weight_sum"):
                 got, want = [r[key] for r in steps], [r[key] for r in ref_steps]
                 assert got == pytest.approx(want, rel=1e-6), (
                     f"{fed}: the logged {key} of each step is {got}, with 8 x 1 {want} (expected equal to 1e-6)")
@@ -218,9 +219,9 @@ def hand_losses(model, examples, prompt_loss_weight: float) -> dict[str, float]:
     sums = []
     with torch.no_grad():
         for e in examples:
-            b = collate([e], prompt_loss_weight=prompt_loss_weight)
+            b = collate([make_example(e.ids, e.segs, prompt_loss_weight)])
             ce, w = model.loss(b.idx, b.targets, b.weights, pos=b.pos, doc=b.doc)
-            outputs = collate([e], prompt_loss_weight=0.0).weights.sum().item()
+            outputs = sum(s in (ASSISTANT, EOT) for s in e.segs[1:])
             sums.append((ce.item(), w.item(), outputs))
     return {"token": sum(c for c, _, _ in sums) / sum(w for _, w, _ in sums),
             "sequence": sum(c / w for c, w, _ in sums) / len(sums),
@@ -247,6 +248,16 @@ def test_loss_reductions_equal_hand_computation(data_file, tmp_path):
         others = [v for r, v in hand.items() if r != reduction]
         assert min(abs(hand[reduction] - v) for v in others) > 1e-4  # 10x the tolerance below: the test can fail
         assert logged == pytest.approx(hand[reduction], abs=1e-5)
+
+
+@pytest.mark.ex2
+def test_micro_batch_loss_divides_by_the_step_and_undoes_ddps_mean():
+    ce, kl = torch.tensor(6.0), torch.tensor(2.0)
+    got = L.micro_batch_loss(ce, kl, kl_coef=0.5, divisor=4.0, world=2, dummy=False).item()
+    assert got == pytest.approx((6.0 + 0.5 * 2.0) * 2 / 4.0), (
+        f"summed CE 6, summed KL 2, kl_coef 0.5, the step's N 4, 2 ranks: {got}, expected (6 + 0.5 * 2) x 2 / 4 = 3.5")
+    dummy = L.micro_batch_loss(ce, kl, 0.5, 4.0, 2, dummy=True).item()
+    assert dummy == 0.0, f"the dummy micro-batch's loss is {dummy}, expected 0: it must add no gradient"
 
 
 def test_per_example_weights_normalizes_each_packed_example():
@@ -408,7 +419,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_file, tmp_path, 
 
 @pytest.mark.parametrize("values, message", [
     (dict(lr=-1.0), "--lr"),
-    (dict(n_embd=100, n_head=3), "n_embd=100 is not divisible by n_head=3"),
     (dict(batch_size=10, micro_batch_size=4), "--batch_size 10 is not divisible by --micro_batch_size 4"),
     (dict(loss="both"), "--loss must be it or im"),
     (dict(init_from="gpt2", n_layer=2), "only apply to --init_from scratch"),
@@ -419,6 +429,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_file, tmp_path, 
 def test_invalid_configs_fail_before_any_work(values, message):
     with pytest.raises(UserError, match=message):
         make_config(T.TrainConfig, values)
+
+
+def test_model_sizes_that_do_not_fit_fail_before_any_work(tmp_path):
+    """GPTConfig lives in model.py, which the config package cannot import: train() checks the sizes right after
+    the flags, before it touches the out_dir."""
+    cfg = make_config(T.TrainConfig, dict(n_embd=100, n_head=3, out_dir=str(tmp_path / "out")))
+    with pytest.raises(UserError, match="n_embd=100 is not divisible by n_head=3"):
+        T.train(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_batch_must_split_over_the_processes():

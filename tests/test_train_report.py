@@ -1,7 +1,7 @@
-"""imgpt/train_report.py: the lines train.py prints before and after a run."""
-from imgpt.gpt_config import GPTConfig
+"""train.py's report: the lines train.py prints before and after a run."""
 from imgpt.train_config import TrainConfig, resolve
-from imgpt.train_report import other_loss_command, startup_lines, summary_lines
+from model import GPTConfig
+from train import other_loss_command, startup_lines, summary_lines
 
 STATS = {"examples": 200, "prompt_tokens": 39285, "output_tokens": 1244, "truncated": 0, "dropped": 0}
 

@@ -11,14 +11,13 @@ step is train.py's (loss.step_batches, StepLoss, run_micro_batches, fused AdamW,
 is transformers' GPT2LMHeadModel (attn_implementation sdpa, and flash_attention_2 when flash-attn is
 installed) on the same padded rows with labels -100 at weight 0 and the same fused AdamW, in this process.
 
-MFU divides the FLOPs of the useful work (mfu.training_flops: real tokens, causal attention per example, the
+MFU divides the FLOPs of the useful work (device.training_flops: real tokens, causal attention per example, the
 head on the weighted positions) by the step time and the GPU's bf16 peak; every variant is credited with the
 same work, so MFU ratios are speed ratios. Targets (issue 9, one H100/H200): MFU >= 40% on t1024 packed;
 ours >= 1.3x the sdpa reference on alpaca; packed >= 1.5x unpacked on lima. --out writes the results as JSON.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import time
@@ -28,13 +27,11 @@ import numpy as np
 import torch
 
 import loss as L
-from data import ASSISTANT, USER, Example
+from data import ASSISTANT, USER, Example, make_example
 from imgpt.batching import epoch_batches
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.device import autodetect_device, use_tf32, varlen_problem
-from imgpt.gpt_config import GPTConfig
-from imgpt.mfu import peak_flops, training_flops
-from model import GPT
+from imgpt.device import autocast, autodetect_device, peak_flops, training_flops, use_tf32, varlen_problem
+from model import GPT, GPTConfig
 
 
 # (prompt tokens mean, output tokens mean, examples per micro-batch); lengths are drawn log-normal around them
@@ -85,7 +82,7 @@ def mix_examples(mix: str, config: GPTConfig, n: int, seed: int = 0) -> list[Exa
             o = max(1, int(rng.lognormal(np.log(output_mean * scale), 0.8)))
             p, o = min(p, top // 2), min(o, top - min(p, top // 2))
         ids = rng.integers(0, config.vocab_size, p + o).tolist()
-        out.append(Example(ids, [USER] * p + [ASSISTANT] * o))
+        out.append(make_example(ids, [USER] * p + [ASSISTANT] * o, prompt_loss_weight=0.0))
     return out
 
 
@@ -122,14 +119,15 @@ def reference_models(config: GPTConfig) -> dict[str, torch.nn.Module]:
 
 # ----------------------------------------------------------------------------- one training step each
 
-def our_step(engine, model: GPT, optimizer, batches: list, divisor: float, amp, device: str, dynamic: bool = False):
+def our_step(engine, model: GPT, optimizer, batches: list, divisor: float, amp_dtype, device: str,
+             dynamic: bool = False):
     """train.py's step: the micro-batches' forward and backward, then AdamW. dynamic (compiled engines): mark the
     lengths dynamic on the device copies, as train.py does; .to() makes new tensors, without the marks."""
     def step() -> None:
         on_device = [b.to(device) for b in batches]
         for b in on_device if dynamic else []:
             L.mark_dynamic(b)
-        L.run_micro_batches(engine, on_device, None, divisor, 1, None, 0.0, amp, _NO_SCALER)
+        L.run_micro_batches(engine, on_device, None, divisor, 1, None, 0.0, amp_dtype, _NO_SCALER)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
@@ -193,19 +191,21 @@ def bench_mix(cfg: BenchGPUConfig, mix: str, config: GPTConfig, device: str, pea
     ex = mix_examples(mix, config, 50 * 2 * per_micro)
     ids = typical_step(ex, 2 * per_micro)
     micro = [ids[:per_micro], ids[per_micro:]]
-    weight_sum, _, tokens, weighted = L.step_totals(ex, ids, prompt_loss_weight=0.0)
+    step_sums = L.step_totals(L.example_totals(ex), ids)
+    weight_sum, tokens = step_sums["weight_sum"], step_sums["positions"]
     flops = training_flops(config.n_layer, config.n_embd, config.vocab_size, [len(ex[i].ids) - 1 for i in ids],
-                           weighted)
-    amp = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
-           else contextlib.nullcontext())
-    padded = L.step_batches(ex, micro, 0.0)
+                           step_sums["weighted_positions"])
+    amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    amp = autocast(device, amp_dtype)
+    padded = L.step_batches(ex, micro)
     rows = []
     for name, (engine, model, optimizer) in engines.items():
         if name.startswith("hf-"):
             step = reference_step(model, optimizer, padded, amp, device)
         else:
-            batches = L.step_batches(ex, micro, 0.0, pack=name.startswith("packed"))
-            step = our_step(engine, model, optimizer, batches, weight_sum, amp, device, dynamic="compiled" in name)
+            batches = L.step_batches(ex, micro, pack=name.startswith("packed"))
+            step = our_step(engine, model, optimizer, batches, weight_sum, amp_dtype, device,
+                            dynamic="compiled" in name)
         seconds, mem = timed(step, cfg.steps, cfg.warmup, device)
         rows.append({"mix": mix, "variant": name, "tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds,
                      "mfu": flops / seconds / peak if peak else None, "peak_gib": mem, "tokens": tokens,

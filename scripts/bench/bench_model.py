@@ -29,8 +29,7 @@ import torch
 import transformers
 
 from imgpt.cli import opt, parse_config, run_cli
-from imgpt.gpt_config import GPTConfig
-from model import GPT
+from model import GPT, GPTConfig
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # where `-m scripts...` runs

@@ -38,7 +38,7 @@ import torch
 
 import loss as L
 import train as T
-from data import collate, useful_fraction
+from data import collate, make_example, useful_fraction
 from imgpt.batching import plan_epoch
 from imgpt.cli import UserError, opt, parse_config, run_cli
 from imgpt.device import autodetect_device
@@ -116,13 +116,14 @@ def session(cfg: BenchConfig, size: str) -> T.Session | None:
 def use(s: T.Session, loss: str, skip: bool) -> None:
     """Switch the session between the four settings: the weights of the batch, and the seam in the model."""
     s.cfg = dataclasses.replace(s.cfg, loss=loss, prompt_loss_weight=1.0 if loss == "im" else 0.0)
-    s.totals = L.example_totals(s.train, s.cfg.prompt_loss_weight, s.cfg.template_loss_weight)  # the step's sums
+    s.train = [make_example(e.ids, e.segs, s.cfg.prompt_loss_weight, s.cfg.template_loss_weight) for e in s.train]
+    s.totals = L.example_totals(s.train)  # the step's sums, from the weights the examples now carry
     s.step_loss.skip_zero = skip
 
 
 def data_stats(s: T.Session, plan: list[list[int]]) -> dict:
     """Instruction/output token ratio, useful (non-padding) fraction, weighted fraction under IT and IM."""
-    batches = [collate([s.train[i] for i in ids], 0.0) for ids in plan]
+    batches = [collate([s.train[i] for i in ids]) for ids in plan]
     segs = torch.cat([b.segs.flatten() for b in batches])
     prompt, output = ((segs == 1) | (segs == 2)).sum().item(), ((segs == 3) | (segs == 4)).sum().item()
     real = sum((b.doc >= 0).sum().item() for b in batches)
@@ -141,7 +142,7 @@ def timings(s: T.Session, plan: list[list[int]], rounds: int) -> dict:
     """Median tokens/s and step time per setting, alternating settings step by step; CUDA peak memory."""
     speeds: dict = {k: [] for k in SETTINGS}
     peaks: dict = {k: 0 for k in SETTINGS}
-    cuda = s.d.device.startswith("cuda")
+    cuda = s.dist.device.startswith("cuda")
     for r in range(rounds + 1):
         for loss, skip in SETTINGS:
             use(s, loss, skip)
@@ -193,11 +194,11 @@ def bench(cfg: BenchConfig, size: str) -> None:
     plan = plan_epoch(s.cfg, s.train, 0)
     d = data_stats(s, plan)
     r = timings(s, plan, cfg.for_size("rounds", size))
-    if cfg.memory and not s.d.device.startswith("cuda") and os.path.exists("/proc/self/clear_refs"):
+    if cfg.memory and not s.dist.device.startswith("cuda") and os.path.exists("/proc/self/clear_refs"):
         for k, mb in cpu_peaks(cfg, size).items():
             r[k]["peak_mb"] = mb
     print(f"\n{size}: {s.model.num_params() / 1e6:.1f}M parameters, vocab {s.model.config.vocab_size}, "
-          f"batch {s.cfg.batch_size}, {s.d.device}, dtype {s.cfg.dtype}; instruction/output ratio {d['ratio']:.1f}, "
+          f"batch {s.cfg.batch_size}, {s.dist.device}, dtype {s.cfg.dtype}; instruction/output ratio {d['ratio']:.1f}, "
           f"useful (non-padding) fraction {d['useful']:.3f}, weighted fraction IT {d['weighted_it']:.3f} / "
           f"IM {d['weighted_im']:.3f}")
     print(f"  {'loss':4} {'skip_zero':9} {'tokens/s':>10} {'step ms':>9} {'peak MiB':>9}")

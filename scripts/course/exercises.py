@@ -61,7 +61,13 @@ EXERCISES = {e.number: e for e in [
               "sum(w * (CE + kl_coef * KL)) / sum(w) over the whole step."),),
         needs=(1, 4, 5),
         docstrings=(Docstring("loss.py", "", "The loss of one optimizer step, which must not depend on how the step's "
-                              "batch is split."),)),
+                              "batch is split.\n\nThe step's loss is  sum over every weighted token of w * CE  /  N, "
+                              "with N counted over the WHOLE step: every\nmicro-batch on every rank (step_divisor: the "
+                              "sum of w, by default), from the step's examples before any\nforward pass. Splitting 8 "
+                              "examples as 8 x 1, 2 x 4 or 2 processes x 2 x 2 must give the same update\n(exercise 2, "
+                              "micro_batch_loss; tests/test_train.py checks it to 1e-6).\n\nRead in this order: "
+                              "step_divisor (N, for each --loss_reduction), micro_batch_loss (one micro-batch's share),"
+                              "\nrun_micro_batches (the forward and backward of one rank's micro-batches)."),)),
     Exercise(3, "the KV cache", 20, (
         Blank("model.py", "KVCache.update", "write after the self.len tokens already stored; return everything "
               "stored so far",

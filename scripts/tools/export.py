@@ -19,10 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.gpt_config import GPTConfig
 from imgpt.pretrained import CONV1D_WEIGHTS
 from imgpt.tokenizers import EOT, bpe_files
-from model import load_model
+from model import GPTConfig, load_model
 
 
 # data.chat_pieces in Jinja, for tokenizer.apply_chat_template and lm-eval's --apply_chat_template. Newlines are
