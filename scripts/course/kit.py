@@ -148,9 +148,13 @@ def blank_exercise(root: str, number: int) -> list[str]:
     return changed
 
 
+def blank_functions(root: str, number: int) -> list[Blank]:
+    """The functions of exercise `number` that still hold the handout's blank in the tree at root."""
+    return [b for b in EXERCISES[number].code if is_blank(read(os.path.join(root, b.file)), number, b)]
+
+
 def still_blank(root: str, number: int) -> bool:
-    e = EXERCISES[number]
-    return any(is_blank(read(os.path.join(root, b.file)), number, b) for b in e.code)
+    return bool(blank_functions(root, number))
 
 
 # ----------------------------------------------------------------------------- trees of files
@@ -304,7 +308,8 @@ def grade(root: str, numbers: list[int]) -> bool:
         auto += e.points
         head = f"exercise {n}, {e.title}: "
         if n in blank:
-            print(f"{head}0/{e.points} (still blank: write {e.where()})")
+            where = ", ".join(f"{b.file}: {b.function}" for b in blank_functions(root, n))
+            print(f"{head}0/{e.points} (still blank: write {where})")
             continue
         waiting = sorted(set(e.needs) & blank)
         if waiting:
