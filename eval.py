@@ -24,7 +24,6 @@ task, split as train.py split it, so `eval.py --ckpt out` scores exactly the hel
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import data
 from imgpt import formats, synthetic
 from imgpt.benchmarks import Question, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag, read_mmlu
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.device import check_device
+from imgpt.device import autocast, check_device
 from imgpt.distributed import Dist, all_reduce_sum, destroy_distributed, join_distributed, local_rank_zero_first
 from imgpt.files import write_text_atomic
 from imgpt.formats import DataError
@@ -215,17 +214,15 @@ def gather_in_order(items: list, dist: Dist) -> list:
 
 # ----------------------------------------------------------------------------- the evaluations
 
-def autocast(device: str, dtype: str):
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
+def amp_dtype(cfg: EvalConfig) -> torch.dtype | None:
+    """--dtype as autocast takes it: None for plain float32."""
+    return None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
 
 
 def loss_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, max_len: int) -> dict:
     """Output-only loss (and the prompt loss, for reference) under the training template, all ranks together."""
     examples, stats = data.encode_dataset(convs, tok, max_len, prompt_loss_weight=0.0)  # scored by segment
-    dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
-    r = segment_losses(model, examples, cfg.batch_size, dist.device, dist, autocast_dtype=dtype)
+    r = segment_losses(model, examples, cfg.batch_size, dist.device, dist, autocast_dtype=amp_dtype(cfg))
     return {"examples": len(examples), "output_loss": r["output_loss"], "perplexity": math.exp(r["output_loss"]),
             "prompt_loss": r["prompt_loss"], "output_tokens": r["output_tokens"], "truncated": stats["truncated"]}
 
@@ -263,7 +260,7 @@ def generation_metrics(model, tok, convs: list, cfg: EvalConfig, dist: Dist, jso
     mine = convs[dist.rank::dist.world_size]  # the budget above is the same on every rank
     prompts = [data.prompt_ids(c, tok, max_len or model.config.block_size + 1) for c in mine]
     run_cfg = replace(cfg, temperature=0.0) if greedy else cfg
-    with autocast(dist.device, cfg.dtype):
+    with autocast(dist.device, amp_dtype(cfg)):
         new = generate_batched(model, prompts, run_cfg, max_new, tok.eot_token, dist.device, dist.rank, dist.is_main)
     records = [{"prompt": tok.decode(p), "reference": c[-1]["content"], "output": tok.decode(n)}
                for p, c, n in zip(prompts, mine, new)]
@@ -291,7 +288,7 @@ def choice_metrics(model, tok, questions: list[Question], cfg: EvalConfig, dist:
     """lm-eval acc and acc_norm; each rank scores every world-th question, the counts are all-reduced."""
     mine = questions[dist.rank::dist.world_size]
     pairs = [p for q in mine for p in choice_pairs(q, tok, cfg.chat)]
-    lps = continuation_logprobs(model, pairs, cfg.batch_size, dist.device, autocast(dist.device, cfg.dtype),
+    lps = continuation_logprobs(model, pairs, cfg.batch_size, dist.device, autocast(dist.device, amp_dtype(cfg)),
                                 show=dist.is_main)
     counts = torch.zeros(3, dtype=torch.float64, device=dist.device)  # [acc hits, acc_norm hits, questions]
     start = 0

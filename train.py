@@ -32,17 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import Batch, Example, answer_start, build_data, collate
-from imgpt.batching import micro_batches, plan_epoch, split_sizes
-from imgpt.checkpoint import all_rng_states, check_training_checkpoint, load_checkpoint, save_checkpoint
-from imgpt.cli import RunStopped, UserError, given_settings, parse_config, run_cli, validate
-from imgpt.device import amp_dtype_for, set_up_device, training_flops, varlen_problem
-from imgpt.distributed import (Dist, StopAtStepBoundary, destroy_distributed, join_distributed, local_rank_zero_first,
-                               stop_requested, sum_over_ranks)
-from imgpt.files import write_text_atomic
-from imgpt.rundir import (RUN_FILES, Progress, check_length, hold_out_dir, keep_log_until, prepare_out_dir, restore,
-                          resume_config, resume_tokenizer)
-from imgpt.formats import SYNTHETIC
-from imgpt.tokenizers import get_tokenizer, tokenizer_record
+from imgpt import batching, checkpoint, cli, device, distributed, files, formats, rundir, tokenizers
 from imgpt.train_config import TrainConfig, resolve
 from loss import StepLoss, example_totals, mark_dynamic, run_micro_batches, step_batches, step_divisor, step_totals
 from metrics import eval_record
@@ -50,7 +40,7 @@ from model import GPT, GPTConfig, load_model, model_from_payload
 
 # ----------------------------------------------------------------------------- the run
 
-class TrainingDiverged(RunStopped):
+class TrainingDiverged(cli.RunStopped):
     """The loss became NaN or infinite: the run stops (one line, exit 2); the last good checkpoint stays in place."""
 
 
@@ -58,7 +48,7 @@ class TrainingDiverged(RunStopped):
 class Session:
     """Everything one run holds, passed to the small functions below."""
     cfg: TrainConfig
-    dist: Dist
+    dist: distributed.Dist
     model: GPT  # unwrapped and uncompiled: what checkpoints and evaluation use
     step_loss: nn.Module  # loss.StepLoss (the model and its loss in one forward), maybe compiled, maybe in DDP
     ref: GPT | None  # frozen initial model for --kl_coef
@@ -72,7 +62,7 @@ class Session:
     train_sample: list[Example]
     accum: int
     total: int
-    prog: Progress
+    prog: rundir.Progress
     peak: float | None = None  # the GPU's peak FLOP/s at the training precision, for MFU (None: not logged)
     pending: list = dataclasses.field(default_factory=list)  # step records whose device numbers are unread
     clock: float = 0.0  # when the pending steps began
@@ -93,7 +83,7 @@ def prepare(session: Session, ids: list[int]) -> list[Batch | None]:
     function of the ids, so a background thread can build the next step's while the GPU runs this one."""
     cfg, dist = session.cfg, session.dist
     accum = math.ceil(len(ids) / (cfg.micro_batch_size * dist.world_size))  # fewer for a short (or token-capped) step
-    return step_batches(session.train, micro_batches(ids, dist.rank, dist.world_size, accum), cfg.pack,
+    return step_batches(session.train, batching.micro_batches(ids, dist.rank, dist.world_size, accum), cfg.pack,
                         cfg.loss_reduction, pin=dist.device.startswith("cuda"))
 
 
@@ -135,7 +125,7 @@ def train_step(session: Session, ids: list[int], batches: list[Batch | None]) ->
     session.optimizer.zero_grad(set_to_none=True)
     session.prog.step, session.prog.index = session.prog.step + 1, session.prog.index + 1
     c, step = session.model.config, step_totals(session.totals, ids)
-    flops = training_flops(c.n_layer, c.n_embd, c.vocab_size, [len(session.train[i].ids) - 1 for i in ids],
+    flops = device.training_flops(c.n_layer, c.n_embd, c.vocab_size, [len(session.train[i].ids) - 1 for i in ids],
                            step["weighted_positions"] if cfg.skip_zero else step["positions"],
                            reference=session.ref is not None)
     rec = {"step": session.prog.step, "sums": sums.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
@@ -153,7 +143,7 @@ def flush(session: Session, collective: bool = True) -> list[dict]:
     recs, session.pending = session.pending, []
     sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step, on the device
     if collective:
-        sums = sum_over_ranks(sums, session.dist)
+        sums = distributed.sum_over_ranks(sums, session.dist)
     norms = torch.stack([r["grad_norm"] for r in recs]).to(sums.device).double().unsqueeze(1)  # (k, 1)
     values = torch.cat([sums, norms], 1).tolist()  # (k, 3): the one read of the device
     dt = (time.perf_counter() - session.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
@@ -186,7 +176,7 @@ def save(session: Session, name: str, weights_only: bool = False) -> None:
         raise TrainingDiverged(f"the weights (or their optimizer moments) hold NaN or inf at step "
                                f"{session.prog.step}: {name} not written; the last good checkpoint (if any) is in "
                                f"{session.cfg.out_dir}. Try a lower --lr or float32")
-    rngs = [] if weights_only else all_rng_states(session.dist)  # a collective: every rank calls it
+    rngs = [] if weights_only else checkpoint.all_rng_states(session.dist)  # a collective: every rank calls it
     if not (session.dist.is_main and session.cfg.save):
         return
     payload = {"model": session.model.state_dict(), "model_config": asdict(session.model.config),
@@ -195,14 +185,14 @@ def save(session: Session, name: str, weights_only: bool = False) -> None:
     if not weights_only:
         payload.update({"optimizer": session.optimizer.state_dict(), "scaler": session.scaler.state_dict(),
                         "data_state": {"epoch": session.prog.epoch, "index": session.prog.index}, "rng": rngs})
-    save_checkpoint(session.path(name), payload)
+    checkpoint.save_checkpoint(session.path(name), payload)
 
 
 def eval_and_save(session: Session) -> dict:
     """Score the model, log it, keep best.pt by held-out output loss, and save ckpt.pt."""
     flush(session)  # a diverged step stops the run here, before it could reach a checkpoint
     bs = max(1, session.cfg.micro_batch_size or session.cfg.batch_size // session.dist.world_size)
-    eos = session.tok.eot_token if session.cfg.data in SYNTHETIC else None  # one-word answers
+    eos = session.tok.eot_token if session.cfg.data in formats.SYNTHETIC else None  # one-word answers
     r = {"step": session.prog.step, **eval_record(session.model, session.val, session.train_sample, bs,
                                                   session.dist.device, session.dist, session.amp_dtype, eos)}
     if not session.val:
@@ -231,50 +221,50 @@ def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
 def build_model(cfg: TrainConfig) -> tuple[GPT, object]:
     """The initial model and its tokenizer; the same on every rank."""
     if cfg.init_from == "scratch":
-        tok = get_tokenizer(cfg.tokenizer or "byte")
+        tok = tokenizers.get_tokenizer(cfg.tokenizer or "byte")
         torch.manual_seed(cfg.seed)
         return GPT(scratch_config(cfg, tok.n_vocab)), tok
     model, tok = load_model(cfg.init_from)
     if cfg.tokenizer:
-        tok = get_tokenizer(cfg.tokenizer)
+        tok = tokenizers.get_tokenizer(cfg.tokenizer)
     model.config.dropout = cfg.dropout  # a pretrained config carries its own dropout; the flag decides (read live)
     return model, tok
 
 
-def setup(cfg: TrainConfig, dist: Dist, typed: set[str] | None = None) -> Session:
+def setup(cfg: TrainConfig, dist: distributed.Dist, typed: set[str] | None = None) -> Session:
     """Build the model, data, optimizer and progress, from scratch, a pretrained model or a checkpoint. `typed`:
     the settings the user gave (rundir.resume_config), which a resumed run takes or refuses."""
     ckpt, ckpt_path = None, os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(ckpt_path)
-        check_training_checkpoint(ckpt, ckpt_path)
+        ckpt = checkpoint.load_checkpoint(ckpt_path)
+        checkpoint.check_training_checkpoint(ckpt, ckpt_path)
     if dist.is_main:
-        prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
+        rundir.prepare_out_dir(cfg)  # before the checkpoint's config replaces init_from=resume
     if ckpt is not None:
-        cfg = resume_config(ckpt["config"], cfg, ckpt_path, typed)
+        cfg = rundir.resume_config(ckpt["config"], cfg, ckpt_path, typed)
     device_type = torch.device(dist.device).type
     cfg = resolve(cfg, device_type, dist.world_size)
-    micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, dist.world_size)  # fail before any work
+    micro, accum = batching.split_sizes(cfg.batch_size, cfg.micro_batch_size, dist.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
-    amp_dtype = amp_dtype_for(cfg.dtype, device_type)
-    peak = set_up_device(dist.device, cfg.threads, amp_dtype, dist.is_main)
-    if cfg.pack and device_type == "cuda" and (why := varlen_problem(amp_dtype is not None, cfg.dropout)):
+    amp_dtype = device.amp_dtype_for(cfg.dtype, device_type)
+    peak = device.set_up_device(dist.device, cfg.threads, amp_dtype, dist.is_main)
+    if cfg.pack and device_type == "cuda" and (why := device.varlen_problem(amp_dtype is not None, cfg.dropout)):
         cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update
         if dist.is_main:
             print(f"--pack: {why}; training on padded rows instead (the same updates, slower)")
-    with local_rank_zero_first(dist):  # one download per node; the other ranks then read the cache
+    with distributed.local_rank_zero_first(dist):  # one download per node; the other ranks then read the cache
         if ckpt is None:
             model, tok = build_model(cfg)
             ref = copy.deepcopy(model) if cfg.kl_coef else None
         else:
             model = model_from_payload(ckpt, ckpt_path)
-            tok = resume_tokenizer(ckpt, ckpt_path, model.config.vocab_size)
+            tok = rundir.resume_tokenizer(ckpt, ckpt_path, model.config.vocab_size)
             ref = build_model(cfg)[0] if cfg.kl_coef else None
         if cfg.block_size > model.config.block_size:
-            raise UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
+            raise cli.UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
         cfg = dataclasses.replace(cfg, block_size=cfg.block_size or model.config.block_size)
         train_ex, val_ex, stats = build_data(cfg, tok)
-    steps_per_epoch = len(plan_epoch(cfg, train_ex, 0))
+    steps_per_epoch = len(batching.plan_epoch(cfg, train_ex, 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     model.to(dist.device).train()
@@ -287,26 +277,26 @@ def setup(cfg: TrainConfig, dist: Dist, typed: set[str] | None = None) -> Sessio
         step_loss = DDP(step_loss, device_ids=[dist.local_rank] if device_type == "cuda" else None)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2))  # fused on CPU/CUDA
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
-    prog = Progress()
+    prog = rundir.Progress()
     torch.manual_seed(cfg.seed + dist.rank)  # each rank its own dropout masks and NEFTune noise
     random.seed(cfg.seed + dist.rank)
     if ckpt is not None:
-        prog = restore(ckpt, ckpt_path, optimizer, scaler, dist)
-        check_length(cfg, prog.step, total)
+        prog = rundir.restore(ckpt, ckpt_path, optimizer, scaler, dist)
+        rundir.check_length(cfg, prog.step, total)
     sample = sorted(random.Random(cfg.seed).sample(range(len(train_ex)), min(cfg.train_eval_size, len(train_ex))))
     val_eval = val_ex[:cfg.eval_examples] if cfg.eval_examples else val_ex
-    session = Session(cfg, dist, model, step_loss, ref, optimizer, scaler, amp_dtype, tok, tokenizer_record(tok),
-                train_ex, val_eval, [train_ex[i] for i in sample], accum, total, prog, peak,
-                totals=example_totals(train_ex))
+    session = Session(cfg, dist, model, step_loss, ref, optimizer, scaler, amp_dtype, tok,
+                      tokenizers.tokenizer_record(tok), train_ex, val_eval, [train_ex[i] for i in sample], accum,
+                      total, prog, peak, totals=example_totals(train_ex))
     if dist.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None:  # a new run (prepare_out_dir allowed it): nothing of an earlier run stays to mix in
-            for name in RUN_FILES:
+            for name in rundir.RUN_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(session.path(name))
             open(session.path("log.jsonl"), "w").close()
         else:  # the steps logged after the checkpoint run again: each step is logged once
-            keep_log_until(session.path("log.jsonl"), prog.step)
+            rundir.keep_log_until(session.path("log.jsonl"), prog.step)
         print("\n".join(startup_lines(cfg, model.config, model.num_params(), len(train_ex), len(val_ex), stats, accum,
                                       dist.world_size, total, dist.device, prog.step if ckpt else None,
                                       steps_per_epoch)))
@@ -333,7 +323,7 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run(session: Session, signals: StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
+def run(session: Session, signals: distributed.StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
     """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. When `signals`
     caught Ctrl-C (or SIGTERM), the loop saves ckpt.pt between two steps and raises KeyboardInterrupt. `argv`,
     the command line's flags if any, lets the closing lines spell out the comparison run."""
@@ -349,7 +339,7 @@ def run(session: Session, signals: StopAtStepBoundary | None = None, argv: list[
         session.clock = time.perf_counter()
         while prog.step < stop:
             # a signal came during the last step (checked at log intervals under torchrun): stop here
-            if signals is not None and stop_requested(signals, session.dist, prog.step, cfg.log_interval):
+            if signals is not None and distributed.stop_requested(signals, session.dist, prog.step, cfg.log_interval):
                 flush(session)
                 save(session, "ckpt.pt")
                 if session.dist.is_main:
@@ -357,7 +347,7 @@ def run(session: Session, signals: StopAtStepBoundary | None = None, argv: list[
                                "--init_from resume continues")
                 raise KeyboardInterrupt
             if planned != prog.epoch:  # the same plan for any rank count and after a resume
-                plan, planned = plan_epoch(cfg, session.train, prog.epoch), prog.epoch
+                plan, planned = batching.plan_epoch(cfg, session.train, prog.epoch), prog.epoch
             if prog.index >= len(plan):
                 prog.epoch, prog.index = prog.epoch + 1, 0
                 continue
@@ -381,7 +371,7 @@ def run(session: Session, signals: StopAtStepBoundary | None = None, argv: list[
                "final": last, "best_val_output_loss": prog.best_val_loss if session.val else None,
                "history": prog.history, "config": asdict(cfg)}
     if session.dist.is_main:
-        write_text_atomic(session.path("summary.json"), json.dumps(summary, indent=1))
+        files.write_text_atomic(session.path("summary.json"), json.dumps(summary, indent=1))
         print("\n".join(summary_lines(summary, cfg, argv)))
     return summary
 
@@ -476,24 +466,24 @@ def summary_lines(summary: dict, cfg: TrainConfig, argv: list[str] | None) -> li
 
 def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     """Train as configured and return the summary (also in out_dir/summary.json), with every evaluation."""
-    validate(cfg)
+    cli.validate(cfg)
     if cfg.init_from == "scratch":
         scratch_config(cfg, vocab_size=257)  # the model's sizes (n_embd % n_head == 0 ...), checked before any work
-    typed = given_settings(TrainConfig, argv) if argv is not None else None
-    dist, owned = join_distributed(cfg.device)
+    typed = cli.given_settings(TrainConfig, argv) if argv is not None else None
+    dist, owned = distributed.join_distributed(cfg.device)
     try:
-        with hold_out_dir(cfg.out_dir) if dist.is_main else contextlib.nullcontext():  # one run per out_dir
+        with rundir.hold_out_dir(cfg.out_dir) if dist.is_main else contextlib.nullcontext():  # one run per out_dir
             session = setup(cfg, dist, typed)
-            with StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps (setup may download)
+            with distributed.StopAtStepBoundary() as signals:  # from here on, Ctrl-C stops between steps
                 return run(session, signals, argv)
     finally:
         if owned:
-            destroy_distributed()
+            distributed.destroy_distributed()
 
 
 def main() -> None:
-    train(parse_config(TrainConfig, description=__doc__), sys.argv[1:])
+    train(cli.parse_config(TrainConfig, description=__doc__), sys.argv[1:])
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)

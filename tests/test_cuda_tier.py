@@ -327,8 +327,8 @@ def ddp_worker(rank: int, ports: tuple[int, int], root: str, stop_rank_at: int) 
                     lambda *a: setattr(signals[0], "requested", s.prog.step >= stop_rank_at - 1))
             return s
         signals = []
-        real_stop = T.StopAtStepBoundary.__enter__
-        monkeypatch.setattr(T.StopAtStepBoundary, "__enter__", lambda self: signals.append(self) or real_stop(self))
+        real_stop = distributed.StopAtStepBoundary.__enter__
+        monkeypatch.setattr(distributed.StopAtStepBoundary, "__enter__", lambda self: signals.append(self) or real_stop(self))
         monkeypatch.setattr(T, "setup", signal_on_one_rank)
         try:
             T.train(dataclasses.replace(cfg, out_dir=os.path.join(root, "stop")))

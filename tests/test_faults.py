@@ -23,6 +23,8 @@ from imgpt import checkpoint, cli, files, formats, pretrained
 from imgpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from imgpt.cli import UserError, make_config, parse_config
 from imgpt.distributed import Dist
+from imgpt.rundir import RUN_FILES
+from imgpt.train_config import resolve
 from model import GPT
 from scripts.experiments import compare, sweep
 
@@ -49,7 +51,7 @@ def test_a_nan_evaluation_is_never_saved_over_the_last_good_checkpoint(data_file
 
 
 def test_non_finite_weights_are_never_saved(data_file, tmp_path):
-    s = T.setup(T.resolve(tiny(data_file, str(tmp_path))), Dist())
+    s = T.setup(resolve(tiny(data_file, str(tmp_path))), Dist())
     with torch.no_grad():
         s.model.transformer.wte.weight[3, 1] = math.inf
     with pytest.raises(T.TrainingDiverged, match="NaN or inf at step 0: ckpt.pt not written"):
@@ -60,12 +62,12 @@ def test_non_finite_weights_are_never_saved(data_file, tmp_path):
 def test_a_rerun_refuses_to_overwrite_a_run_unless_resumed_or_asked(data_file, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
     T.train(tiny(data_file, out, max_steps=1))
-    before = {name: (tmp_path / "run" / name).read_bytes() for name in T.RUN_FILES}
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in RUN_FILES}
     args = ["train.py", f"--data={data_file}", f"--out_dir={out}", "--max_steps=1", "--n_layer=1", "--n_embd=32"]
     err = cli_error(T.main, args, monkeypatch, capsys)
     assert err == (f"error: --out_dir {out} holds a training run (ckpt.pt, best.pt, log.jsonl, summary.json): "
                    "--init_from resume continues it, --overwrite replaces it, or choose another --out_dir\n")
-    assert before == {name: (tmp_path / "run" / name).read_bytes() for name in T.RUN_FILES}  # untouched
+    assert before == {name: (tmp_path / "run" / name).read_bytes() for name in RUN_FILES}  # untouched
     T.train(tiny(data_file, out, max_steps=1, eval_interval=0, val_size=0, overwrite=True))
     assert not (tmp_path / "run" / "best.pt").exists()  # the old run's files went: nothing of it mixes in
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2  # 1 step + the final evaluation

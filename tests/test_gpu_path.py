@@ -202,7 +202,7 @@ def test_forward_flops_by_hand_and_against_torch_flop_counter():
 
 
 def test_logged_mfu_is_the_flops_of_the_step_over_time_and_peak(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "set_up_device", lambda *args: 1e12)  # as if on a GPU with a 1 TFLOP/s peak
+    monkeypatch.setattr(device, "set_up_device", lambda *args: 1e12)  # as if on a GPU with a 1 TFLOP/s peak
     T.train(tiny_run(tmp_path, max_steps=2, log_interval=1))
     recs = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl") if '"loss"' in line]
     s = T.setup(resolve(tiny_run(tmp_path / "again")), distributed.Dist())
@@ -352,11 +352,11 @@ def fp32_ieee():
 def test_cuda_setup_turns_on_tf32_and_finds_the_peak_of_the_precision(fp32_ieee, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     cuda = distributed.Dist(device="cuda:0")
-    assert T.set_up_device(cuda.device, None, None) == 495e12  # float32 runs: TF32 matmuls, TF32 peak
+    assert device.set_up_device(cuda.device, None, None) == 495e12  # float32 runs: TF32 matmuls, TF32 peak
     assert [m.fp32_precision for m in fp32_ieee] == ["tf32", "tf32"]
-    assert T.set_up_device(cuda.device, None, torch.bfloat16) == 989e12
+    assert device.set_up_device(cuda.device, None, torch.bfloat16) == 989e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    assert T.set_up_device(cuda.device, None, torch.float16) is None
+    assert device.set_up_device(cuda.device, None, torch.float16) is None
     assert capsys.readouterr().out.count("MFU not logged") == 1
 
 

@@ -30,6 +30,9 @@ from imgpt import benchmarks as bm
 from imgpt import checkpoint, formats, pretrained, tokenizers
 from imgpt.checkpoint import load_checkpoint, save_checkpoint
 from imgpt.cli import UserError, make_config, parse_config
+from imgpt.distributed import Dist
+from imgpt.rundir import RUN_FILES
+from imgpt.train_config import resolve
 from scripts.experiments import compare, report
 from scripts.tools import export
 from conftest import write_tiny_bpe
@@ -346,7 +349,7 @@ def poison(s: T.Session, where: str, value: float) -> None:
 @pytest.mark.parametrize("where, name", [("first weight", "ckpt.pt"), ("last weight", "ckpt.pt"),
                                          ("last weight", "best.pt"), ("moment", "ckpt.pt")])
 def test_non_finite_weights_or_moments_never_replace_a_good_checkpoint(data_file, tmp_path, where, name, value):
-    s = T.setup(T.resolve(tiny(data_file, str(tmp_path), micro_batch_size=4)), T.Dist())
+    s = T.setup(resolve(tiny(data_file, str(tmp_path), micro_batch_size=4)), Dist())
     T.train_step(s, list(range(8)), T.prepare(s, list(range(8))))  # the optimizer now holds its moments
     T.flush(s)
     T.save(s, name, weights_only=name == "best.pt")
@@ -379,7 +382,7 @@ def test_a_rerun_with_any_init_from_refuses_to_overwrite_a_run(stopped_run, tmp_
     assert files(out) == before
 
 
-@pytest.mark.parametrize("name", T.RUN_FILES)
+@pytest.mark.parametrize("name", RUN_FILES)
 def test_any_file_of_a_run_is_enough_to_refuse_a_rerun(stopped_run, tmp_path, monkeypatch, capsys, name):
     shutil.copy(os.path.join(stopped_run, name), tmp_path / name)
     err = cli_error(T.main, ["train.py", f"--out_dir={tmp_path}", "--max_steps=1"], monkeypatch, capsys)

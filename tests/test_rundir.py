@@ -12,6 +12,7 @@ import pytest
 import train as T
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, parse_config, run_cli
+from imgpt.train_config import resolve
 from scripts.experiments import compare, sweep
 from train import lr_at
 from test_train import ROOT
@@ -42,9 +43,9 @@ def test_a_typed_epochs_wins_over_the_recipes_max_steps():
     """synthetic-qa's recipe sets 300 steps; --epochs 3 made the run 300 steps anyway (the recipe's max_steps
     "overrode" the typed epochs)."""
     argv = ["--init_from", "no-such-base", "--data", "synthetic-qa", "--epochs", "3"]
-    cfg = T.resolve(parse_config(T.TrainConfig, argv))
+    cfg = resolve(parse_config(T.TrainConfig, argv))
     assert (cfg.max_steps, cfg.epochs) == (0, 3.0)
-    cfg = T.resolve(parse_config(T.TrainConfig, ["--init_from", "no-such-base", "--max_steps", "30"]))
+    cfg = resolve(parse_config(T.TrainConfig, ["--init_from", "no-such-base", "--max_steps", "30"]))
     assert (cfg.max_steps, cfg.epochs) == (30, 0.0)  # the paper recipe's 2 epochs give way the other way round
     with pytest.raises(UserError, match=r"--max_steps 30 and --epochs 3.0 both set the run's length: give one"):
         parse_config(T.TrainConfig, ["--max_steps", "30", "--epochs", "3"])
@@ -67,7 +68,7 @@ def test_compare_and_sweep_pass_a_typed_length_through_and_refuse_what_they_deci
     tcfg, settings, _ = compare.run_settings(cfg, base, "im", 0)
     assert (settings["max_steps"], settings["epochs"]) == (0, 3.0)
     cfg, base = sweep.compare.parse_args(sweep.SweepConfig, ["--factor", "examples", "--max_steps", "7"])
-    assert T.resolve(sweep.plan_points(cfg, base)[0][1]).max_steps == 7
+    assert resolve(sweep.plan_points(cfg, base)[0][1]).max_steps == 7
     for argv, flag in ((["--factor", "examples", "--synth_examples", "100"], "--synth_examples"),
                        (["--factor", "examples", "--num_examples", "100"], "--num_examples"),
                        (["--factor", "ratio", "--synth_facts", "3"], "--synth_facts")):

@@ -19,10 +19,11 @@ import loss as L
 import train as T
 from conftest import free_port, log_records, tiny
 from data import ASSISTANT, EOT, TEMPLATE, USER, Example, build_data, collate, make_example
-from imgpt.batching import plan_epoch
+from imgpt.batching import plan_epoch, split_sizes
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
 from imgpt.distributed import StopAtStepBoundary, destroy_distributed, init_distributed
+from imgpt.train_config import resolve
 from model import GPT, GPTConfig, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,7 +233,7 @@ def test_loss_reductions_equal_hand_computation(data_file, tmp_path):
     """A full step's logged loss (2 x 4 micro-batches): token = sum(w*ce)/sum(w) over the batch; sequence = mean
     of per-example means; output = sum(w*ce) / the output tokens' count. Not the first step: at initialization
     every token's loss is about ln(vocab)."""
-    cfg = T.resolve(tiny(data_file, "", micro_batch_size=2))
+    cfg = resolve(tiny(data_file, "", micro_batch_size=2))
     model, tok = T.build_model(cfg)
     train_ex, _, _ = build_data(cfg, tok)
     plan = plan_epoch(cfg, train_ex, 0)
@@ -441,22 +442,22 @@ def test_model_sizes_that_do_not_fit_fail_before_any_work(tmp_path):
 
 
 def test_batch_must_split_over_the_processes():
-    assert T.split_sizes(8, 2, 2) == (2, 2)
-    assert T.split_sizes(8, 0, 2) == (4, 1)
+    assert split_sizes(8, 2, 2) == (2, 2)
+    assert split_sizes(8, 0, 2) == (4, 1)
     with pytest.raises(UserError, match="x 3 processes"):
-        T.split_sizes(8, 2, 3)
+        split_sizes(8, 2, 3)
 
 
 def test_recipes():
-    scratch = T.resolve(T.TrainConfig())
+    scratch = resolve(T.TrainConfig())
     assert (scratch.lr, scratch.min_lr, scratch.batch_size, scratch.max_steps) == (3e-3, pytest.approx(3e-4), 32, 400)
-    assert T.resolve(T.TrainConfig(lr=1e-4)).min_lr == pytest.approx(1e-5)  # the floor follows a given lr
-    paper = T.resolve(T.TrainConfig(init_from="gpt2"))
+    assert resolve(T.TrainConfig(lr=1e-4)).min_lr == pytest.approx(1e-5)  # the floor follows a given lr
+    paper = resolve(T.TrainConfig(init_from="gpt2"))
     recipe = (paper.lr, paper.schedule, paper.warmup_ratio, paper.epochs, paper.batch_size, paper.weight_decay)
     assert recipe == (2e-5, "linear", 0.03, 2, 128, 0.0)
-    assert T.resolve(T.TrainConfig(init_from="gpt2", lr=1e-4)).lr == 1e-4
-    assert T.resolve(T.TrainConfig(init_from="gpt2")).min_lr == 0.0
-    assert T.resolve(T.TrainConfig(loss="im")).prompt_loss_weight == 1.0
+    assert resolve(T.TrainConfig(init_from="gpt2", lr=1e-4)).lr == 1e-4
+    assert resolve(T.TrainConfig(init_from="gpt2")).min_lr == 0.0
+    assert resolve(T.TrainConfig(loss="im")).prompt_loss_weight == 1.0
 
 
 def launch(args: list[str], torchrun: bool = False) -> subprocess.Popen:

@@ -44,6 +44,7 @@ from imgpt.cli import UserError, opt, parse_config, run_cli
 from imgpt.device import autodetect_device
 from imgpt.distributed import Dist
 from imgpt.tokenizers import get_tokenizer
+from imgpt.train_config import resolve
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -110,7 +111,7 @@ def session(cfg: BenchConfig, size: str) -> T.Session | None:
                          block_size=256, device=autodetect_device() if cfg.device == "auto" else cfg.device,
                          dtype=cfg.dtype, threads=cfg.threads)
     with contextlib.redirect_stdout(io.StringIO()):
-        return T.setup(T.resolve(tcfg), Dist(device=tcfg.device))
+        return T.setup(resolve(tcfg), Dist(device=tcfg.device))
 
 
 def use(s: T.Session, loss: str, skip: bool) -> None:
