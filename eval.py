@@ -330,8 +330,8 @@ def source_split(name: str, saved: dict | None) -> tuple[list, list] | None:
     if name in ("", "from_ckpt"):
         return formats.load_split(saved) if saved is not None else None
     if name in formats.SYNTHETIC:
-        return formats.load_split({**(saved if saved is not None and saved.get("data") in formats.SYNTHETIC else {}),
-                                "data": name})
+        base = saved if saved is not None and saved.get("data") in formats.SYNTHETIC else {}
+        return formats.load_split({**base, "data": name})
     return None
 
 

@@ -125,9 +125,10 @@ def train_step(session: Session, ids: list[int], batches: list[Batch | None]) ->
     session.optimizer.zero_grad(set_to_none=True)
     session.prog.step, session.prog.index = session.prog.step + 1, session.prog.index + 1
     c, step = session.model.config, step_totals(session.totals, ids)
-    flops = device.training_flops(c.n_layer, c.n_embd, c.vocab_size, [len(session.train[i].ids) - 1 for i in ids],
-                           step["weighted_positions"] if cfg.skip_zero else step["positions"],
-                           reference=session.ref is not None)
+    lengths = [len(session.train[i].ids) - 1 for i in ids]
+    flops = device.training_flops(c.n_layer, c.n_embd, c.vocab_size, lengths,
+                                  step["weighted_positions"] if cfg.skip_zero else step["positions"],
+                                  reference=session.ref is not None)
     rec = {"step": session.prog.step, "sums": sums.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
            "weight_sum": step["weight_sum"], "tokens": step["positions"], "flops": flops}
     session.pending.append(rec)

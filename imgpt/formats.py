@@ -261,7 +261,7 @@ def download_dataset(name: str) -> str:
     return path
 
 
-# ----------------------------------------------------------------------------- which conversations train, which are held out
+# ----------------------------------------------------------------------------- which train, which are held out
 
 def split_and_subsample(convs: list, val_size: float, num_examples: int, seed: int) -> tuple[list, list]:
     """(train, val): hold out val_size (a count, or a fraction if < 1) first, then keep num_examples (0 = all).
