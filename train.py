@@ -453,8 +453,8 @@ def summary_lines(summary: dict, cfg: TrainConfig, argv: list[str] | None) -> li
         return lines
     if summary.get("plain_text"):  # a base model: what comes next is instruction tuning
         data = "synthetic-qa --synth_examples 40" if cfg.data == "synthetic-corpus" else "your_instructions.json"
-        lines.append(f"next: python -m scripts.experiments.compare --init_from {shlex.quote(out)} --data {data}   # tune this "
-                     f"base: IT vs IM")
+        lines.append(f"next: python -m scripts.experiments.compare --init_from {shlex.quote(out)} --data {data}   "
+                     f"# tune this base: IT vs IM")
         return lines
     lines.append(f"next: python eval.py --ckpt {shlex.quote(out)} --generate   # exact match, BLEU, ROUGE-L")
     if argv is not None and cfg.init_from != "resume":
