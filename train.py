@@ -22,9 +22,7 @@ import random
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -317,26 +315,6 @@ def setup(cfg: TrainConfig, dist: distributed.Dist, typed: set[str] | None = Non
     return session
 
 
-class Prefetcher:
-    """Makes the next step's micro-batches in a background thread while the current step runs on the GPU (the
-    plan says which step comes next): `prepare(ids)` must be a pure function of a step's example ids."""
-
-    def __init__(self, prepare: Callable[[list[int]], Any]):
-        self.prepare, self.pool, self.ahead = prepare, ThreadPoolExecutor(max_workers=1), None
-
-    def batches(self, plan: list[list[int]], epoch: int, index: int) -> Any:
-        """prepare(plan[index]), made ahead if it was; starts making step index + 1's."""
-        ready = self.ahead is not None and self.ahead[0] == (epoch, index)
-        batches = self.ahead[1].result() if ready else self.prepare(plan[index])
-        self.ahead = None
-        if index + 1 < len(plan):
-            self.ahead = ((epoch, index + 1), self.pool.submit(self.prepare, plan[index + 1]))
-        return batches
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def run(session: Session, signals: distributed.StopAtStepBoundary | None = None, argv: list[str] | None = None) -> dict:
     """The loop: steps in the data plan's order, evaluations, checkpoints; returns the summary. When `signals`
     caught Ctrl-C (or SIGTERM), the loop saves ckpt.pt between two steps and raises KeyboardInterrupt. `argv`,
@@ -348,7 +326,7 @@ def run(session: Session, signals: distributed.StopAtStepBoundary | None = None,
                desc=f"train (prompt weight {cfg.prompt_loss_weight:g})")
     if prog.step == 0 and cfg.eval_interval:
         eval_and_save(session)  # the starting point of the loss curves
-    prefetch = Prefetcher(lambda ids: prepare(session, ids))
+    prefetch = batching.Prefetcher(lambda ids: prepare(session, ids))
     try:
         session.clock = time.perf_counter()
         while prog.step < stop:
@@ -468,8 +446,8 @@ def summary_lines(summary: dict, cfg: TrainConfig, argv: list[str] | None) -> li
         return lines
     if summary.get("plain_text"):  # a base model: what comes next is instruction tuning
         data = "synthetic-qa --synth_examples 40" if cfg.data == "synthetic-corpus" else "your_instructions.json"
-        lines.append(f"next: python scripts/compare.py --init_from {shlex.quote(out)} --data {data}   # tune this "
-                     f"base: IT vs IM")
+        lines.append(f"next: python -m scripts.experiments.compare --init_from {shlex.quote(out)} --data {data}   "
+                     f"# tune this base: IT vs IM")
         return lines
     lines.append(f"next: python eval.py --ckpt {shlex.quote(out)} --generate   # exact match, BLEU, ROUGE-L")
     if argv is not None and cfg.init_from != "resume":

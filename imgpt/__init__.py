@@ -12,7 +12,7 @@ first-time reader may skip. It never imports a top-level file. One idea a module
     memory         the bytes a training step holds on a GPU, and the micro-batch that fits its free memory
     rundir         a run's out_dir: one run per directory, resume, the log, never overwriting a finished run
     train_config   every training setting with its help line, and the recipes that fill them
-    batching       which examples go in each step, and each rank's micro-batches
+    batching       which examples go in each step, each rank's micro-batches, the next step's made ahead
     formats        instruction datasets on disk (Alpaca, Dolly, ShareGPT, ...) -> messages; which train, which
                    are held out
     synthetic      the built-in world: its fact-recall task, corpus, probe and questions

@@ -1,7 +1,10 @@
 """Which examples go in each optimizer step: length-grouped batches (or a token budget), the
-same plan for any process count and after a resume, cut into micro-batches per rank.
+same plan for any process count and after a resume, cut into micro-batches per rank, the next step's made ahead.
 """
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import numpy as np
 
@@ -79,3 +82,23 @@ def plan_epoch(cfg: TrainConfig, train_ex: list, epoch: int) -> list[list[int]]:
     """The example indices of each optimizer step of `epoch`: the same for any rank count, and after a resume."""
     return epoch_batches([len(e.ids) for e in train_ex], cfg.batch_size, cfg.seed, epoch,
                          batch_tokens=cfg.batch_tokens or None)
+
+
+class Prefetcher:
+    """Makes the next step's micro-batches in a background thread while the current step runs on the GPU (the
+    plan says which step comes next): `prepare(ids)` must be a pure function of a step's example ids."""
+
+    def __init__(self, prepare: Callable[[list[int]], Any]):
+        self.prepare, self.pool, self.ahead = prepare, ThreadPoolExecutor(max_workers=1), None
+
+    def batches(self, plan: list[list[int]], epoch: int, index: int) -> Any:
+        """prepare(plan[index]), made ahead if it was; starts making step index + 1's."""
+        ready = self.ahead is not None and self.ahead[0] == (epoch, index)
+        batches = self.ahead[1].result() if ready else self.prepare(plan[index])
+        self.ahead = None
+        if index + 1 < len(plan):
+            self.ahead = ((epoch, index + 1), self.pool.submit(self.prepare, plan[index + 1]))
+        return batches
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -29,7 +29,7 @@ PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0,
 # to know every fact, also deep into a context (documents of up to 8 lines left the facts unknown past ~150 tokens);
 # tuning that base on a few questions takes small, gentle steps (at 1e-3 both losses erase what the base knew).
 # 300 steps of 16 are 23 epochs of the default 200 questions and 100 of README's 40 (an epoch: steps of 16, 16, 8),
-# far past the paper's 2 to 10: scripts/budget.py compares IT and IM at those. Measured in README "The pretrained regime".
+# far past the paper's 2 to 10: scripts/experiments/budget.py compares IT and IM at those. Measured in README "The pretrained regime".
 CORPUS_RECIPE = {**SCRATCH_RECIPE, "batch_size": 24, "max_steps": 1000}
 BASE_TUNING_RECIPE = {**SCRATCH_RECIPE, "batch_size": 16, "max_steps": 300, "lr": 3e-4}
 # On a GPU, 8 examples of ~200 tokens leave most of it idle waiting for kernel launches: up to 32 per forward. Not all

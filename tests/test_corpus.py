@@ -202,9 +202,7 @@ def test_qa_split_asks_known_facts_and_holds_out_keys_never_asked_or_stated():
 def test_pretrain_then_compare_it_and_im_from_the_base(tmp_path, monkeypatch):
     """README's pair: train.py --data synthetic-corpus, then compare.py --init_from that base --data synthetic-qa.
     The tuned runs start from the base's weights, are scored on the questions and keep the probe's number."""
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-    import compare
+    from scripts.experiments import compare
     small = dict(n_layer=1, n_head=2, n_embd=32, synth_keys=24, synth_heldout=4, eval_interval=0, threads=1)
     base = T.train(T.TrainConfig(out_dir=str(tmp_path / "base"), data="synthetic-corpus", max_steps=3, **small))
     assert base["plain_text"] and set(base["final"]) >= {"val_exact_match", "val_output_loss"}

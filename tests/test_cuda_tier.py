@@ -26,7 +26,7 @@ from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import make_config
 from imgpt.train_config import resolve
 from model import GPT, GPTConfig, load_model
-from scripts import export
+from scripts.tools import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -363,8 +363,7 @@ def test_sample_on_cuda_greedy_and_sampled(cuda_run, sim, capsys, monkeypatch):
 
 
 def test_compare_trains_and_evaluates_on_cuda(tmp_path, sim):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import compare
+    from scripts.experiments import compare
     runs = compare.main(["--out_dir", str(tmp_path / "cmp"), "--modes", "it,im+kl", "--seeds", "1", "--jobs", "1",
                          "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--synth_examples", "20",
                          "--synth_facts", "2", "--synth_heldout", "4", "--synth_mentions", "2", "--max_steps", "2",
@@ -378,8 +377,7 @@ def test_compare_trains_and_evaluates_on_cuda(tmp_path, sim):
 def test_gpu_benchmark_on_cuda_marks_the_device_batches_dynamic(tmp_path, sim, monkeypatch):
     """bench_gpu.py on "cuda": mark_dynamic lands on the tensors the engine gets (it was set on the CPU copies,
     which .to(cuda) drops: 5 graphs instead of 2), and the peak memory is measured per variant."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import bench_gpu
+    from scripts.bench import bench_gpu
 
     import loss as L
     marked, seen, resets = [], [], []
@@ -548,8 +546,7 @@ def test_eval_loads_once_per_node_under_torchrun(cuda_run, monkeypatch, tmp_path
 
 def test_bench_train_switches_the_step_totals_with_the_loss():
     """bench_train.py alternates IT and IM in one session: the precounted totals follow the prompt weight."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import bench_train
+    from scripts.bench import bench_train
     import loss as L
     cfg = make_config(bench_train.BenchConfig, dict(sizes=["tiny"], device="cpu"))
     s = bench_train.session(cfg, "tiny")

@@ -9,28 +9,38 @@ import runpy
 import shlex
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "scripts/export.py", "scripts/compare.py", "scripts/sweep.py",
-            "scripts/budget.py", "scripts/bench_model.py", "scripts/bench_train.py", "scripts/bench_gpu.py",
-            "scripts/course.py", "scripts/prompt_weight.py", "scripts/mutate.py"]
-PASS_THROUGH = {"scripts/compare.py", "scripts/sweep.py", "scripts/budget.py"}  # they hand train.py's flags on
+# our programs: the story files run by path, the scripts by module from the repository root (`python -m scripts...`)
+PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "scripts.tools.export", "scripts.experiments.compare",
+            "scripts.experiments.sweep", "scripts.experiments.budget", "scripts.experiments.prompt_weight",
+            "scripts.bench.bench_model", "scripts.bench.bench_train", "scripts.bench.bench_gpu", "scripts.course",
+            "scripts.maint.mutate"]
+PASS_THROUGH = {"scripts.experiments.compare", "scripts.experiments.sweep", "scripts.experiments.budget"}  # they hand
+# train.py's flags on
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-DOCS = {p: open(os.path.join(ROOT, p), encoding="utf-8").read()  # README.md and the pages under docs/
-        for p in ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
-                                        if f.endswith(".md"))}
+PAGES = ["README.md", "scripts/course/instructor/README.md"] + sorted(  # the course kit's instructor page is
+    os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))  # not in a handout
+DOCS = {p: open(os.path.join(ROOT, p), encoding="utf-8").read() for p in PAGES if os.path.exists(os.path.join(ROOT, p))}
 README = DOCS["README.md"]
 
 
 def help_text(program: str, monkeypatch) -> str:
-    """`python program --help`, run in this process (torch is imported once, not nine times)."""
+    """`python program --help` or `python -m module --help`, run in this process (torch is imported once, not nine
+    times)."""
     monkeypatch.setattr(sys, "argv", [program, "--help"])
-    monkeypatch.syspath_prepend(os.path.dirname(os.path.join(ROOT, program)))  # as `python program` does
+    monkeypatch.syspath_prepend(ROOT)  # as `python program` and `python -m module` do, run from the root
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
-        runpy.run_path(os.path.join(ROOT, program), run_name="__main__")
+        if program.endswith(".py"):
+            runpy.run_path(os.path.join(ROOT, program), run_name="__main__")
+        else:
+            with warnings.catch_warnings():  # runpy warns when another test imported the module: rerunning it as
+                warnings.simplefilter("ignore", RuntimeWarning)  # __main__ is what `python -m` does anyway
+                runpy.run_module(program, run_name="__main__", alter_sys=True)
         raise SystemExit(0)  # data.py prints its usage and returns
     assert e.value.code in (0, None), (program, e.value.code)
     return out.getvalue()
@@ -58,12 +68,16 @@ def example_lines(text: str) -> list[str]:
 
 
 def program_of(command: str) -> tuple[str | None, list[str]]:
-    """(our program a command runs, the --flags it passes); None for anything else (pip, lm_eval, python -m)."""
+    """(our program a command runs: a story file or a scripts module, the --flags it passes); None for anything else
+    (pip, lm_eval, python -m pytest)."""
     words = shlex.split(command)
-    script = next((w for w in words if w.endswith(".py")), None)
-    if words[0] not in ("python", "torchrun") or script is None or "-c" in words or "-m" in words[:2]:
+    if words[0] not in ("python", "torchrun") or "-c" in words:
         return None, []
-    return script.removeprefix("./"), [w.split("=")[0] for w in words if w.startswith("--")]
+    module = words[words.index("-m") + 1] if "-m" in words else None
+    program = module if module and module.startswith("scripts.") else None
+    if module is None:
+        program = next((w.removeprefix("./") for w in words if w.endswith(".py")), None)
+    return program, [w.split("=")[0] for w in words if w.startswith("--")]
 
 
 def documented(helps: dict[str, str]) -> list[tuple[str, str]]:
@@ -103,9 +117,10 @@ def test_ci_runs_the_readme_test_command():
 FAST = [  # README and docs/ commands run for real, as written, in a directory holding a tiny trained `out`
     "python data.py show synthetic --loss im --n 1",
     "python eval.py --ckpt out",
-    "python scripts/export.py --ckpt out --out_dir hf-out",
+    "python -m scripts.tools.export --ckpt out --out_dir hf-out",
     "python sample.py --ckpt out --prompt \"S8=lodi, K2=\"",
     "python data.py stats synthetic --tokenizer byte",
+    "python -m scripts.maint.mutate --list",  # a script run as a module, from another directory than the root
 ]
 
 
@@ -119,8 +134,10 @@ def test_fast_readme_commands_run_as_written(tmp_path, helps):
     for command in FAST:  # independent of each other: all at once
         assert command in commands, f"{command!r} is no longer in README.md or docs/: update FAST"
         words = shlex.split(command)
-        runs[command] = subprocess.Popen([sys.executable, os.path.join(ROOT, words[1]), *words[2:]], cwd=tmp_path,
-                                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        program = words[1:] if words[1] == "-m" else [os.path.join(ROOT, words[1]), *words[2:]]
+        runs[command] = subprocess.Popen([sys.executable, *program], cwd=tmp_path, env={**ENV, "PYTHONPATH": ROOT},
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # PYTHONPATH:
+        # `-m scripts...` finds the scripts as it does from the repository root
     for command, proc in runs.items():
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, (command, err[-2000:])
@@ -129,9 +146,8 @@ def test_fast_readme_commands_run_as_written(tmp_path, helps):
 
 
 def test_bench_train_takes_one_size_with_its_defaults():
-    """`scripts/bench_train.py --sizes tiny-bpe` (course assignment 4) failed: three default batches, one size."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import bench_train
+    """`scripts/bench/bench_train.py --sizes tiny-bpe` (course assignment 4) failed: three default batches, one size."""
+    from scripts.bench import bench_train
     from imgpt.cli import UserError, parse_config
     one = parse_config(bench_train.BenchConfig, ["--sizes", "tiny-bpe"])
     assert (one.for_size("batch", "tiny-bpe"), one.for_size("rounds", "tiny-bpe")) == (8, 12)

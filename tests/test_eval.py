@@ -125,7 +125,8 @@ def test_near_ties_are_told_apart_at_float32_precision_or_better(logprobs, choic
 ])
 def test_an_empty_choice_counts_as_one_character(logprobs, choices, want):
     got = bm.pick_acc_norm(logprobs, choices)
-    assert got == want, f"choices {choices} with log-probs {logprobs}: picked {got}, expected {want}"
+    assert got == want, (f"choices {choices} with log-probs {logprobs}: picked {got}, expected {want}: an empty "
+                         f"choice counts as 1 character (no division by zero), ties go to the first")
 
 
 @pytest.mark.ex6
@@ -136,7 +137,10 @@ def test_an_empty_choice_counts_as_one_character(logprobs, choices, want):
 ])
 def test_len_counts_each_choice_exactly_as_given(logprobs, choices, want):
     got = bm.pick_acc_norm(logprobs, choices)
-    assert got == want, f"choices {choices!r} with log-probs {logprobs}: picked {got}, expected {want}"
+    per_char = [round(lp / max(len(c), 1), 4) for lp, c in zip(logprobs, choices)]
+    assert got == want, (f"choices {choices!r} with log-probs {logprobs}: picked {got}, expected {want}: divide by "
+                         f"len(choice) of the string exactly as given, spaces included, none added or stripped "
+                         f"({per_char} per character)")
 
 
 class Uniform(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""scripts/export.py: transformers loads the exported directory and computes what we compute."""
+"""scripts/tools/export.py: transformers loads the exported directory and computes what we compute."""
 import json
 import os
 
@@ -11,9 +11,9 @@ from imgpt import tokenizers
 from imgpt.checkpoint import save_checkpoint
 from imgpt.cli import UserError
 from imgpt.tokenizers import get_tokenizer
-from scripts import export
-from conftest import write_tiny_bpe
 from model import GPT, GPTConfig, load_model
+from scripts.tools import export
+from conftest import write_tiny_bpe
 
 TEXTS = ["hello world", "Hello, naïve café — 東京 🙂\n\n  tabs\tand  spaces", "he'll well <|endoftext|> hello"]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me Kane's tool."},

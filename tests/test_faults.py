@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import sys
 import typing
 
 import pytest
@@ -24,14 +23,12 @@ from imgpt import checkpoint, cli, files, formats, pretrained
 from imgpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from imgpt.cli import UserError, make_config, parse_config
 from imgpt.distributed import Dist
-from imgpt.train_config import resolve
 from imgpt.rundir import RUN_FILES
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import compare  # noqa: E402
-import sweep  # noqa: E402
-from conftest import HELLASWAG, cli_error
+from imgpt.train_config import resolve
 from model import GPT
+from scripts.experiments import compare, sweep
+
+from conftest import HELLASWAG, cli_error
 
 # ----------------------------------------------------------------------------- nothing lost
 

@@ -3,7 +3,6 @@ syncs and no graph breaks in a training step, the FLOPs behind MFU, dtype choice
 import contextlib
 import json
 import os
-import sys
 import threading
 
 import numpy as np
@@ -388,13 +387,12 @@ def test_the_next_step_is_collated_in_a_background_thread(tmp_path, monkeypatch)
 # ----------------------------------------------------------------------------- the GPU benchmark, on the CPU
 
 def bench_gpu():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-    import bench_gpu
+    from scripts.bench import bench_gpu
     return bench_gpu
 
 
 def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
-    """scripts/bench_gpu.py --device cpu --smoke: every mix and variant (compiled ones traced on the eager
+    """scripts/bench/bench_gpu.py --device cpu --smoke: every mix and variant (compiled ones traced on the eager
     backend), the reference if transformers is installed, the JSON file; so the script cannot rot unrun."""
     B = bench_gpu()
     result = B.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(tmp_path / "bench.json")])

@@ -61,7 +61,7 @@ def test_the_package_never_imports_a_top_level_file_and_no_import_cycles():
 
 
 def test_every_module_is_short_enough_to_read():
-    paths = list(modules().values()) + glob.glob(os.path.join(ROOT, "scripts", "*.py"))
+    paths = list(modules().values()) + glob.glob(os.path.join(ROOT, "scripts", "**", "*.py"), recursive=True)
     sizes = {os.path.relpath(p, ROOT): open(p, encoding="utf-8").read().count("\n") for p in paths}
     long = {p: n for p, n in sizes.items() if n > MAX_LINES}
     assert not long, f"over {MAX_LINES} lines: {long}"
@@ -89,3 +89,25 @@ def test_a_checkpoint_written_before_the_layout_moved_still_loads_and_gives_its_
         ids = torch.tensor([tok.encode("K2=dolu")])
         assert tok.encode("K2=dolu") == [75, 50, 61, 100, 111, 108, 117]
         assert torch.allclose(model(ids)[0, -1, :6], torch.tensor(recorded), atol=1e-6), name
+
+
+def test_scripts_are_grouped_by_audience_and_run_as_modules_without_path_patching():
+    """scripts/ holds one folder per audience (experiments, bench, course, maint, tools), each program run from the
+    root as `python -m scripts.<folder>.<name>`: no script patches sys.path, and scripts import each other as
+    package modules (budget and sweep import compare as scripts.experiments.compare)."""
+    audiences = {"experiments", "bench", "course", "maint", "tools"}
+    paths = glob.glob(os.path.join(ROOT, "scripts", "**", "*.py"), recursive=True)
+    folders = {os.path.relpath(p, os.path.join(ROOT, "scripts")).split(os.sep)[0] for p in paths}
+    assert folders == audiences | {"__init__.py"}, sorted(folders)
+    for p in paths:
+        tree = ast.parse(open(p, encoding="utf-8").read())
+        patched = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("insert", "append")
+                   and isinstance(n.value, ast.Attribute) and n.value.attr == "path"]
+        assert not patched, f"{os.path.relpath(p, ROOT)}:{patched[0]}: patches sys.path"
+        siblings = {"compare", "report", "sweep", "budget", "prompt_weight", "kit", "exercises", "check"}
+        bare = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module in siblings]
+        bare += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name in siblings]
+        assert not bare, f"{os.path.relpath(p, ROOT)} imports {bare} as top-level modules"
+    for name in ("budget", "sweep"):
+        text = open(os.path.join(ROOT, "scripts", "experiments", f"{name}.py"), encoding="utf-8").read()
+        assert "from scripts.experiments import compare" in text, name

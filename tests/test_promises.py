@@ -1,7 +1,7 @@
 """docs/promises.md ("What imgpt promises"), each tried against the ways a small code change would break it. Every test here
 asserts what a user would see: the files on disk and their bytes, a marker file that a payload would create, the
 one error line, best.pt's step and loss. So a test fails when its promise does, whichever function the change is
-in. scripts/mutate.py applies such changes one at a time and runs these tests (see docs/promises.md).
+in. scripts/maint/mutate.py applies such changes one at a time and runs these tests (see docs/promises.md).
 """
 import builtins
 import bz2
@@ -30,17 +30,15 @@ from imgpt import benchmarks as bm
 from imgpt import checkpoint, formats, pretrained, tokenizers
 from imgpt.checkpoint import load_checkpoint, save_checkpoint
 from imgpt.cli import UserError, make_config, parse_config
-from imgpt.train_config import resolve
 from imgpt.distributed import Dist
 from imgpt.rundir import RUN_FILES
-from scripts import export
+from imgpt.train_config import resolve
+from scripts.experiments import compare, report
+from scripts.tools import export
 from conftest import write_tiny_bpe
 from conftest import data_file, one_thread, tiny  # noqa: F401 (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import compare  # noqa: E402
-import report  # noqa: E402
 
 BOM = b"\xef\xbb\xbf"
 
@@ -325,7 +323,7 @@ def test_comparison_results_survive_a_full_disk_mid_write(tmp_path, monkeypatch,
 @pytest.mark.parametrize("name", ["sweep.json", "sweep.md", "sweep.png"])
 def test_sweep_results_survive_a_full_disk_mid_write(tmp_path, monkeypatch, name):
     """sweep.py rewrites its files after every point: a full disk at the second point keeps the first's."""
-    import sweep
+    from scripts.experiments import sweep
     monkeypatch.setattr(sweep, "run_point", lambda cfg, label, base: (COMPARISON, INFO))
     sweep.main(["--out_dir", str(tmp_path), "--points", "50"])
     old = (tmp_path / name).read_bytes()
@@ -652,9 +650,9 @@ def test_it_and_im_gains_are_paired_by_seed_whatever_order_the_runs_came_in(tmp_
 # ----------------------------------------------------------------------------- the list itself
 
 def test_every_test_readme_names_for_a_promise_exists():
-    """docs/promises.md's promise list is what scripts/mutate.py runs: a renamed or misspelled test would silently guard
+    """docs/promises.md's promise list is what scripts/maint/mutate.py runs: a renamed or misspelled test would silently guard
     nothing."""
-    import mutate
+    from scripts.maint import mutate
     with open(os.path.join(ROOT, mutate.PROMISES), encoding="utf-8") as f:
         tests = mutate.promise_tests(f.read())
     assert sorted(tests) == list(range(1, 10))

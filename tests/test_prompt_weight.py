@@ -1,28 +1,17 @@
-"""scripts/prompt_weight.py (exercise 8's grader): where between IT and IM the held-out loss is lowest."""
+"""scripts/experiments/prompt_weight.py (exercise 8's grader): where between IT and IM the held-out loss is lowest."""
 import json
 import os
-import sys
 
-import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-import prompt_weight as pw  # noqa: E402
-from imgpt.cli import UserError  # noqa: E402
-
-
-def vertex_of_fit(weights: list[float], losses: list[float]) -> float:
-    """An independent answer: numpy's least-squares parabola through exactly three points, and its vertex."""
-    a, b, _ = np.polyfit(weights, losses, 2)
-    return -b / (2 * a)
+from imgpt.cli import UserError
+from scripts.experiments import prompt_weight as pw
 
 
 @pytest.mark.ex8
 def test_best_weight_interpolates_around_the_lowest_point_on_an_uneven_grid():
     weights, losses = [0.0, 0.1, 0.3, 1.0], [2.10, 1.97, 1.90, 2.05]  # not a parabola: only 3 points decide
-    want = vertex_of_fit(weights[1:], losses[1:])
+    want = 0.4791139240506  # worked out by hand (not by code a student could copy from here)
     got = pw.best_weight(weights, losses)
     assert got == pytest.approx(want, abs=1e-9), (
         f"weights {weights}, losses {losses}: got {got:.4f}, expected {want:.4f}, the vertex of the parabola through "
@@ -47,7 +36,7 @@ def test_mean_loss_by_weight_and_the_report_command(tmp_path, capsys):
     path.write_text(json.dumps({"data": {}, "runs": runs}))
     pw.main([str(path)])
     out = capsys.readouterr().out
-    want = vertex_of_fit([0.0, 0.3, 1.0], [2.1, 1.85, 2.05])
+    want = 0.5223404255319  # the vertex through these three means, worked out by hand
     assert "| 0.3 | 1.850 |" in out and f"near prompt-loss weight {want:.2f}" in out, out
     with pytest.raises(UserError, match="none.json: no such file"):
         pw.main([str(tmp_path / "none.json")])

@@ -13,13 +13,10 @@ import train as T
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, parse_config, run_cli
 from imgpt.train_config import resolve
+from scripts.experiments import compare, sweep
 from train import lr_at
 from test_train import ROOT
 from conftest import data_file, log_records, one_thread, tiny  # noqa: F401 (fixtures)
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import compare  # noqa: E402
-import sweep  # noqa: E402
 
 
 def cli(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
@@ -222,7 +219,7 @@ def test_a_file_that_is_no_checkpoint_is_one_line_without_torchs_advice(content,
     (which would run a file's code): now one line naming the file and what it is not, from every program."""
     import eval as ev
     import sample
-    from scripts import export
+    from scripts.tools import export
     bad = tmp_path / "ckpt.pt"
     bad.write_bytes(content)
     hf = tmp_path / "hf"

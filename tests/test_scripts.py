@@ -1,20 +1,15 @@
-"""scripts/compare.py and scripts/sweep.py: the summary math on hand-made records, the flag plumbing, and both
+"""scripts/experiments/compare.py and scripts/experiments/sweep.py: the summary math on hand-made records, the flag plumbing, and both
 scripts end to end on a tiny setting (a few training steps of a one-layer model on a small synthetic task)."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from imgpt.cli import UserError
+from scripts.experiments import budget, compare, report, sweep
 
-import budget  # noqa: E402
-import compare  # noqa: E402
-import report  # noqa: E402
-import sweep  # noqa: E402
-from imgpt.cli import UserError  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # a one-layer model, a 40-example task, 2 optimizer steps, 4 generations of 8 tokens: seconds per run

@@ -133,16 +133,18 @@ def test_micro_batch_scaling_gives_the_whole_batch_gradient(kl_coef):
              "8 micro-batches of 1": [[[i] for i in range(8)]],
              "micro-batches of 1, 3, 4": [[[0], [1, 2, 3], [4, 5, 6, 7]]],
              "2 ranks x 2 micro-batches of 2": [[[0, 1], [2, 3]], [[4, 5], [6, 7]]],
-             "2 ranks, the second's last micro-batch empty (b is None)": [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]}
+             "2 ranks, the second's last micro-batch empty (a dummy)": [[[0, 1, 2], [3, 4, 5]], [[6, 7], []]]}
     fed = (f"kl_coef={kl_coef} against a reference model" if ref else "no KL (ref None, kl_coef 0)")
     for name, ranks in cases.items():
         got, divisor = step_gradient(model, examples, ranks, ref, kl_coef)
-        scale = (got @ want / (want @ want)).item()  # the overall factor, if only the factor is off
         error = ((got - want).norm() / want.norm()).item()
+        cosine, size = (got @ want / (got.norm() * want.norm())).item(), (got.norm() / want.norm()).item()
+        how = (f"points the same way but is {size:.4g} x the size of" if cosine > 1 - 1e-6 else
+               f"points another way (cosine {cosine:.6f}) and is {size:.4g} x the size of")  # a factor, or more
         assert error < 1e-5, (
             f"{name}, world={len(ranks)}, divisor={divisor:.2f}, {fed}: the gradient summed over micro-batches and "
-            f"averaged over ranks is {scale:.4g} x the gradient of sum(w * (CE + kl_coef * KL)) / sum(w) over the "
-            f"whole step (relative error {error:.1e}, expected below 1e-5)")
+            f"averaged over ranks {how} the gradient of sum(w * (CE + kl_coef * KL)) / sum(w) over the whole step "
+            f"(relative error {error:.1e}, expected below 1e-5)")
 
 
 def test_output_reduction_counts_only_output_tokens_and_is_split_invariant():

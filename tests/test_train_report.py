@@ -67,6 +67,6 @@ def test_plain_text_says_every_token_is_learned_and_suggests_tuning_the_base():
     assert len(lines) == 5 and not any(line.startswith("note: IT") for line in lines)
     assert (cfg.max_steps, cfg.batch_size) == (1000, 24)  # the corpus recipe: the base knows every fact
     done = summary_lines({**summary(val_exact_match=1.0), "plain_text": True}, cfg, [])
-    assert done[-1] == ("next: python scripts/compare.py --init_from out/base --data synthetic-qa --synth_examples 40"
+    assert done[-1] == ("next: python -m scripts.experiments.compare --init_from out/base --data synthetic-qa --synth_examples 40"
                         "   # tune this base: IT vs IM")
     assert resolve(TrainConfig(init_from="out/base", data="synthetic-qa")).lr == 3e-4  # the base-tuning recipe

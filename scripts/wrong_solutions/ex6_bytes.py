@@ -1,4 +1,0 @@
-"""Normalized by UTF-8 bytes: lm-eval's acc_norm divides by characters, so non-ASCII choices come out wrong."""
-REPLACE = {("imgpt/benchmarks.py", 1): """
-    return max(range(len(logprobs)), key=lambda i: logprobs[i] / max(len(choices[i].encode()), 1))
-"""}

@@ -1,8 +1,0 @@
-"""Ties resolved to the last choice (>= in a hand-written loop): lm-eval, like numpy's argmax, takes the first."""
-REPLACE = {("imgpt/benchmarks.py", 1): """
-    best = 0
-    for i in range(len(logprobs)):
-        if logprobs[i] / max(len(choices[i]), 1) >= logprobs[best] / max(len(choices[best]), 1):
-            best = i
-    return best
-"""}
