@@ -38,7 +38,7 @@ import model as modeling
 from imgpt import formats, splits, synthetic
 from imgpt.benchmarks import Question, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag, read_mmlu
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.device import check_device
+from imgpt.device import check_device, cpu_threads
 from imgpt.distributed import Dist, all_reduce_sum, destroy_distributed, join_distributed, local_rank_zero_first
 from imgpt.files import write_text_atomic
 from imgpt.formats import DataError
@@ -81,6 +81,8 @@ class EvalConfig:
                        "out/eval_best.json for out/best.pt); generations go to <out stem>.<split>.jsonl")
     device: str = opt("auto", "cpu, cuda, mps or auto")
     dtype: str = opt("float32", "float32, bfloat16 or float16 (autocast for the forward passes)")
+    threads: int = opt(0, "CPU threads of this program (0 = one per core, or 1 when other programs keep "
+                          "every core busy)")
 
     def validate(self) -> None:
         if not self.ckpt:
@@ -324,6 +326,8 @@ def format_table(metrics: dict) -> str:
 def main() -> None:
     cfg = parse_config(EvalConfig, description="Evaluate a checkpoint: output loss, generation, multiple choice.")
     dist, owned = join_distributed(cfg.device)
+    if dist.device.startswith("cpu"):  # here, not in evaluate(): compare.py's runs keep their one thread each
+        torch.set_num_threads(cpu_threads(cfg.threads, dist.world_size, dist.is_main))
     try:
         report = evaluate(cfg, dist)
         if dist.is_main:

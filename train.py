@@ -32,7 +32,7 @@ from data import Batch, Example, answer_start, build_data, collate
 from imgpt.batching import micro_batches, plan_epoch, split_sizes
 from imgpt.checkpoint import all_rng_states, check_training_checkpoint, load_checkpoint, save_checkpoint
 from imgpt.cli import UserError, given_settings, parse_config, run_cli, validate
-from imgpt.device import amp_dtype_for, set_up_device, varlen_problem
+from imgpt.device import amp_dtype_for, cpu_threads, set_up_device, varlen_problem
 from imgpt.distributed import (Dist, StopAtStepBoundary, destroy_distributed, join_distributed, local_rank_zero_first,
                                stop_requested, sum_over_ranks)
 from imgpt.files import write_text_atomic
@@ -214,7 +214,8 @@ def eval_and_save(s: Session) -> dict:
     if r["val_output_loss"] is not None and r["val_output_loss"] < s.prog.best_val_loss:
         s.prog.best_val_loss = r["val_output_loss"]
         save(s, "best.pt", weights_only=True)
-    save(s, "ckpt.pt")
+    if s.prog.step > 0:  # step 0's ckpt.pt would hold the start a new run rebuilds: nothing to resume from
+        save(s, "ckpt.pt")
     s.clock = time.perf_counter()  # the next steps' speed leaves out this evaluation
     return r
 
@@ -235,6 +236,8 @@ def setup(cfg: TrainConfig, d: Dist, typed: set[str] | None = None) -> Session:
     micro, accum = split_sizes(cfg.batch_size, cfg.micro_batch_size, d.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
     amp_dtype = amp_dtype_for(cfg.dtype, device_type)
+    if device_type == "cpu":  # the count used goes into the run's config: a thread count reproduces its digits
+        cfg = dataclasses.replace(cfg, threads=cpu_threads(cfg.threads, d.world_size, d.is_main))
     peak = set_up_device(d.device, cfg.threads, amp_dtype, d.is_main)
     if cfg.pack and device_type == "cuda" and (why := varlen_problem(amp_dtype is not None, cfg.dropout)):
         cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update

@@ -39,6 +39,7 @@ def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, 
         f"truncated, {stats['dropped']} dropped",
         f"steps: {total} of {cfg.batch_size} examples{epochs} ({cfg.micro_batch_size} per micro-batch x {accum} "
         f"accumulation x {world} process{'es' if world > 1 else ''}), lr {cfg.lr:g} {cfg.schedule}, on {device}"
+        + (f" with {cfg.threads} thread{'s' * (cfg.threads > 1)}" if device.startswith("cpu") and cfg.threads else "")
         + (f", resuming at step {resumed_at}" if resumed_at is not None else ""),
         f"files: {cfg.out_dir}/ (ckpt.pt, best.pt, log.jsonl, summary.json with every setting)",
     ]
