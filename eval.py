@@ -287,6 +287,8 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
         questions = benchmark_questions(cfg)  # every input file is read before the model loads: bad ones fail fast
         net, tok = modeling.load_model(cfg.ckpt, device=dist.device)
     net.eval()
+    if dist.device.startswith("cpu"):  # once every input has loaded: a bad one stays the only line on stderr
+        torch.set_num_threads(cpu_threads(cfg.threads, dist.world_size, dist.is_main))
     max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or net.config.block_size)  # as train.py cuts
     stem, metrics = os.path.splitext(cfg.out)[0], {}
     if cfg.loss and has_data:
@@ -326,8 +328,6 @@ def format_table(metrics: dict) -> str:
 def main() -> None:
     cfg = parse_config(EvalConfig, description="Evaluate a checkpoint: output loss, generation, multiple choice.")
     dist, owned = join_distributed(cfg.device)
-    if dist.device.startswith("cpu"):  # here, not in evaluate(): compare.py's runs keep their one thread each
-        torch.set_num_threads(cpu_threads(cfg.threads, dist.world_size, dist.is_main))
     try:
         report = evaluate(cfg, dist)
         if dist.is_main:

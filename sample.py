@@ -102,9 +102,9 @@ def main() -> None:
     cfg = parse_config(SampleConfig, description=__doc__)
     cfg.validate()
     device = autodetect_device() if cfg.device == "auto" else cfg.device
-    if device.startswith("cpu"):
-        torch.set_num_threads(cpu_threads(cfg.threads))
     model, tok = load_model(cfg.ckpt, device=device)
+    if device.startswith("cpu"):  # after the load: a bad checkpoint stays the only line on stderr
+        torch.set_num_threads(cpu_threads(cfg.threads))
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     write = lambda text: (sys.stdout.write(text), sys.stdout.flush())  # noqa: E731 (streaming: flush each piece)
     if cfg.prompt:

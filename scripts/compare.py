@@ -190,7 +190,8 @@ def flatten_metrics(report: dict) -> dict:
 def eval_configs(cfg: CompareConfig, tcfg, run_dir: str) -> tuple:
     """eval.py's settings for one run: losses on loss_examples, generation on gen_examples (of each split)."""
     ckpt = os.path.join(run_dir, "ckpt.pt" if cfg.checkpoint == "last" else "best.pt")
-    common = dict(ckpt=ckpt, batch_size=cfg.eval_batch_size, device=tcfg.device, max_new_tokens=cfg.max_new_tokens)
+    common = dict(ckpt=ckpt, batch_size=cfg.eval_batch_size, device=tcfg.device, max_new_tokens=cfg.max_new_tokens,
+                  threads=tcfg.threads)  # the run's own: one thread each, a run per core
     losses = evaluation.EvalConfig(**common, limit=cfg.loss_examples or None,
                                    out=os.path.join(run_dir, "eval_loss.json"))
     generation = evaluation.EvalConfig(**common, loss=False, generate=True, memorization=True,

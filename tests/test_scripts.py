@@ -92,6 +92,8 @@ def test_each_run_gets_one_thread_and_the_cores_fill_with_runs(monkeypatch):
                                 (["--jobs", "3"], 3, 1), (["--jobs", "1"], 1, 1)):
         cfg, base = compare.parse_args(compare.CompareConfig, argv)
         assert (cfg.jobs, base.threads) == (jobs, threads), argv
+        run = compare.run_train_config(base, cfg, "it", 0, "/tmp/x")
+        assert [e.threads for e in compare.eval_configs(cfg, run, "/tmp/x")] == [threads] * 2  # its evaluations too
     cfg, base = compare.parse_args(sweep.SweepConfig, [])
     assert (cfg.jobs, base.threads, compare.training.resolve(base).threads) == (4, 1, 1)
 
