@@ -38,7 +38,7 @@ import data
 from imgpt import formats, synthetic
 from imgpt.benchmarks import Question, continuation_logprobs, pick_acc, pick_acc_norm, read_hellaswag, read_mmlu
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.device import amp_dtype_for, autocast, check_device, use_tf32
+from imgpt.device import amp_dtype_for, autocast, check_device, cpu_threads, use_tf32
 from imgpt.distributed import Dist, all_reduce_sum, destroy_distributed, join_distributed, local_rank_zero_first
 from imgpt.files import write_text_atomic
 from imgpt.formats import DataError
@@ -83,6 +83,8 @@ class EvalConfig:
     dtype: str = opt("auto", "auto (as train.py: bf16 autocast on CUDA where the GPU has bf16 tensor cores, else "
                      "float32, with TF32 matmuls on CUDA), float32, bfloat16 or float16 (autocast for the forward "
                      "passes)")
+    threads: int = opt(0, "CPU threads of this program (0 = one per core, or 1 when other programs keep "
+                          "every core busy)")
 
     def validate(self) -> None:
         if not self.ckpt:
@@ -376,6 +378,8 @@ def evaluate(cfg: EvalConfig, dist: Dist | None = None) -> dict:
         questions = benchmark_questions(cfg)  # every input file is read before the model loads: bad ones fail fast
         model, tok = load_model(cfg.ckpt, device=dist.device)
     model.eval()
+    if dist.device.startswith("cpu"):  # once every input has loaded: a bad one stays the only line on stderr
+        torch.set_num_threads(cpu_threads(cfg.threads, dist.world_size, dist.is_main))
     max_len = cfg.max_len or 1 + ((saved or {}).get("block_size") or model.config.block_size)  # as train.py cuts
     stem, metrics = os.path.splitext(cfg.out)[0], {}
     if cfg.loss and has_data:

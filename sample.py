@@ -19,7 +19,7 @@ import torch
 
 import data
 from imgpt.cli import UserError, opt, parse_config, run_cli
-from imgpt.device import autodetect_device
+from imgpt.device import autodetect_device, cpu_threads
 from model import KVCache, load_model, sample_next
 
 
@@ -34,6 +34,7 @@ class SampleConfig:
     top_p: float | None = opt(None, "sample only from the smallest set of tokens with this total probability")
     seed: int = opt(0, "sampling seed")
     device: str = opt("cpu", "cpu, cuda, mps or auto")
+    threads: int = opt(0, "CPU threads (0 = one per core, or 1 when other programs keep every core busy)")
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -101,6 +102,8 @@ def main() -> None:
     cfg.validate()
     device = autodetect_device() if cfg.device == "auto" else cfg.device
     model, tok = load_model(cfg.ckpt, device=device)
+    if device.startswith("cpu"):  # after the load: a bad checkpoint stays the only line on stderr
+        torch.set_num_threads(cpu_threads(cfg.threads))
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     write = lambda text: (sys.stdout.write(text), sys.stdout.flush())  # noqa: E731 (streaming: flush each piece)
     if cfg.prompt:

@@ -208,7 +208,8 @@ def eval_and_save(session: Session) -> dict:
     if r["val_output_loss"] is not None and r["val_output_loss"] < session.prog.best_val_loss:
         session.prog.best_val_loss = r["val_output_loss"]
         save(session, "best.pt", weights_only=True)
-    save(session, "ckpt.pt")
+    if session.prog.step > 0:  # step 0's ckpt.pt would hold the start a new run rebuilds: nothing to resume from
+        save(session, "ckpt.pt")
     session.clock = time.perf_counter()  # the next steps' speed leaves out this evaluation
     return r
 
@@ -249,6 +250,8 @@ def setup(cfg: TrainConfig, dist: distributed.Dist, typed: set[str] | None = Non
     micro, accum = batching.split_sizes(cfg.batch_size, cfg.micro_batch_size, dist.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
     amp_dtype = device.amp_dtype_for(cfg.dtype, device_type)
+    if device_type == "cpu":  # the count used goes into the run's config: a thread count reproduces its digits
+        cfg = dataclasses.replace(cfg, threads=device.cpu_threads(cfg.threads, dist.world_size, dist.is_main))
     peak = device.set_up_device(dist.device, cfg.threads, amp_dtype, dist.is_main)
     if cfg.pack and device_type == "cuda" and (why := device.varlen_problem(amp_dtype is not None, cfg.dropout)):
         cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update
@@ -402,6 +405,7 @@ def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, 
         f"truncated, {stats['dropped']} dropped",
         f"steps: {total} of {cfg.batch_size} examples{epochs} ({cfg.micro_batch_size} per micro-batch x {accum} "
         f"accumulation x {world} process{'es' if world > 1 else ''}), lr {cfg.lr:g} {cfg.schedule}, on {device}"
+        + (f" with {cfg.threads} thread{'s' * (cfg.threads > 1)}" if device.startswith("cpu") and cfg.threads else "")
         + (f", resuming at step {resumed_at}" if resumed_at is not None else ""),
         f"files: {cfg.out_dir}/ (ckpt.pt, best.pt, log.jsonl, summary.json with every setting)",
     ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import sys
 
 import torch
 
@@ -76,6 +78,39 @@ def use_tf32() -> None:
     allow_tf32 flags are deprecated, and torch refuses a mix of the two)."""
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_load(proc_loadavg: str = "/proc/loadavg") -> float:
+    """How many threads other programs keep running: the last minute's load average, or on Linux the threads
+    running right now (less this one) if fewer: a run that just ended, say the quick start's first, still weighs
+    on the average for a minute, and must not make the next one think the machine busy."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    try:
+        with open(proc_loadavg) as f:  # "0.52 0.58 0.59 3/457 12345": the 4th field is running/existing
+            running = int(f.read().split()[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):
+        return load
+    return min(load, running)
+
+
+def cpu_threads(requested: int, processes: int = 1, verbose: bool = True) -> int:
+    """--threads: a count given is kept; 0 takes one thread per core this process may use (shared among
+    `processes` on the machine), or 1 on a machine already busy: its load above its cores, where threads that
+    wait for each other on taken cores made a step 3-5x slower than one thread. That is said in one line."""
+    if requested:
+        return requested
+    cores, load = usable_cores(), machine_load()
+    if load > cores > 1:
+        if verbose:
+            print(f"busy machine: load {load:.1f} on {cores} cores, so 1 thread (--threads N to choose)",
+                  file=sys.stderr)  # a note beside the progress bars: stdout may be an answer (sample.py)
+        return 1
+    return max(1, cores // processes)
 
 
 def set_up_device(device: str, threads: int, amp_dtype: torch.dtype | None, verbose: bool = True) -> float | None:

@@ -132,8 +132,9 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
     check_output_dir(cfg.out_dir, "--out_dir")
     found = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, name))]
     if found and cfg.init_from != "resume" and not cfg.overwrite:
-        raise UserError(f"--out_dir {cfg.out_dir} holds a training run ({', '.join(found)}): --init_from resume "
-                        "continues it, --overwrite replaces it, or choose another --out_dir")
+        resume = "--init_from resume continues it, " if "ckpt.pt" in found else "no ckpt.pt to resume from, "
+        raise UserError(f"--out_dir {cfg.out_dir} holds a training run ({', '.join(found)}): {resume}--overwrite "
+                        "replaces it, or choose another --out_dir")
     remove_stale_temps(cfg.out_dir)  # half-written files of a run killed with -9: the whole ones stayed in place
 
 

@@ -19,12 +19,12 @@ from imgpt.formats import SPLIT_DEFAULTS, WORLD_TASKS
 # None in an optimization field means "the recipe's value": one recipe to train the tiny model from scratch on a
 # CPU in minutes, and the paper's recipe (Shi et al. 2024, App. A) for fine-tuning a pretrained GPT-2.
 SCRATCH_RECIPE = dict(batch_size=32, micro_batch_size=0, epochs=0.0, max_steps=400, lr=3e-3, min_lr_ratio=0.1,
-                      schedule="cosine", warmup_ratio=0.05, weight_decay=0.1, eval_interval=50, threads=1)
+                      schedule="cosine", warmup_ratio=0.05, weight_decay=0.1, eval_interval=50)
 # Its evaluations (each also writes ckpt.pt: 12 bytes a parameter, weights and Adam's two moments; and best.pt, 4,
 # when the held-out loss improved) come every 200 steps: 6 in an 812-step Alpaca run, at most 12 GB at 124M (every
 # 50 steps wrote up to 36 GB, fsynced, more time than the training took on a GPU).
 PAPER_RECIPE = dict(batch_size=128, micro_batch_size=8, epochs=2.0, max_steps=0, lr=2e-5, min_lr_ratio=0.0,
-                    schedule="linear", warmup_ratio=0.03, weight_decay=0.0, eval_interval=200, threads=0)
+                    schedule="linear", warmup_ratio=0.03, weight_decay=0.0, eval_interval=200)
 # The pretrained regime of the built-in world, on a CPU: pretraining on its corpus takes 1000 steps of 24 documents
 # to know every fact, also deep into a context (documents of up to 8 lines left the facts unknown past ~150 tokens);
 # tuning that base on a few questions takes small, gentle steps (at 1e-3 both losses erase what the base knew).
@@ -115,8 +115,8 @@ class TrainConfig:
     log_interval: int = opt(10, "refresh the progress bar every N steps (log.jsonl gets every step)", low=1)
     # system
     device: str = opt("auto", "auto | cpu | cuda | mps")
-    threads: int | None = opt(None, "CPU threads (0 = torch's default, one per core; scratch 1: the tiny model "
-                              "gains little from more, and a busy machine makes 2 threads 3x slower than 1)")
+    threads: int = opt(0, "CPU threads (0 = one per core, or 1 when other programs keep every core busy; "
+                       "the count used is saved with the run: one thread count reproduces its digits)")
     dtype: str = opt("auto", "auto (bf16 autocast on CUDA if supported, else float32) | float32 | bfloat16 | float16")
     compile: bool = opt(False, "torch.compile the model")
     grad_checkpoint: bool = opt(False, "activation checkpointing: keep only each block's input and recompute the "

@@ -71,7 +71,7 @@ def tiny(data: str, out_dir: str, **kw) -> T.TrainConfig:
     """17 training examples: an epoch is steps of 8, 8 and 1 examples, so short steps are covered too."""
     base = dict(out_dir=out_dir, data=data, val_size=4, num_examples=17, n_layer=2, n_head=2, n_embd=32,
                 block_size=64, batch_size=8, micro_batch_size=8, max_steps=3, lr=3e-4, min_lr=3e-5, eval_interval=0,
-                eval_examples=4, train_eval_size=4, seed=0, device="cpu")
+                eval_examples=4, train_eval_size=4, seed=0, device="cpu", threads=1)
     return T.TrainConfig(**{**base, **kw})
 
 

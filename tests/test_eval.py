@@ -16,7 +16,7 @@ import eval
 import eval as ev
 from conftest import write_file
 from imgpt import benchmarks as bm
-from imgpt import formats, synthetic
+from imgpt import device, formats, synthetic
 from imgpt.checkpoint import save_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
 from imgpt.distributed import Dist
@@ -289,6 +289,22 @@ def test_evaluate_checkpoint_scores_train_py_split(net, tok, run_dir, tmp_path):
     memorized = [json.loads(line)["reference"] for line in open(str(tmp_path / "res" / "r.train.jsonl"))]
     assert memorized == [c[-1]["content"] for c in train_convs]
     assert "gap_vs_train" in ev.metrics_table(m)
+
+
+def test_a_cpu_evaluation_takes_every_core_unless_busy_once_its_inputs_load(run_dir, tmp_path, monkeypatch, capsys):
+    """Every core on an idle machine; 1 thread and one line on a busy one; a count given (compare.py's runs: 1)
+    kept. Chosen after the model loads, so a bad checkpoint's error stays the only line (test_rundir.py)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        for load, given, count, note in ((0.0, 0, 2, ""), (9.0, 0, 1, "busy machine: load 9.0 on 2 cores, so 1 "
+                                         "thread (--threads N to choose)\n"), (9.0, 2, 2, ""), (0.0, 1, 1, "")):
+            monkeypatch.setattr(device, "machine_load", lambda: load)
+            ev.evaluate(make_config(ev.EvalConfig, dict(ckpt=run_dir, limit=2, threads=given,
+                                                        out=str(tmp_path / "r.json"))))
+            assert (torch.get_num_threads(), capsys.readouterr().err) == (count, note), (load, given)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_results_go_next_to_the_checkpoint(net, tmp_path_factory, monkeypatch):

@@ -386,7 +386,8 @@ def test_a_rerun_with_any_init_from_refuses_to_overwrite_a_run(stopped_run, tmp_
 def test_any_file_of_a_run_is_enough_to_refuse_a_rerun(stopped_run, tmp_path, monkeypatch, capsys, name):
     shutil.copy(os.path.join(stopped_run, name), tmp_path / name)
     err = cli_error(T.main, ["train.py", f"--out_dir={tmp_path}", "--max_steps=1"], monkeypatch, capsys)
-    assert err == (f"error: --out_dir {tmp_path} holds a training run ({name}): --init_from resume continues it, "
+    resume = "--init_from resume continues it" if name == "ckpt.pt" else "no ckpt.pt to resume from"
+    assert err == (f"error: --out_dir {tmp_path} holds a training run ({name}): {resume}, "
                    "--overwrite replaces it, or choose another --out_dir\n")
     assert os.listdir(tmp_path) == [name]
 

@@ -9,6 +9,7 @@ import torch
 
 import data
 import sample
+from imgpt import device
 from imgpt.checkpoint import save_checkpoint
 from imgpt.tokenizers import get_tokenizer
 from model import GPT, GPTConfig
@@ -91,3 +92,24 @@ def test_command_line(net, tok, tmp_path):
     assert (one.returncode, one.stdout) == (0, tok.decode(expected) + "\n")
     bad = run("--max_new_tokens", "0")
     assert (bad.returncode, bad.stderr) == (2, "error: --max_new_tokens: must be at least 1, got 0\n")
+
+
+def test_a_cpu_chat_takes_every_core_unless_busy(net, tmp_path, monkeypatch, capsys):
+    """Every core on an idle machine, 1 thread on a busy one, said on stderr: stdout stays the answer alone."""
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, {"model": net.state_dict(), "model_config": vars(net.config), "tokenizer": "byte"})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--ckpt", path, "--prompt", "hi", "--max_new_tokens", "3"])
+    threads = torch.get_num_threads()
+    try:
+        answers = []
+        for load, count, note in ((0.0, 2, ""), (9.0, 1, "busy machine: load 9.0 on 2 cores, so 1 thread "
+                                                        "(--threads N to choose)\n")):
+            monkeypatch.setattr(device, "machine_load", lambda: load)
+            sample.main()
+            out, err = capsys.readouterr()
+            assert (torch.get_num_threads(), err) == (count, note)
+            answers.append(out)
+        assert answers[0] == answers[1] and answers[0].endswith("\n")
+    finally:
+        torch.set_num_threads(threads)

@@ -79,6 +79,20 @@ def test_parse_args_passes_train_settings_and_rejects_what_modes_decide():
         compare.parse_args(compare.CompareConfig, ["--modes", "it,imm"])
 
 
+def test_each_run_gets_one_thread_and_the_cores_fill_with_runs(monkeypatch):
+    """compare.py, sweep.py and budget.py (one parse_args): a run per core at one thread each, so every run's
+    digits are those of a 1-thread run whatever --jobs is; --threads N gives each run N threads and a run per N."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    for argv, jobs, threads in (([], 4, 1), (["--threads", "2"], 2, 2), (["--threads", "0"], 1, 0),
+                                (["--jobs", "3"], 3, 1), (["--jobs", "1"], 1, 1)):
+        cfg, base = compare.parse_args(compare.CompareConfig, argv)
+        assert (cfg.jobs, base.threads) == (jobs, threads), argv
+        run = compare.run_train_config(base, cfg, "it", 0, "/tmp/x")
+        assert [e.threads for e in compare.eval_configs(cfg, run, "/tmp/x")] == [threads] * 2  # its evaluations too
+    cfg, base = compare.parse_args(sweep.SweepConfig, [])
+    assert (cfg.jobs, base.threads, compare.training.resolve(base).threads) == (4, 1, 1)
+
+
 def test_help_tells_the_mode_grammar_and_lists_only_our_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         compare.parse_args(compare.CompareConfig, ["--lr", "1", "--help"])

@@ -17,11 +17,13 @@ import torch.multiprocessing as mp
 
 import loss as L
 import train as T
-from conftest import free_port, log_records, tiny
+from conftest import cli_error, free_port, log_records, tiny
 from data import ASSISTANT, EOT, TEMPLATE, USER, Example, build_data, collate, make_example
+from imgpt import device
 from imgpt.batching import plan_epoch, split_sizes
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, make_config, run_cli
+from imgpt.device import usable_cores
 from imgpt.distributed import StopAtStepBoundary, destroy_distributed, init_distributed
 from imgpt.train_config import resolve
 from model import GPT, GPTConfig, load_model
@@ -337,6 +339,73 @@ def test_resume_is_bit_exact(data_file, tmp_path, uninterrupted):
     assert second["steps"] == 6 and second["finished"]
     resumed = params(out)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_no_ckpt_pt_at_step_0_yet_resume_and_best_pt_keep_their_promises(data_file, tmp_path, monkeypatch, capsys):
+    """Step 0's ckpt.pt would hold only what a new run rebuilds; best.pt still starts there (the best evaluation so
+    far). A run stopped later resumes bit-exact; one stopped before its first ckpt.pt says so and starts over."""
+    saved, write = [], T.checkpoint.save_checkpoint
+    monkeypatch.setattr(T.checkpoint, "save_checkpoint", lambda path, payload: (saved.append((os.path.basename(path),
+                                                                                   payload["step"])),
+                                                                      write(path, payload)))
+    full = str(tmp_path / "full")
+    T.train(tiny(data_file, full, max_steps=3, eval_interval=1))
+    assert [step for name, step in saved if name == "ckpt.pt"] == [1, 2, 3]
+    assert saved[0] == ("best.pt", 0)
+    stopped = str(tmp_path / "stopped")
+    T.train(tiny(data_file, stopped, max_steps=3, eval_interval=1, stop_step=1))
+    T.train(T.TrainConfig(init_from="resume", out_dir=stopped))
+    assert all(torch.equal(a, b) for a, b in zip(params(full).values(), params(stopped).values()))
+
+    killed = str(tmp_path / "killed")  # dies in its first step, after step 0's evaluation
+    monkeypatch.setattr(T, "train_step", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        T.train(tiny(data_file, killed, max_steps=3, eval_interval=1))
+    assert sorted(os.listdir(killed)) == ["best.pt", "log.jsonl"]
+    assert cli_error(T.main, ["train.py", f"--out_dir={killed}"], monkeypatch, capsys) == (
+        f"error: --out_dir {killed} holds a training run (best.pt, log.jsonl): no ckpt.pt to resume from, "
+        "--overwrite replaces it, or choose another --out_dir\n")
+    assert cli_error(T.main, ["train.py", "--init_from=resume", f"--out_dir={killed}"], monkeypatch, capsys) == \
+        f"error: {killed}/ckpt.pt: checkpoint file not found\n"
+
+
+# ----------------------------------------------------------------------------- threads, and what they reproduce
+
+@pytest.fixture
+def idle(monkeypatch):
+    """A machine with no other work (load 0, whatever this one's is now); torch's threads restored after."""
+    monkeypatch.setattr(device, "machine_load", lambda: 0.0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_lone_run_takes_every_core_unless_busy_and_saves_the_count(data_file, tmp_path, idle, monkeypatch, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    summary = T.train(tiny(data_file, str(tmp_path / "idle"), threads=0, max_steps=1))
+    assert torch.get_num_threads() == 2 and summary["config"]["threads"] == 2
+    out, err = capsys.readouterr()
+    assert "on cpu with 2 threads" in out and "busy" not in out + err
+    assert load_checkpoint(str(tmp_path / "idle" / "ckpt.pt"))["config"]["threads"] == 2  # a resume keeps it
+    monkeypatch.setattr(device, "machine_load", lambda: 2.5)  # more threads running than cores
+    summary = T.train(tiny(data_file, str(tmp_path / "busy"), threads=0, max_steps=1))
+    assert torch.get_num_threads() == 1 and summary["config"]["threads"] == 1
+    out, err = capsys.readouterr()
+    assert err.count("busy machine: load 2.5 on 2 cores, so 1 thread (--threads N to choose)\n") == 1
+    assert "on cpu with 1 thread\n" in out
+
+
+def test_a_seed_repeats_a_run_bit_for_bit_on_one_machine_at_the_default_threads(data_file, tmp_path, idle):
+    """Reproducible on one machine with one thread count (README): other CPUs or thread counts may change the
+    digits. Dropout and NEFTune noise draw from the seeded streams too."""
+    def run(name: str, seed: int) -> dict[str, torch.Tensor]:
+        summary = T.train(tiny(data_file, str(tmp_path / name), threads=0, seed=seed, max_steps=4, dropout=0.1,
+                               neftune_alpha=5.0))
+        assert summary["config"]["threads"] == usable_cores()
+        return params(str(tmp_path / name))
+    first, again, other = run("a", 0), run("b", 0), run("c", 1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)  # the comparison can tell runs apart
 
 
 MOMENTS = ("forward", "backward", "optimizer, before the update", "optimizer, after the update")

@@ -18,8 +18,9 @@ Any other flag (--lr, --max_steps, --data, --init_from, --device, ...) goes to t
 
 Writes out_dir/results.json (one record per run, the paired per-seed gains and the verdict), out_dir/summary.md
 (mean ± std per mode and the verdict) and out_dir/curves.png (train and held-out output loss against steps).
---jobs runs that many trainings at once, each in its own process with one thread (the default, 2, fills a 2-core
-machine); every run's numbers are the same whatever --jobs is. Each run's output goes to runs/<mode>-s<seed>/run.log.
+--jobs runs that many trainings at once, each in its own process with one thread (the default: a run per core);
+every run's numbers are the same whatever --jobs is (--threads N gives each run N threads, and a run per N cores).
+Each run's output goes to runs/<mode>-s<seed>/run.log.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import eval as evaluation
 import train as training
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, given_settings, opt, parse_config, run_cli
+from imgpt.device import usable_cores
 from imgpt.tokenizers import get_tokenizer
 from scripts.experiments.report import summary_markdown, write_results
 
@@ -67,8 +69,8 @@ class CompareConfig:
     train_config: str = opt("", "TOML or JSON file of train.py settings (flags given here win)")
     resume: bool = opt(False, "reuse the runs already in out_dir/results.json with the same settings")
     keep_checkpoints: bool = opt(False, "keep each run's ckpt.pt/best.pt (large for GPT-2)")
-    jobs: int = opt(2, "runs trained at once, each in its own process (1 = one after another, in this process)",
-                    low=1)
+    jobs: int = opt(0, "runs trained at once, each in its own process with one thread (0 = a run per core, or per "
+                       "--threads cores; 1 = one after another, in this process)")
 
     def decides(self) -> dict[str, str]:
         """The train settings each run gets from this script, and the flags here that set them."""
@@ -80,9 +82,9 @@ class CompareConfig:
         for mode in all_modes(self):
             mode_settings(mode, self.neftune_alpha, self.kl_coef)  # raises on a bad mode name
         counts = (self.seeds, self.max_new_tokens + 1, self.eval_batch_size, self.gen_examples + 1,
-                  self.loss_examples + 1, self.jobs)
+                  self.loss_examples + 1)
         if min(counts) < 1:
-            raise UserError("--seeds, --eval_batch_size, --jobs must be >= 1; --max_new_tokens, --*_examples >= 0")
+            raise UserError("--seeds, --eval_batch_size must be >= 1; --max_new_tokens, --*_examples >= 0")
         if self.checkpoint not in ("last", "best"):
             raise UserError(f"--checkpoint must be last or best, got {self.checkpoint!r}")
 
@@ -139,6 +141,10 @@ def parse_args(cls: type, argv: list[str] | None = None):
     if taken := sorted(given & set(cfg.decides())):  # a typed flag never loses silently to what a run sets
         raise UserError(f"--{taken[0]}: set by {cfg.decides()[taken[0]]} here")
     base = parse_config(training.TrainConfig, file_flags + rest)
+    if "threads" not in given:  # one thread per run, and as many runs as cores: the cores fill with whole runs
+        base = dataclasses.replace(base, threads=1)
+    if cfg.jobs == 0:  # --threads 0 gives each run every core: then one run at a time
+        cfg = dataclasses.replace(cfg, jobs=max(1, usable_cores() // base.threads) if base.threads else 1)
     if base.init_from == "resume":
         raise UserError("--init_from resume: compare.py trains every run anew (its --resume reuses finished runs); "
                         "to start every run from a trained model, give its checkpoint: --init_from out/ckpt.pt")
@@ -181,7 +187,8 @@ def flatten_metrics(report: dict) -> dict:
 def eval_configs(cfg: CompareConfig, tcfg, run_dir: str) -> tuple:
     """eval.py's settings for one run: losses on loss_examples, generation on gen_examples (of each split)."""
     ckpt = os.path.join(run_dir, "ckpt.pt" if cfg.checkpoint == "last" else "best.pt")
-    common = dict(ckpt=ckpt, batch_size=cfg.eval_batch_size, device=tcfg.device, max_new_tokens=cfg.max_new_tokens)
+    common = dict(ckpt=ckpt, batch_size=cfg.eval_batch_size, device=tcfg.device, max_new_tokens=cfg.max_new_tokens,
+                  threads=tcfg.threads)  # the run's own: one thread each, a run per core
     losses = evaluation.EvalConfig(**common, limit=cfg.loss_examples or None,
                                    out=os.path.join(run_dir, "eval_loss.json"))
     generation = evaluation.EvalConfig(**common, loss=False, generate=True, memorization=True,

@@ -18,7 +18,7 @@ example's instruction/output token ratio, as the paper did. Every flag of script
 
 Writes out_dir/sweep.json, sweep.md (the gain at each point, honest about the seed spread) and sweep.png (the
 gain against the factor, ± std over seeds); each point also gets compare.py's files in out_dir/<point>/.
-Default runtime: 4 points x 2 modes x 2 seeds = 16 runs, 2 at a time: about 15 minutes on an idle 2-core machine.
+Default runtime: 4 points x 2 modes x 2 seeds = 16 runs, a run per core: about 15 minutes on an idle 2-core machine.
 """
 from __future__ import annotations
 
