@@ -125,7 +125,8 @@ def greedy_samples(ckpt: str, prompts: list[str], max_new: int) -> list[dict]:
     model, tok = load_model(ckpt)
     cfg = SampleConfig(max_new_tokens=max_new)
     with torch.no_grad():
-        return [{"prompt": p, "continuation": tok.decode(list(stream(model, tok.encode_ordinary(p), cfg, tok.eot_token)))}
+        return [{"prompt": p,
+                 "continuation": tok.decode(list(stream(model, tok.encode_ordinary(p), cfg, tok.eot_token)))}
                 for p in prompts]
 
 

@@ -35,6 +35,7 @@ import io
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -98,8 +99,7 @@ def fits(rec: dict, max_len: int) -> bool:
     return len((rec["instruction"] + rec["input"] + rec["output"]).encode()) + TEMPLATE_BYTES <= max_len
 
 
-SETS = {"mmlu": lambda data_dir, max_len: mmlu_records(data_dir, max_len),
-        "alpaca": lambda data_dir, max_len: alpaca_records(data_dir)}
+SETS = {"mmlu": mmlu_records, "alpaca": lambda data_dir, max_len: alpaca_records(data_dir)}  # (data_dir, max_len)
 
 
 def tune_config(base: str, data: str, out_dir: str, weight: float, seed: int, args) -> TrainConfig:
@@ -109,7 +109,7 @@ def tune_config(base: str, data: str, out_dir: str, weight: float, seed: int, ar
                        num_examples=args.examples, block_size=args.max_len - 1, prompt_loss_weight=weight,
                        batch_size=args.batch_size, micro_batch_size=args.batch_size, epochs=float(max(args.epochs)),
                        lr=args.lr, min_lr=args.lr, schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
-                       eval_interval=0, eval_examples=0, train_eval_size=args.gen_examples, threads=1, seed=seed,
+                       eval_interval=0, eval_examples=0, train_eval_size=args.train_eval, threads=1, seed=seed,
                        save=False, log_interval=1000)
 
 
@@ -184,7 +184,8 @@ def check_learned(records: list[dict]) -> list[str]:
 
 METRICS = {"val_output_loss": lambda r: r["val_output_loss"], "gap": lambda r: r["gap"],
            "train_prompt_loss": lambda r: r["train_prompt_loss"], "val_prompt_loss": lambda r: r["val_prompt_loss"],
-           "held_out_rouge_l": lambda r: r["held_out"]["rouge_l"], "held_out_exact": lambda r: r["held_out"]["exact_match"],
+           "held_out_rouge_l": lambda r: r["held_out"]["rouge_l"],
+           "held_out_exact": lambda r: r["held_out"]["exact_match"],
            "copying_rouge_l": lambda r: r["copying"]["rouge_l"], "copying_bleu": lambda r: r["copying"]["bleu"],
            "knowledge_loss": lambda r: r["knowledge_loss"]}
 
@@ -208,6 +209,33 @@ def summarize(records: list[dict]) -> list[dict]:
             row["minus_it"] = {m: [f(r) - f(it[r["seed"]]) for r in group] for m, f in METRICS.items()}
         rows.append(row)
     return rows
+
+
+COLUMNS = [("val_output_loss", "held-out output loss ↓", 3), ("gap", "gap (held-out − train)", 3),
+           ("train_prompt_loss", "train prompt loss", 3), ("val_prompt_loss", "held-out prompt loss", 3),
+           ("held_out_rouge_l", "held-out ROUGE-L ↑", 1), ("held_out_exact", "held-out exact match ↑", 2),
+           ("copying_rouge_l", "copying ROUGE-L", 1), ("copying_bleu", "copying BLEU", 1),
+           ("knowledge_loss", "knowledge loss ↓", 3)]
+
+
+def markdown(rows: list[dict]) -> str:
+    """One table per set (mean ± std over seeds), then each mode's per-seed difference from IT."""
+    out = []
+    for set_name in sorted({r["set"] for r in rows}):
+        out += [f"**{set_name}**", "", "| epochs | mode | " + " | ".join(c[1] for c in COLUMNS) + " |",
+                "|---|---|" + "---|" * len(COLUMNS)]
+        for r in (r for r in rows if r["set"] == set_name):
+            out.append(f"| {r['epochs']} | {r['mode']} | " + " | ".join(
+                f"{r[m][0]:.{d}f} ± {r[m][1]:.{d}f}" for m, _, d in COLUMNS) + " |")
+        out += ["", "| epochs | mode | per seed minus IT: held-out output loss | gap | copying ROUGE-L | "
+                "knowledge loss |",
+                "|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["set"] == set_name and "minus_it" in r):
+            out.append(f"| {r['epochs']} | {r['mode']} | " + " | ".join(
+                ", ".join(f"{v:+.{d}f}" for v in r["minus_it"][m]) for m, d in
+                (("val_output_loss", 3), ("gap", 3), ("copying_rouge_l", 1), ("knowledge_loss", 3))) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -241,7 +269,8 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="out/english-base", help="the base: an out_dir with ckpt.pt, or a checkpoint")
-    ap.add_argument("--data_dir", default="../shared/data", help="folder with mmlu-redux/ and llamafactory-alpaca-demo/")
+    ap.add_argument("--data_dir", default="../shared/data",
+                    help="folder with mmlu-redux/ and llamafactory-alpaca-demo/")
     ap.add_argument("--out_dir", default="out/real-text")
     ap.add_argument("--sets", default="mmlu,alpaca")
     ap.add_argument("--modes", default=",".join(MODES))
@@ -253,13 +282,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--gen_examples", type=int, default=20, help="training and held-out instructions answered")
+    ap.add_argument("--train_eval", type=int, default=100, help="training examples whose output loss gives the gap")
     ap.add_argument("--max_new", type=int, default=64, help="longest answer generated, in bytes")
     ap.add_argument("--knowledge_docs", type=int, default=50, help="base's held-out documents scored")
     ap.add_argument("--smoke", action="store_true", help="a few examples, 1 seed, 1 and 2 epochs: seconds")
+    ap.add_argument("--tables", default="", help="print the tables of a results.json written earlier, and exit")
     args = ap.parse_args(argv)
+    if args.tables:
+        with open(args.tables) as f:
+            print(markdown(json.load(f)["rows"]))
+        return {}
     args.epochs = sorted({int(e) for e in args.epochs.split(",")})
     if args.smoke:
-        args.seeds, args.epochs, args.examples, args.val_size, args.gen_examples, args.knowledge_docs = 1, [1, 2], 8, 4, 4, 4
+        args.seeds, args.epochs, args.examples, args.val_size = 1, [1, 2], 8, 4
+        args.gen_examples, args.train_eval, args.knowledge_docs = 4, 4, 4
     modes = args.modes.split(",")
     if bad := [m for m in modes if m not in MODES]:
         raise UserError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
@@ -290,15 +326,16 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{r['copying']['rouge_l']:.1f} know {r['knowledge_loss']:.3f}"
                     for r in records[-len(args.epochs):]), flush=True)
     rows = summarize(records)
-    result = {"command": "python -m scripts.experiments.real_text " + " ".join(argv if argv is not None else
-                                                                               __import__("sys").argv[1:]),
+    result = {"command": "python -m scripts.experiments.real_text " + " ".join(sys.argv[1:] if argv is None else argv),
               "settings": {k: v for k, v in vars(args).items()}, "sets": sets, "rows": rows, "records": records,
               "not_learned": check_learned(records), "wall_s": time.perf_counter() - t0}
     write_text_atomic(os.path.join(args.out_dir, "results.json"), json.dumps(result, indent=1))
     plot(rows, os.path.join(args.out_dir, "real_text.png"))
+    print(markdown(rows))
     for w in result["not_learned"]:
         print("warning:", w)
-    print(f"{len(records)} points in {result['wall_s']:.0f} s: {args.out_dir}/results.json, {args.out_dir}/real_text.png")
+    print(f"{len(records)} points in {result['wall_s']:.0f} s: {args.out_dir}/results.json, "
+          f"{args.out_dir}/real_text.png")
     return result
 
 
