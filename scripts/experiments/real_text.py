@@ -99,6 +99,16 @@ def fits(rec: dict, max_len: int) -> bool:
     return len((rec["instruction"] + rec["input"] + rec["output"]).encode()) + TEMPLATE_BYTES <= max_len
 
 
+def set_stats(recs: list[dict], max_len: int) -> dict:
+    """Mean instruction and output bytes of a set's examples, the output as trained: cut to the room max_len
+    leaves after the template and the instruction (these instructions are short enough to be kept whole)."""
+    prompts = [len((r["instruction"] + r["input"]).encode()) for r in recs]
+    outputs = [min(len(r["output"].encode()), max_len - TEMPLATE_BYTES - p) for r, p in zip(recs, prompts)]
+    prompt, output = statistics.fmean(prompts), statistics.fmean(outputs)
+    return {"available": len(recs), "prompt_bytes": prompt, "output_bytes_after_cut": output,
+            "output_over_prompt": output / prompt}
+
+
 SETS = {"mmlu": mmlu_records, "alpaca": lambda data_dir, max_len: alpaca_records(data_dir)}  # (data_dir, max_len)
 
 
@@ -290,7 +300,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.tables:
         with open(args.tables) as f:
-            print(markdown(json.load(f)["rows"]))
+            recorded = json.load(f)
+        print(markdown(recorded["rows"]))
+        at = recorded["settings"]
+        for name in recorded["sets"]:
+            print(name, set_stats(SETS[name](at["data_dir"], at["max_len"]), at["max_len"]))
         return {}
     args.epochs = sorted({int(e) for e in args.epochs.split(",")})
     if args.smoke:
@@ -311,10 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError(f"{set_name}: {len(recs)} examples fit, need {args.examples} + {args.val_size}")
         path = os.path.join(args.out_dir, f"{set_name}.json")
         write_text_atomic(path, json.dumps(recs))
-        prompt = sum(len((r["instruction"] + r["input"]).encode()) for r in recs) / len(recs)
-        output = sum(min(len(r["output"].encode()), args.max_len - TEMPLATE_BYTES) for r in recs) / len(recs)
-        sets[set_name] = {"available": len(recs), "prompt_bytes": prompt, "output_bytes_after_cut": output,
-                          "output_over_prompt": output / prompt}
+        sets[set_name] = set_stats(recs, args.max_len)
         for seed in range(args.seeds):
             for i, mode in enumerate(modes):
                 run_dir = os.path.join(args.out_dir, "runs", f"{set_name}-{mode}-s{seed}")
