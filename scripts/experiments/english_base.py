@@ -2,6 +2,8 @@
 
     python -m scripts.experiments.english_base --data_dir ../shared/data --out_dir out/english-base
 
+(800 steps: 29 min 26 s on this project's 2-core machine while other jobs shared it; docs/real-text.md.)
+
 The text is two public sets of everyday and school English, each document one paragraph:
 - HellaSwag's validation contexts, each with its correct ending ("Roof shingle removal: A man is sitting on a
   roof. he starts pulling up roofing on a roof."), 10,042 documents (klosax/hellaswag_text_data, MIT);
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", default="../shared/data", help="folder with hellaswag/ and gsm8k/ (else download)")
     ap.add_argument("--out_dir", default="out/english-base")
-    ap.add_argument("--max_steps", type=int, default=1500, help="optimizer steps of 32 windows of 256 bytes")
+    ap.add_argument("--max_steps", type=int, default=800, help="optimizer steps of 32 windows of 256 bytes")
     ap.add_argument("--seed", type=int, default=1337, help="initialization, held-out split and data order")
     ap.add_argument("--val_size", type=int, default=300, help="held-out documents")
     ap.add_argument("--smoke", action="store_true", help="20 documents per source, 4 steps: seconds")

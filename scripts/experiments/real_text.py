@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sets", default="mmlu,alpaca")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", default="2,3", help="budgets: epochs at which the run is scored")
+    ap.add_argument("--epochs", default="2,3,10", help="budgets: epochs at which the run is scored")
     ap.add_argument("--examples", type=int, default=200, help="training examples per set")
     ap.add_argument("--val_size", type=int, default=100, help="held-out examples per set")
     ap.add_argument("--max_len", type=int, default=160, help="bytes per example, template included")
