@@ -70,7 +70,8 @@ def source_path(name: str, data_dir: str) -> str:
 
 def hellaswag_documents(path: str) -> list[str]:
     """Each task's context with its correct ending. The file holds 6 lines per task: context, label, 4 endings."""
-    lines = bz2.open(path, "rt", encoding="utf-8").read().splitlines()
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
     if len(lines) % 6:
         raise UserError(f"{path}: {len(lines)} lines, expected 6 per task")
     docs = []

@@ -65,7 +65,8 @@ def mmlu_records(data_dir: str, max_len: int) -> list[dict]:
         raise UserError(f"{data_dir}/mmlu-redux: no mmlu_*.csv files")
     records = []
     for path in files:
-        text = open(path, encoding="utf-8", errors="replace").read()
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
         header = text.split("\n", 1)[0]  # the header names the columns: its separators are the delimiter
         for row in csv.DictReader(io.StringIO(text), delimiter=";" if header.count(";") > header.count(",") else ","):
             if (row.get("error_type") or "").strip().lower() != MMLU_OK:
@@ -85,7 +86,8 @@ def alpaca_records(data_dir: str, max_prompt: int = 60) -> list[dict]:
     """The Alpaca demo's examples with an instruction (and input) of at most max_prompt bytes."""
     path = os.path.join(data_dir, "llamafactory-alpaca-demo", "alpaca_en_demo.json")
     try:
-        records = json.load(open(path, encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     return [r for r in records if len((r["instruction"] + r.get("input", "")).encode()) <= max_prompt and r["output"]]
