@@ -107,7 +107,9 @@ def set_stats(recs: list[dict], max_len: int) -> dict:
     prompts = [len((r["instruction"] + r["input"]).encode()) for r in recs]
     outputs = [min(len(r["output"].encode()), max_len - TEMPLATE_BYTES - p) for r, p in zip(recs, prompts)]
     prompt, output = statistics.fmean(prompts), statistics.fmean(outputs)
-    return {"available": len(recs), "prompt_bytes": prompt, "output_bytes_after_cut": output,
+    full = [len(r["output"].encode()) for r in recs]
+    return {"available": len(recs), "prompt_bytes": prompt, "output_bytes": statistics.fmean(full),
+            "output_bytes_after_cut": output, "cut": sum(f > o for f, o in zip(full, outputs)),
             "output_over_prompt": output / prompt}
 
 
