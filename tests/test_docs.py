@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = ["train.py", "eval.py", "data.py", "sample.py", "scripts.tools.export", "scripts.experiments.compare",
             "scripts.experiments.sweep", "scripts.experiments.budget", "scripts.experiments.prompt_weight",
             "scripts.bench.bench_model", "scripts.bench.bench_train", "scripts.bench.bench_gpu", "scripts.course",
-            "scripts.maint.mutate"]
+            "scripts.maint.mutate", "scripts.experiments.english_base", "scripts.experiments.real_text",
+            "scripts.bench.bench_threads", "scripts.tools.gpu_check"]
 PASS_THROUGH = {"scripts.experiments.compare", "scripts.experiments.sweep", "scripts.experiments.budget"}  # they hand
 # train.py's flags on
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
