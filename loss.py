@@ -63,7 +63,8 @@ def step_divisor(totals: np.ndarray, ids: list[int], reduction: str) -> float:
     output    N = the number of output tokens:   (sum_out CE + lambda sum_prompt CE) / n_out
               = IT's loss + lambda x the prompt tokens' summed loss on the same scale: the outputs' gradient does
               not shrink as lambda grows (at lambda 0 and template weight 0 it is exactly token)
-    sequence  N = the number of examples, each example's weights rescaled to sum to 1 (per_example_weights)
+    sequence  N = the number of examples, each example's weights rescaled to sum to 1 (per_example_weights, which
+              step_batches applies as it builds the micro-batches)
 
     Each N comes from the step's example ids (step_totals), so each is split-invariant."""
     step = step_totals(totals, ids)

@@ -291,7 +291,8 @@ class GPT(nn.Module):
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, pos: torch.Tensor | None = None,
              doc: torch.Tensor | None = None, neftune_alpha: float = 0.0, select: torch.Tensor | None = None,
              cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of weights * token losses, sum of weights) over the batch; divide after summing over micro-batches.
+        """(sum of weights * token losses, sum of weights) over the batch: sums, not a mean; the training step divides
+        by the whole step's N (loss.micro_batch_loss), so the update does not depend on how the step was split.
         select: head_positions(weights) (data.collate's Batch.select), so that only the positions that weigh
         anything reach the output head; None runs the head on every position (--no-skip_zero). Same numbers."""
         logits = self(idx, pos, doc, select, neftune_alpha, cu_seqlens)

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -65,7 +66,7 @@ class Session:
     pending: list = dataclasses.field(default_factory=list)  # step records whose device numbers are unread
     clock: float = 0.0  # when the pending steps began
     speeds: list = dataclasses.field(default_factory=list)  # tokens/s of every step read so far
-    totals: object = None  # loss.example_totals of the training set: each step adds up its rows
+    totals: np.ndarray | None = None  # loss.example_totals of the training set, (examples, 4): a step adds its rows
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -114,8 +115,8 @@ def train_step(session: Session, ids: list[int], batches: list[Batch | None]) ->
     for b in batches + [dummy]:
         if cfg.compile and b is not None:
             mark_dynamic(b)
-    sums = run_micro_batches(session.step_loss, batches, dummy, divisor, dist.world_size, session.ref, cfg.kl_coef,
-                             session.amp_dtype, session.scaler)
+    step_loss = run_micro_batches(session.step_loss, batches, dummy, divisor, dist.world_size, session.ref,
+                                  cfg.kl_coef, session.amp_dtype, session.scaler)  # (2,) [CE, KL] / N, this rank
     session.scaler.unscale_(session.optimizer)  # clip the true gradient, not the fp16-scaled one
     grad_norm = torch.nn.utils.clip_grad_norm_(session.model.parameters(), cfg.grad_clip or math.inf)
     session.scaler.step(session.optimizer)
@@ -127,7 +128,7 @@ def train_step(session: Session, ids: list[int], batches: list[Batch | None]) ->
     flops = device.training_flops(c.n_layer, c.n_embd, c.vocab_size, lengths,
                                   step["weighted_positions"] if cfg.skip_zero else step["positions"],
                                   reference=session.ref is not None)
-    rec = {"step": session.prog.step, "sums": sums.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
+    rec = {"step": session.prog.step, "step_loss": step_loss.to(grad_norm.device), "lr": lr, "grad_norm": grad_norm,
            "weight_sum": step["weight_sum"], "tokens": step["positions"], "flops": flops}
     session.pending.append(rec)
     return rec
@@ -140,11 +141,11 @@ def flush(session: Session, collective: bool = True) -> list[dict]:
     if not session.pending:
         return []
     recs, session.pending = session.pending, []
-    sums = torch.stack([r["sums"] for r in recs])  # (k, 2): this rank's [cross-entropy, KL] per step, on the device
+    losses = torch.stack([r["step_loss"] for r in recs])  # (k, 2): this rank's [CE, KL] / N per step, on the device
     if collective:
-        sums = distributed.sum_over_ranks(sums, session.dist)
-    norms = torch.stack([r["grad_norm"] for r in recs]).to(sums.device).double().unsqueeze(1)  # (k, 1)
-    values = torch.cat([sums, norms], 1).tolist()  # (k, 3): the one read of the device
+        losses = distributed.sum_over_ranks(losses, session.dist)  # each rank holds its share of the step's loss
+    norms = torch.stack([r["grad_norm"] for r in recs]).to(losses.device).double().unsqueeze(1)  # (k, 1)
+    values = torch.cat([losses, norms], 1).tolist()  # (k, 3): the one read of the device
     dt = (time.perf_counter() - session.clock) / len(recs)  # the GPU ran asynchronously: only the average is known
     session.clock = time.perf_counter()
     for rec, (ce, kl, grad_norm) in zip(recs, values):
@@ -152,7 +153,7 @@ def flush(session: Session, collective: bool = True) -> list[dict]:
             raise TrainingDiverged(f"loss {ce + kl} / gradient norm {grad_norm} at step {rec['step']}: stopped; "
                                    f"the last good checkpoint (if any) is in {session.cfg.out_dir}. Try a lower "
                                    f"--lr or float32")
-        del rec["sums"]
+        del rec["step_loss"]
         rec.update(loss=ce, grad_norm=grad_norm, tokens_per_s=rec["tokens"] / dt, step_time=dt)
         session.speeds.append(rec["tokens_per_s"])
         if session.cfg.kl_coef:
