@@ -662,3 +662,15 @@ def test_every_test_readme_names_for_a_promise_exists():
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
             assert re.search(rf"^def {name}\(", f.read(), re.M), f"docs/promises.md names {node}, which does not exist"
     assert {m.promise for m in mutate.MUTATIONS} <= set(tests)
+
+
+def test_every_mutation_still_finds_its_snippet():
+    """The mutation audit is not part of CI: a snippet the code no longer holds (a rename, a move) would make its
+    mutation stale and its promise unaudited without anyone noticing. Each must stand exactly once in its file."""
+    from scripts.maint import mutate
+    stale = []
+    for m in mutate.MUTATIONS:
+        with open(os.path.join(ROOT, m.path), encoding="utf-8") as f:
+            if f.read().count(m.old) != 1:
+                stale.append(f"{m.path}: {m.old[:60]!r} ({m.what})")
+    assert not stale, "stale mutations (update scripts/maint/mutate.py's MUTATIONS):\n" + "\n".join(stale)
