@@ -251,8 +251,6 @@ def setup(cfg: TrainConfig, dist: distributed.Dist, typed: set[str] | None = Non
     micro, accum = batching.split_sizes(cfg.batch_size, cfg.micro_batch_size, dist.world_size)  # fail before any work
     cfg = dataclasses.replace(cfg, micro_batch_size=micro)
     amp_dtype = device.amp_dtype_for(cfg.dtype, device_type)
-    if device_type == "cpu":  # the count used goes into the run's config: a thread count reproduces its digits
-        cfg = dataclasses.replace(cfg, threads=device.cpu_threads(cfg.threads, dist.world_size, dist.is_main))
     peak = device.set_up_device(dist.device, cfg.threads, amp_dtype, dist.is_main)
     if cfg.pack and device_type == "cuda" and (why := device.varlen_problem(amp_dtype is not None, cfg.dropout)):
         cfg = dataclasses.replace(cfg, pack=False)  # packing changes only the speed, never the update
@@ -270,6 +268,9 @@ def setup(cfg: TrainConfig, dist: distributed.Dist, typed: set[str] | None = Non
             raise cli.UserError(f"--block_size {cfg.block_size} exceeds the model's context {model.config.block_size}")
         cfg = dataclasses.replace(cfg, block_size=cfg.block_size or model.config.block_size)
         train_ex, val_ex, stats = build_data(cfg, tok)
+    if device_type == "cpu":  # once every input has loaded (a bad one's error stays the only line); the count used
+        cfg = dataclasses.replace(cfg, threads=device.cpu_threads(cfg.threads, dist.world_size, dist.is_main))
+        torch.set_num_threads(cfg.threads)  # goes into the run's config: a thread count reproduces its digits
     if auto_micro:  # the most rows whose longest micro-batch fits the GPU's free memory, by memory's model
         shape = memory.StepShape(amp_dtype is not None, cfg.dropout > 0, cfg.grad_checkpoint, cfg.head_chunk,
                                  dist.enabled, cfg.kl_coef > 0)

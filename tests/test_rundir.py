@@ -216,10 +216,14 @@ def test_every_setting_of_a_checkpoint_is_checked_for_its_kind(data_file, tmp_pa
 def test_a_file_that_is_no_checkpoint_is_one_line_without_torchs_advice(content, data_file, tmp_path, monkeypatch,
                                                                          capsys):
     """Random bytes as a checkpoint printed four lines repeating torch's advice to retry with weights_only=False
-    (which would run a file's code): now one line naming the file and what it is not, from every program."""
+    (which would run a file's code): now one line naming the file and what it is not, from every program, on a busy
+    machine too (the programs say they take 1 thread only once their inputs have loaded)."""
     import eval as ev
     import sample
+    from imgpt import device
     from scripts.tools import export
+    monkeypatch.setattr(device, "machine_load", lambda: 99.0)  # busy: a thread note would come before the error
+    monkeypatch.setattr(device, "usable_cores", lambda: 2)
     bad = tmp_path / "ckpt.pt"
     bad.write_bytes(content)
     hf = tmp_path / "hf"
