@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from data import Batch, Example, collate
 from imgpt.device import autocast
@@ -89,29 +88,6 @@ def weighted_kl(logits: torch.Tensor, ref_logits: torch.Tensor, weights: torch.T
     return (weights * (logp.exp() * (logp - logq)).sum(-1)).sum()
 
 
-def chunked_head_cross_entropy(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
-                               weights: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """model.weighted_cross_entropy(h @ head_weight.T, targets, weights), `chunk` positions at a time: (N, C) in.
-
-    Each chunk's logits and float32 log-softmax are freed after its loss and recomputed one chunk at a time in
-    backward (torch.utils.checkpoint), so at most (chunk, V) of them are ever held instead of (N, V): about
-    0.2 MB per scored position at GPT-2's vocabulary. Costs one more head matmul per chunk in backward."""
-    weights = weights.float()
-    targets = torch.where(weights != 0, targets, 0)
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for i in range(0, h.size(0), chunk):
-        part = slice(i, i + chunk)
-        total = total + checkpoint(_head_loss, h[part], head_weight, targets[part], weights[part],
-                                   use_reentrant=False)
-    return total, weights.sum()
-
-
-def _head_loss(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
-               weights: torch.Tensor) -> torch.Tensor:
-    ce = F.cross_entropy(F.linear(h, head_weight).float(), targets, reduction="none")  # (n,), as the whole head
-    return (weights * ce).sum()
-
-
 class StepLoss(nn.Module):
     """The model and its loss in one forward, so that DDP sees the whole computation and syncs its gradients.
     head_chunk > 0 (--head_chunk): the output head and loss run that many scored positions at a time."""
@@ -123,16 +99,10 @@ class StepLoss(nn.Module):
     def forward(self, idx, targets, weights, pos, doc, select=None, cu_seqlens=None,
                 ref_logits=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of w * cross-entropy, sum of w * KL to the reference model) over one micro-batch."""
-        if ref_logits is None and self.head_chunk:  # --head_chunk: never the whole (N, V) float32 log-softmax
-            select = select if self.skip_zero else None  # (N,) flat indices of the scored positions, or all
-            h = self.model(idx, pos, doc, select, self.neftune_alpha, cu_seqlens, head=False).flatten(0, -2)  # (N, C)
-            t, w = targets.flatten(), weights.flatten()
-            t, w = (t, w) if select is None else (t[select], w[select])
-            ce, _ = chunked_head_cross_entropy(h, self.model.lm_head.weight, t, w, self.head_chunk)
-            return ce, torch.zeros_like(ce)
         if ref_logits is None:  # no KL term; --no-skip_zero runs the head on every position (bench_train's baseline)
             ce, _ = self.model.loss(idx, targets, weights, pos=pos, doc=doc, neftune_alpha=self.neftune_alpha,
-                                    select=select if self.skip_zero else None, cu_seqlens=cu_seqlens)
+                                    select=select if self.skip_zero else None, cu_seqlens=cu_seqlens,
+                                    head_chunk=self.head_chunk)
             return ce, torch.zeros_like(ce)
         logits = self.model(idx, pos, doc, select, self.neftune_alpha, cu_seqlens)  # (N, V), as the reference's
         w = weights.flatten()[select]

@@ -204,6 +204,27 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
     return (weights * ce).sum(), weights.sum()
 
 
+def chunked_head_cross_entropy(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
+                               weights: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """weighted_cross_entropy(h @ head_weight.T, targets, weights), `chunk` positions at a time: (N, C) in.
+
+    Each chunk's logits and float32 log-softmax are freed after its loss and recomputed in backward (checkpoint): at
+    most (chunk, V) are held, not (N, V) (~0.2 MB per position at GPT-2's vocabulary), for one more head matmul."""
+    weights = weights.float()
+    targets = torch.where(weights != 0, targets, 0)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for i in range(0, h.size(0), chunk):
+        part = slice(i, i + chunk)
+        total = total + checkpoint(_head_loss, h[part], head_weight, targets[part], weights[part], use_reentrant=False)
+    return total, weights.sum()
+
+
+def _head_loss(h: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
+               weights: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(F.linear(h, head_weight).float(), targets, reduction="none")  # (n,), as the whole head
+    return (weights * ce).sum()
+
+
 def head_positions(weights: torch.Tensor) -> torch.Tensor:
     """(B, T) weights -> (N,) int64: the positions whose weight is not 0, as indices into the flattened (B * T)
     tokens in row-major order (row 0's first). Only these reach the output head: the rest add nothing to the loss.
@@ -290,15 +311,20 @@ class GPT(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, pos: torch.Tensor | None = None,
              doc: torch.Tensor | None = None, neftune_alpha: float = 0.0, select: torch.Tensor | None = None,
-             cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             cu_seqlens: torch.Tensor | None = None, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weights * token losses, sum of weights) over the batch: sums, not a mean; the training step divides
         by the whole step's N (loss.micro_batch_loss), so the update does not depend on how the step was split.
         select: head_positions(weights) (data.collate's Batch.select), so that only the positions that weigh
-        anything reach the output head; None runs the head on every position (--no-skip_zero). Same numbers."""
-        logits = self(idx, pos, doc, select, neftune_alpha, cu_seqlens)
+        anything reach the output head; None runs the head on every position (--no-skip_zero); head_chunk > 0
+        (--head_chunk) runs the head and loss that many positions at a time. The same numbers either way."""
+        out = self(idx, pos, doc, select, neftune_alpha, cu_seqlens, head=not head_chunk)  # logits, or hidden states
         if select is None:
-            return weighted_cross_entropy(logits.flatten(0, 1), targets.flatten(), weights.flatten())
-        return weighted_cross_entropy(logits, targets.flatten()[select], weights.flatten()[select])
+            out, targets, weights = out.flatten(0, 1), targets.flatten(), weights.flatten()
+        else:
+            targets, weights = targets.flatten()[select], weights.flatten()[select]
+        if head_chunk:
+            return chunked_head_cross_entropy(out, self.lm_head.weight, targets, weights, head_chunk)
+        return weighted_cross_entropy(out, targets, weights)
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
                              fused: bool | None = None) -> torch.optim.AdamW:

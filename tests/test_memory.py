@@ -13,8 +13,8 @@ from imgpt import memory
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import run_cli
 from imgpt.distributed import Dist
-from loss import StepLoss, chunked_head_cross_entropy
-from model import GPT, GPTConfig, weighted_cross_entropy
+from loss import StepLoss
+from model import GPT, GPTConfig, chunked_head_cross_entropy, weighted_cross_entropy
 
 SIZES = [dict(n_layer=2, n_head=4, n_embd=64, vocab_size=1000, rows=2, T=96),
          dict(n_layer=3, n_head=6, n_embd=96, vocab_size=3000, rows=3, T=64),
