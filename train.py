@@ -409,7 +409,8 @@ def startup_lines(cfg: TrainConfig, mc: GPTConfig, n_params: int, n_train: int, 
         f"accumulation x {world} process{'es' if world > 1 else ''}), lr {cfg.lr:g} {cfg.schedule}, on {device}"
         + (f" with {cfg.threads} thread{'s' * (cfg.threads > 1)}" if device.startswith("cpu") and cfg.threads else "")
         + (f", resuming at step {resumed_at}" if resumed_at is not None else ""),
-        f"files: {cfg.out_dir}/ (ckpt.pt, best.pt, log.jsonl, summary.json with every setting)",
+        f"files: {cfg.out_dir}/ (ckpt.pt, best.pt, log.jsonl, summary.json with every setting)" if cfg.save else
+        f"files: {cfg.out_dir}/ (log.jsonl, summary.json with every setting; --no-save: no checkpoints)",
     ]
     if cfg.prompt_loss_weight == 0 and not plain:
         lines.append("note: IT never trains on the instructions, so the held-out *prompt* loss (val_prompt_loss) "
@@ -440,11 +441,13 @@ def summary_lines(summary: dict, cfg: TrainConfig, argv: list[str] | None) -> li
              f"{summary['tokens_per_s']:,.0f} tokens/s"]
     if final.get("val_output_loss") is not None:
         lines.append(f"held-out output loss {final['val_output_loss']:.4f} (best {summary['best_val_output_loss']:.4f}"
-                     f", kept in best.pt), train output loss {final['train_output_loss']:.4f}")
+                     f"{', kept in best.pt' if cfg.save else ''}), train output loss {final['train_output_loss']:.4f}")
     rest = {k: v for k, v in final.items() if k not in ("step", "val_output_loss", "train_output_loss")}
     if rest:
         lines.append("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in rest.items()))
+    if not cfg.save:  # nothing to resume, evaluate or talk to
+        return lines + [f"files: {out}/summary.json, {out}/log.jsonl (--no-save: no checkpoints)"]
     lines.append(f"files: {out}/ckpt.pt (last), {out}/best.pt (best held-out output loss), {out}/summary.json, "
                  f"{out}/log.jsonl")
     if not summary["finished"]:

@@ -407,3 +407,55 @@ def test_train_exact_match_is_token_exact_from_the_training_prefix(tok):
     assert metrics.is_exact([1, 2], [1, 2, 9], [data.ASSISTANT, data.ASSISTANT, data.EOT])
     assert not metrics.is_exact([1, 2, 3], [1, 2, 9], [data.ASSISTANT, data.ASSISTANT, data.EOT])
     assert metrics.is_exact([1, 2, 3], [1, 2], [data.ASSISTANT, data.ASSISTANT])  # training cut the answer's end
+
+
+class Believes(torch.nn.Module):
+    """A stand-in model with one believed answer per prompt, as next-token logits (one-hot: the believed token at
+    every position from the prompt's end on) and as greedy generation: both ways of scoring must agree."""
+
+    def __init__(self, beliefs: dict[tuple, list[int]], eos_id: int):
+        super().__init__()
+        self.beliefs, self.eos_id = beliefs, eos_id
+
+    def believed(self, row: list[int]) -> tuple[int, list[int]]:
+        start = next(len(p) for p in self.beliefs if tuple(row[:len(p)]) == p)  # the prompt this row starts with
+        return start, self.beliefs[tuple(row[:start])]
+
+    def forward(self, idx, pos=None, doc=None, select=None):
+        B, T = idx.shape
+        logits = torch.zeros(B * T, 300)
+        for b in range(B):
+            start, answer = self.believed(idx[b].tolist())
+            for t in range(start - 1, T):  # position t predicts token t + 1: the answer's (t + 1 - start)-th
+                logits[b * T + t, answer[t + 1 - start] if t + 1 - start < len(answer) else 0] = 1.0
+        return logits[select]
+
+    def generate(self, prompts, max_new, eos_id=None):
+        out = []
+        for p in prompts:
+            answer = self.believed(list(p))[1]
+            cut = answer.index(eos_id) if eos_id in answer else len(answer)
+            out.append(answer[:min(cut, max_new)])
+        return out
+
+
+def test_exact_match_from_the_loss_pass_is_the_generated_one(tok):
+    """train.py's exact match comes from the evaluation's forward pass (the most likely token right at every
+    answer position): the same rate as generating the greedy answers, for right answers, a wrong token inside
+    one, an answer that does not stop, one that stops early, and rows of different lengths in one batch."""
+    import metrics
+    convs = [[{"role": "user", "content": f"K{i}=" + "x" * i}, {"role": "assistant", "content": a}]
+             for i, a in enumerate(["abcd", "efgh", "ijkl", "mnop", "qrst", "uvwx"])]
+    examples, _ = data.encode_dataset(convs, tok, 64, 0.0)
+    eot = tok.eot_token
+    right = {tuple(data.prompt_ids(c, tok)): tok.encode_ordinary(c[1]["content"]) + [eot] for c in convs}
+    keys = list(right)
+    beliefs = dict(right)
+    beliefs[keys[1]] = tok.encode_ordinary("efgx") + [eot]  # a wrong token inside
+    beliefs[keys[3]] = tok.encode_ordinary("mnop and more")  # right, but does not stop
+    beliefs[keys[4]] = tok.encode_ordinary("qr") + [eot]  # stops early
+    for model, rate in ((Believes(right, eot), 1.0), (Believes(beliefs, eot), 3 / 6)):
+        for bs in (1, 4):
+            generated = metrics.exact_match_rate(model, examples, bs, eot)
+            assert generated == pytest.approx(rate)
+            assert metrics.segment_losses(model, examples, bs, "cpu")["exact_match"] == pytest.approx(generated)

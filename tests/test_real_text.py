@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from imgpt.cli import run_cli
 from scripts.experiments import english_base, real_text
 
 TASK = "Baking cookies: A woman mixes flour and sugar in a bowl. she"
@@ -40,6 +41,13 @@ def write_sources(data_dir) -> str:
     alpaca = [{"instruction": f"Describe the number {i}.", "input": "",
                "output": f"The number {i} is a whole number. " * 8} for i in range(20)]
     (data_dir / "llamafactory-alpaca-demo" / "alpaca_en_demo.json").write_text(json.dumps(alpaca))
+    (data_dir / "lima").mkdir()
+    lima = [{"instruction": f"Tell me about {i}.", "input": "", "output": f"{i} is a number I like. " * 9,
+             "history": []} for i in range(16)]
+    lima.append({"instruction": "And then?", "input": "", "output": "More.", "history": [["Hi", "Hello"]]})
+    lima.append({"instruction": "Tell me about everything there is to know about numbers, please.", "input": "",
+                 "output": "Numbers.", "history": []})
+    (data_dir / "lima" / "lima.json").write_text(json.dumps(lima))
     return str(data_dir)
 
 
@@ -51,7 +59,7 @@ def sources(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def base(sources, tmp_path_factory) -> tuple[str, dict]:
     out = str(tmp_path_factory.mktemp("base"))
-    return out, english_base.main(["--smoke", "--data_dir", sources, "--out_dir", out])
+    return out, english_base.main(["--smoke", "--data_dir", sources, "--out_dir", out, "--threads", "1"])
 
 
 def test_base_corpus_holds_the_named_text_only(sources):
@@ -71,15 +79,18 @@ def test_base_smoke_learns_and_reports(base):
 
 
 def test_base_is_reproduced_bit_for_bit(base, sources, tmp_path):
-    """The same command on the same machine gives the same weights, every bit (float32 on CPU, 1 thread)."""
+    """The same command on the same machine and thread count gives the same weights, every bit (float32 on CPU);
+    the report names the thread count (train.py's choice depends on the machine's load when not given)."""
     again = str(tmp_path / "again")
-    report = english_base.main(["--smoke", "--data_dir", sources, "--out_dir", again])
+    report = english_base.main(["--smoke", "--data_dir", sources, "--out_dir", again, "--threads", "1"])
     first = torch.load(os.path.join(base[0], "ckpt.pt"), weights_only=True)["model"]
     second = torch.load(os.path.join(again, "ckpt.pt"), weights_only=True)["model"]
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert report["held_out_loss_per_byte"] == base[1]["held_out_loss_per_byte"]
-    different = english_base.main(["--smoke", "--data_dir", sources, "--out_dir", str(tmp_path / "s2"), "--seed", "2"])
+    assert report["threads"] == base[1]["threads"] == 1
+    different = english_base.main(["--smoke", "--data_dir", sources, "--out_dir", str(tmp_path / "s2"), "--seed", "2",
+                                   "--threads", "1"])
     assert different["held_out_loss_per_byte"] != report["held_out_loss_per_byte"]  # the seed does reach it
 
 
@@ -90,13 +101,16 @@ def test_instruction_sets_read_both_delimiters_and_filter(sources):
     assert real_text.mmlu_records(sources, max_len=40) == []  # none fits 40 bytes whole
     assert len(real_text.alpaca_records(sources)) == 20
     assert real_text.alpaca_records(sources, max_prompt=10) == []
+    lima = real_text.lima_records(sources)
+    assert len(lima) == 16  # the multi-turn example and the 64-byte instruction left out
+    assert lima[0]["instruction"] == "Tell me about 0."
 
 
 def scored(base_dir: str, data: str, out: str, epochs: list[int]) -> list[float]:
     """Held-out output loss at each budget of one real_text.tune run (IM, seed 0, 8 examples)."""
     args = argparse.Namespace(val_size=4, examples=8, max_len=96, batch_size=4, epochs=epochs, lr=1e-3, gen_examples=2,
                               train_eval=2, max_new=8)
-    cfg = real_text.tune_config(base_dir, data, out, 1.0, 0, args)
+    cfg = real_text.tune_config(base_dir, data, out, 1.0, 0, args, examples=8)
     know = real_text.knowledge_examples(base_dir, 2)
     return [p["val_output_loss"] for p in real_text.tune(cfg, know, args, with_base=False)]
 
@@ -116,7 +130,7 @@ def test_study_smoke_writes_paired_results_and_plot(base, sources, tmp_path):
     out = str(tmp_path / "study")
     result = real_text.main(["--smoke", "--base", base[0], "--data_dir", sources, "--out_dir", out])
     records = result["records"]
-    assert len(records) == 2 * (1 + 3 * 2)  # per set: the base, then 3 modes x 2 budgets (1 seed)
+    assert len(records) == 3 * (1 + 3 * 2)  # per set: the base, then 3 modes x 2 budgets (1 seed)
     assert {r["mode"] for r in records} == {"base", "it", "plw0.1", "im"}
     im = next(r for r in result["rows"] if r["set"] == "mmlu" and r["mode"] == "im" and r["epochs"] == 2)
     it = next(r for r in result["rows"] if r["set"] == "mmlu" and r["mode"] == "it" and r["epochs"] == 2)
@@ -124,3 +138,30 @@ def test_study_smoke_writes_paired_results_and_plot(base, sources, tmp_path):
     assert json.load(open(os.path.join(out, "results.json")))["rows"] == json.loads(json.dumps(result["rows"]))
     assert open(os.path.join(out, "real_text.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert result["sets"]["mmlu"]["output_over_prompt"] < 0.1 < 1 < result["sets"]["alpaca"]["output_over_prompt"]
+    assert result["sets"]["lima"]["output_over_prompt"] > 1
+
+
+def test_study_numbers_do_not_depend_on_jobs(base, sources, tmp_path):
+    """Runs side by side (each its own process, one thread) give the numbers of runs one after another; every
+    example that fits is trained on with --examples all."""
+    argv = ["--smoke", "--base", base[0], "--data_dir", sources, "--sets", "lima", "--modes", "it,im",
+            "--examples", "all"]
+    one = real_text.main(argv + ["--out_dir", str(tmp_path / "one"), "--jobs", "1"])
+    two = real_text.main(argv + ["--out_dir", str(tmp_path / "two"), "--jobs", "2"])
+    assert one["sets"]["lima"]["train_examples"] == 16 - 4  # all 16 kept, less the 4 held out
+    drop = ("wall_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in one["records"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in two["records"]]
+    assert len(one["records"]) == 1 + 2 * 2
+
+
+@pytest.mark.parametrize("flag, value", [("--examples", "lots"), ("--examples", "0"), ("--jobs", "0")])
+def test_study_refuses_bad_counts_in_one_line(base, sources, tmp_path, flag, value, capsys):
+    out = tmp_path / "study"
+    argv = ["--smoke", "--base", base[0], "--data_dir", sources, "--out_dir", str(out), flag, value]
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: real_text.main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag}: ") and err.count("\n") == 1
+    assert not out.exists()  # refused before anything was written

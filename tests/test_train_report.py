@@ -58,6 +58,17 @@ def test_summary_names_files_every_final_metric_and_next_commands():
         stopped[-1] == "next: python train.py --init_from resume --out_dir out   # continue the run"
 
 
+def test_a_run_without_checkpoints_names_none_and_suggests_nothing_that_needs_one():
+    """--no-save (the real-text study's runs): no line may point at a ckpt.pt or best.pt that was never written."""
+    cfg = resolve(TrainConfig(save=False))
+    start = startup_lines(cfg, GPTConfig.preset("tiny"), 1, 200, 100, STATS, 1, 1, 400, "cpu", None)
+    lines = summary_lines(summary(val_exact_match=0.25), cfg, [])
+    assert start[4] == "files: out/ (log.jsonl, summary.json with every setting; --no-save: no checkpoints)"
+    assert lines[1] == "held-out output loss 2.1632 (best 2.1108), train output loss 1.3881"
+    assert lines[-1] == "files: out/summary.json, out/log.jsonl (--no-save: no checkpoints)"
+    assert not any(".pt" in line for line in start + lines)
+
+
 def test_plain_text_says_every_token_is_learned_and_suggests_tuning_the_base():
     cfg = resolve(TrainConfig(data="synthetic-corpus", out_dir="out/base"))
     text = {"examples": 1735, "prompt_tokens": 0, "output_tokens": 114000, "template_tokens": 0, "truncated": 0,

@@ -2,7 +2,7 @@
 
     python -m scripts.experiments.english_base --data_dir ../shared/data --out_dir out/english-base
 
-(800 steps: 29 min 26 s on this project's 2-core machine while other jobs shared it; docs/real-text.md.)
+(800 steps: 5 min 52 s on this project's idle 2-core AMD EPYC, 2 threads; docs/real-text.md.)
 
 The text is two public sets of everyday and school English, each document one paragraph:
 - HellaSwag's validation contexts, each with its correct ending ("Roof shingle removal: A man is sitting on a
@@ -11,8 +11,8 @@ The text is two public sets of everyday and school English, each document one pa
   grade-school-math, MIT), the calculator annotations <<48/2=24>> taken out.
 Files are read from --data_dir (the layout of shared/data: hellaswag/..., gsm8k/...); a file not there is
 downloaded once from its public URL into the cache, as train.py's --data does. None of the instruction sets the
-base is tuned on (scripts/experiments/real_text.py: MMLU-Redux, the LLaMA-Factory Alpaca demo, LLMs-from-Scratch
-ch. 7) is in this text.
+base is tuned on (scripts/experiments/real_text.py: MMLU-Redux, the LLaMA-Factory Alpaca demo, LIMA) is in this
+text.
 
 The corpus is written to out_dir/corpus.txt and trained with train.py's plain-text path (every token learned;
 documents cut into windows of block_size bytes). A held-out set of documents gives the loss per byte, and a few
@@ -107,12 +107,12 @@ def corpus_documents(data_dir: str, limit: int = 0) -> list[str]:
     return [d.replace("\n\n", "\n") for d in docs]  # a blank line would split a document in two
 
 
-def base_config(out_dir: str, corpus: str, max_steps: int, seed: int, val_size: int) -> TrainConfig:
+def base_config(out_dir: str, corpus: str, max_steps: int, seed: int, val_size: int, threads: int = 0) -> TrainConfig:
     """train.py's settings for the base: the tiny byte-level GPT (4 layers, width 128, 0.8M parameters) on
     windows of 256 bytes, 32 a step, the from-scratch recipe's learning rate and cosine schedule."""
     return TrainConfig(out_dir=out_dir, overwrite=True, data=corpus, val_size=val_size, max_steps=max_steps,
                        block_size=256, batch_size=32, eval_interval=max(1, max_steps // 4), eval_examples=0,
-                       seed=seed)
+                       seed=seed, threads=threads)
 
 
 def held_out_loss(ckpt: str, cfg: TrainConfig) -> tuple[float, int]:
@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max_steps", type=int, default=800, help="optimizer steps of 32 windows of 256 bytes")
     ap.add_argument("--seed", type=int, default=1337, help="initialization, held-out split and data order")
     ap.add_argument("--val_size", type=int, default=300, help="held-out documents")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads (0: train.py's choice, one per core on an idle machine); a base is reproduced "
+                         "bit for bit with the thread count its report names")
     ap.add_argument("--smoke", action="store_true", help="20 documents per source, 4 steps: seconds")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -148,12 +151,13 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = os.path.join(args.out_dir, "corpus.txt")
     write_text_atomic(corpus, "\n\n".join(docs) + "\n")
     steps, val = (4, 5) if args.smoke else (args.max_steps, args.val_size)
-    cfg = base_config(args.out_dir, corpus, steps, args.seed, val)
+    cfg = base_config(args.out_dir, corpus, steps, args.seed, val, args.threads)
     summary = train.train(cfg)
     ckpt = os.path.join(args.out_dir, "ckpt.pt")
     loss, n = held_out_loss(ckpt, cfg)
     report = {"sources": {k: v[1] for k, v in SOURCES.items()}, "documents": len(docs),
               "corpus_bytes": os.path.getsize(corpus), "steps": summary["steps"], "seed": args.seed,
+              "threads": summary["config"]["threads"],
               "held_out_documents": val, "held_out_bytes": n, "held_out_loss_per_byte": loss,
               "held_out_bits_per_byte": loss / 0.6931471805599453, "train_time_s": summary["time_s"],
               "samples": greedy_samples(ckpt, PROMPTS, 8 if args.smoke else 120),

@@ -2,14 +2,16 @@
 
     python -m scripts.experiments.real_text --base out/english-base --data_dir ../shared/data --out_dir out/real-text
 
-Two instruction sets at the two ends of the paper's first factor (instruction length / output length):
+Three instruction sets at the two ends of the paper's first factor (instruction length / output length):
 - `mmlu`: long instructions, short outputs. MMLU-Redux questions (those its annotators marked ok) with their
   four choices as the instruction, the correct choice's text as the output;
 - `alpaca`: short instructions, long outputs. The LLaMA-Factory Alpaca demo's examples whose instruction (and
   input) is at most 60 bytes; their long answers are cut at the end to fit --max_len bytes (train.py's
-  truncation: the answer keeps its start).
-Only examples that fit --max_len whole (mmlu) or whose instruction fits (alpaca) are kept: a length filter, said.
-
+  truncation: the answer keeps its start);
+- `lima`: the same from LIMA (the paper's own few-examples set), its single-turn examples.
+Only examples that fit --max_len whole (mmlu) or whose instruction fits (alpaca, lima) are kept: a length filter,
+said. `--examples all` (the default) trains on every example kept but the --val_size held out: 452 (mmlu), 297
+(alpaca) and 252 (lima) from ../shared/data's files.
 For each set, seed and prompt-loss weight (IT 0, 0.1, IM 1), one run tunes the base for the largest budget at a
 constant learning rate, and is scored at the end of each budget's epochs (2, 3, 10): with no decay and no warmup,
 the model after 2 of 10 epochs is the model a 2-epoch run ends with (same data order, same updates), so one run
@@ -22,17 +24,21 @@ Measured at each budget (and for the base before tuning):
 - greedy answers to training and held-out instructions against their reference outputs (ROUGE-L, BLEU, exact
   match): copying of training answers (the paper's Table 2 idea) and held-out quality;
 - knowledge kept: loss per byte on the base's held-out documents.
-Everything goes into out_dir/results.json (and a plot, out_dir/real_text.png).
+Everything goes into out_dir/results.json (and a plot, out_dir/real_text.png). Runs go --jobs at a time (one
+per core), each in its own process with one thread: every run's numbers are the same whatever --jobs is.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import glob
 import io
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -45,6 +51,7 @@ from data import Example, answer_start, encode_dataset
 from eval import text_metrics
 from imgpt.checkpoint import load_checkpoint
 from imgpt.cli import UserError, run_cli, validate
+from imgpt.device import usable_cores
 from imgpt.distributed import join_distributed
 from imgpt.files import write_text_atomic
 from imgpt.formats import load_split
@@ -82,15 +89,26 @@ def mmlu_records(data_dir: str, max_len: int) -> list[dict]:
     return [r for r in records if r["output"] and fits(r, max_len)]
 
 
-def alpaca_records(data_dir: str, max_prompt: int = 60) -> list[dict]:
-    """The Alpaca demo's examples with an instruction (and input) of at most max_prompt bytes."""
-    path = os.path.join(data_dir, "llamafactory-alpaca-demo", "alpaca_en_demo.json")
+def short_prompt_records(path: str, max_prompt: int) -> list[dict]:
+    """An Alpaca-format file's single-turn examples whose instruction (and input) is at most max_prompt bytes."""
     try:
         with open(path, encoding="utf-8") as f:
             records = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
-    return [r for r in records if len((r["instruction"] + r.get("input", "")).encode()) <= max_prompt and r["output"]]
+    return [r for r in records if len((r["instruction"] + r.get("input", "")).encode()) <= max_prompt
+            and r["output"] and not r.get("history")]
+
+
+def alpaca_records(data_dir: str, max_prompt: int = 60) -> list[dict]:
+    """The LLaMA-Factory Alpaca demo's short instructions with their long answers."""
+    return short_prompt_records(os.path.join(data_dir, "llamafactory-alpaca-demo", "alpaca_en_demo.json"), max_prompt)
+
+
+def lima_records(data_dir: str, max_prompt: int = 60) -> list[dict]:
+    """LIMA's (the paper's SAH set) short single-turn instructions with their long answers; the 29 multi-turn
+    examples are left out."""
+    return short_prompt_records(os.path.join(data_dir, "lima", "lima.json"), max_prompt)
 
 
 TEMPLATE_BYTES = len("<|user|>\n\n<|assistant|>\n\n") + 1  # the chat template around one turn, and end-of-text
@@ -113,14 +131,15 @@ def set_stats(recs: list[dict], max_len: int) -> dict:
             "output_over_prompt": output / prompt}
 
 
-SETS = {"mmlu": mmlu_records, "alpaca": lambda data_dir, max_len: alpaca_records(data_dir)}  # (data_dir, max_len)
+SETS = {"mmlu": mmlu_records, "alpaca": lambda data_dir, max_len: alpaca_records(data_dir),
+        "lima": lambda data_dir, max_len: lima_records(data_dir)}  # (data_dir, max_len) -> records
 
 
-def tune_config(base: str, data: str, out_dir: str, weight: float, seed: int, args) -> TrainConfig:
+def tune_config(base: str, data: str, out_dir: str, weight: float, seed: int, args, examples: int) -> TrainConfig:
     """The tuning run: the longest budget's epochs at a constant rate (no warmup, no decay), scored only where
     the study stops it. No checkpoints are written: the study scores the model in memory."""
     return TrainConfig(out_dir=out_dir, overwrite=True, init_from=base, data=data, val_size=args.val_size,
-                       num_examples=args.examples, block_size=args.max_len - 1, prompt_loss_weight=weight,
+                       num_examples=examples, block_size=args.max_len - 1, prompt_loss_weight=weight,
                        batch_size=args.batch_size, micro_batch_size=args.batch_size, epochs=float(max(args.epochs)),
                        lr=args.lr, min_lr=args.lr, schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
                        eval_interval=0, eval_examples=0, train_eval_size=args.train_eval, threads=1, seed=seed,
@@ -186,6 +205,15 @@ def tune(cfg: TrainConfig, know: list[Example], args, with_base: bool) -> list[d
         points.append({"epochs": epochs, "steps": summary["steps"], **score(s, know, summary["final"], args),
                        "wall_s": time.perf_counter() - t0})
     return points
+
+
+def tune_logged(cfg: TrainConfig, know: list[Example], args, with_base: bool) -> list[dict]:
+    """tune in a worker process of its own (one thread), its output to the run's run.log: runs side by side stay
+    legible, and each run's numbers are the same whatever --jobs is."""
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "run.log"), "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        return tune(cfg, know, args, with_base)
 
 
 def check_learned(records: list[dict]) -> list[str]:
@@ -285,13 +313,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="out/english-base", help="the base: an out_dir with ckpt.pt, or a checkpoint")
     ap.add_argument("--data_dir", default="../shared/data",
-                    help="folder with mmlu-redux/ and llamafactory-alpaca-demo/")
+                    help="folder with mmlu-redux/, llamafactory-alpaca-demo/ and lima/")
     ap.add_argument("--out_dir", default="out/real-text")
-    ap.add_argument("--sets", default="mmlu,alpaca")
+    ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", default="2,3,10", help="budgets: epochs at which the run is scored")
-    ap.add_argument("--examples", type=int, default=200, help="training examples per set")
+    ap.add_argument("--examples", default=None,
+                    help="training examples per set: a number, or all (every example that fits, less --val_size; "
+                         "the default, or 8 with --smoke)")
     ap.add_argument("--val_size", type=int, default=100, help="held-out examples per set")
     ap.add_argument("--max_len", type=int, default=160, help="bytes per example, template included")
     ap.add_argument("--batch_size", type=int, default=16)
@@ -300,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train_eval", type=int, default=100, help="training examples whose output loss gives the gap")
     ap.add_argument("--max_new", type=int, default=64, help="longest answer generated, in bytes")
     ap.add_argument("--knowledge_docs", type=int, default=50, help="base's held-out documents scored")
+    ap.add_argument("--jobs", type=int, default=usable_cores(),
+                    help="runs at once, each in its own process with one thread (default: one per core)")
     ap.add_argument("--smoke", action="store_true", help="a few examples, 1 seed, 1 and 2 epochs: seconds")
     ap.add_argument("--tables", default="", help="print the tables of a results.json written earlier, and exit")
     args = ap.parse_args(argv)
@@ -313,34 +345,59 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     args.epochs = sorted({int(e) for e in args.epochs.split(",")})
     if args.smoke:
-        args.seeds, args.epochs, args.examples, args.val_size = 1, [1, 2], 8, 4
+        args.seeds, args.epochs, args.val_size = 1, [1, 2], 4
         args.gen_examples, args.train_eval, args.knowledge_docs = 4, 4, 4
+    args.examples = args.examples or ("8" if args.smoke else "all")
+    if args.examples != "all" and not (args.examples.isdigit() and int(args.examples) > 0):
+        raise UserError(f"--examples: {args.examples!r} is neither a positive number nor all")
+    if args.jobs < 1:
+        raise UserError(f"--jobs: {args.jobs}; give 1 or more")
     modes = args.modes.split(",")
     if bad := [m for m in modes if m not in MODES]:
         raise UserError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
     t0 = time.perf_counter()
     os.makedirs(args.out_dir, exist_ok=True)
     know = knowledge_examples(args.base, args.knowledge_docs)
-    records, sets = [], {}
+    sets, plan = {}, []  # plan: (set, seed, mode, its TrainConfig, scores the base too), in results order
     for set_name in args.sets.split(","):
         if set_name not in SETS:
             raise UserError(f"--sets: unknown {set_name!r}; choose from {', '.join(SETS)}")
         recs = SETS[set_name](args.data_dir, args.max_len)
-        if len(recs) < args.examples + args.val_size:
+        n = len(recs) - args.val_size if args.examples == "all" else int(args.examples)
+        if n < 1 or len(recs) < n + args.val_size:
             raise UserError(f"{set_name}: {len(recs)} examples fit, need {args.examples} + {args.val_size}")
         path = os.path.join(args.out_dir, f"{set_name}.json")
         write_text_atomic(path, json.dumps(recs))
-        sets[set_name] = set_stats(recs, args.max_len)
+        sets[set_name] = {**set_stats(recs, args.max_len), "train_examples": n}
         for seed in range(args.seeds):
             for i, mode in enumerate(modes):
                 run_dir = os.path.join(args.out_dir, "runs", f"{set_name}-{mode}-s{seed}")
-                cfg = tune_config(args.base, path, run_dir, MODES[mode], seed, args)
-                for p in tune(cfg, know, args, with_base=i == 0):
-                    records.append({"set": set_name, "seed": seed, **p, "mode": p.get("mode", mode)})
-                print(f"{set_name} {mode} seed {seed}: " + ", ".join(
-                    f"{r['epochs']} ep held-out {r['val_output_loss']:.3f} gap {r['gap']:.3f} copy "
-                    f"{r['copying']['rouge_l']:.1f} know {r['knowledge_loss']:.3f}"
-                    for r in records[-len(args.epochs):]), flush=True)
+                plan.append((set_name, seed, mode, tune_config(args.base, path, run_dir, MODES[mode], seed, args, n),
+                             i == 0))
+    print(f"{len(plan)} runs, {args.jobs} at a time, one thread each (logs in {args.out_dir}/runs/*/run.log)",
+          flush=True)
+    points: dict[int, list[dict]] = {}
+
+    def finished(k: int, run_points: list[dict]) -> None:
+        points[k] = run_points
+        set_name, seed, mode = plan[k][:3]
+        print(f"{set_name} {mode} seed {seed}: " + ", ".join(
+            f"{p['epochs']} ep held-out {p['val_output_loss']:.3f} gap {p['gap']:.3f} copy "
+            f"{p['copying']['rouge_l']:.1f} know {p['knowledge_loss']:.3f}"
+            for p in run_points if p.get("mode") != "base"), flush=True)
+
+    if args.jobs == 1:
+        for k, (_, _, _, cfg, with_base) in enumerate(plan):
+            finished(k, tune_logged(cfg, know, args, with_base))
+    else:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or state
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = {pool.submit(tune_logged, cfg, know, args, with_base): k
+                       for k, (_, _, _, cfg, with_base) in enumerate(plan)}
+            for future in concurrent.futures.as_completed(futures):
+                finished(futures[future], future.result())
+    records = [{"set": set_name, "seed": seed, **p, "mode": p.get("mode", mode)}
+               for k, (set_name, seed, mode, _, _) in enumerate(plan) for p in points[k]]
     rows = summarize(records)
     result = {"command": "python -m scripts.experiments.real_text " + " ".join(sys.argv[1:] if argv is None else argv),
               "settings": {k: v for k, v in vars(args).items()}, "sets": sets, "rows": rows, "records": records,
