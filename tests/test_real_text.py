@@ -165,3 +165,18 @@ def test_study_refuses_bad_counts_in_one_line(base, sources, tmp_path, flag, val
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag}: ") and err.count("\n") == 1
     assert not out.exists()  # refused before anything was written
+
+
+def test_the_real_text_page_shows_the_recorded_results():
+    """docs/real-text.md's tables are the recorded run's (docs/real-text-results.json), row for row: a rerun that
+    changes the file without the page (or a hand-edited number) fails here."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "real-text-results.json")) as f:
+        recorded = json.load(f)
+    with open(os.path.join(root, "docs", "real-text.md")) as f:
+        page = f.read()
+    rows = [line for line in real_text.markdown(recorded["rows"]).splitlines() if line.startswith("| ") and
+            line[2].isdigit()]  # the number rows: epochs first
+    assert len(rows) == len(recorded["sets"]) * (10 + 6)  # per set: base + 3 modes x 3 budgets, 2 modes x 3 vs IT
+    assert [row for row in rows if row not in page] == []
+    assert recorded["command"] in page.replace("\n", " ")  # the page names the command that made the file
