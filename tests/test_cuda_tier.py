@@ -17,7 +17,7 @@ import cuda_sim
 import eval as ev
 import sample
 import train as T
-from conftest import tiny_run
+from conftest import leave_spawned_worker, tiny_run
 from cuda_sim import CudaSim, CudaTensor
 from data import ASSISTANT, EOT, loss_weights
 from imgpt import distributed
@@ -478,6 +478,7 @@ def ddp_worker(rank: int, ports: tuple[int, int], root: str, stop_rank_at: int) 
                 f.write(str(sessions[0].prog.step))
         finally:
             distributed.destroy_distributed()
+    leave_spawned_worker()
 
 
 def test_two_ranks_on_cuda_reduce_on_the_device_and_stop_at_the_same_step(tmp_path, monkeypatch):

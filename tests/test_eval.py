@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import data
 import eval
 import eval as ev
-from conftest import write_file
+from conftest import leave_spawned_worker, write_file
 from imgpt import benchmarks as bm
 from imgpt import device, formats, synthetic
 from imgpt.checkpoint import save_checkpoint
@@ -345,6 +345,7 @@ def ddp_worker(rank: int, world: int, init_file: str, cfg: dict) -> None:
         ev.evaluate(make_config(ev.EvalConfig, cfg), Dist(rank=rank, local_rank=rank, world_size=world))
     finally:
         torch.distributed.destroy_process_group()
+    leave_spawned_worker()
 
 
 def test_two_processes_give_the_single_process_numbers(run_dir, tmp_path):
