@@ -84,9 +84,9 @@ def free_port() -> int:
 def leave_spawned_worker() -> None:
     """End a spawned worker whose work is done and whose process group is destroyed, skipping the interpreter's
     shutdown: there gloo (torch 2.14.1) sometimes aborts the process ("terminate called without an active
-    exception", SIGABRT) after destroy_process_group has returned on both ranks (CI once; here 2 runs in ~100,
-    each after both ranks had printed a line after destroy_process_group), and spawn reports that abort as the
-    test failing. A worker that raises never gets here: spawn still reports its error."""
+    exception", SIGABRT) after destroy_process_group has returned (CI once; here 2 runs in 112; in the one of them
+    that printed a line after destroy_process_group, both ranks had printed it), and spawn reports that abort as
+    the test failing. A worker that raises never gets here: spawn still reports its error."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
